@@ -1,0 +1,36 @@
+# Two entry points: `make run` (the quick benchmark) and `make test`. Each builds .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: run test venv data bench clean
+
+$(BIN)/genbench: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision first, pinned: on this machine they come from local disk.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test,tune]'
+	touch $(BIN)/genbench
+
+venv: $(BIN)/genbench
+
+# Fashion-MNIST from Debian's package, when apt is there and the data is not.
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+		echo "note: could not install dataset-fashion-mnist; torchvision will download it when online"; \
+	fi
+
+run: venv data
+	$(BIN)/genbench bench --preset quick
+
+test: venv data
+	$(BIN)/python -m pytest
+
+bench: venv data
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts ray_results reports bench_out

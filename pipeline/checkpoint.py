@@ -1,0 +1,63 @@
+"""Checkpoints: model + optimizer states, step, config and MLflow run id in one torch file.
+
+A checkpoint is untrusted input: it is read with weights_only=True, and a corrupt or mismatched
+one is a ConfigError (one line, exit 2), never a traceback.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models.layers import unwrap
+
+FILENAME = "checkpoint.pt"
+FORMAT = 1
+
+
+def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_id: str) -> Path:
+    path = Path(directory) / FILENAME
+    payload = {"format": FORMAT, "step": step, "config": config, "mlflow_run_id": run_id,
+               "nets": {k: unwrap(v).state_dict() for k, v in nets.items()},
+               "optimizers": {k: v.state_dict() for k, v in optimizers.items()}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint.pt
+    return path
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}; pass a checkpoint.pt or its directory")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"checkpoint {path} is corrupt or not a genbench checkpoint "
+                          f"({type(exc).__name__}); resume from an earlier checkpoint "
+                          f"or start a new run") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"checkpoint {path} is not a genbench checkpoint (format "
+                          f"{FORMAT}); start a new run")
+    return payload
+
+
+def restore(payload: dict, nets, optimizers, source: str = "checkpoint") -> int:
+    """Load states into nets and optimizers; returns the step to continue from."""
+    if set(payload["nets"]) != set(nets):
+        raise ConfigError(f"{source} holds networks {sorted(payload['nets'])}, this model "
+                          f"has {sorted(nets)}; resume with the model it was trained with")
+    try:
+        for name, net in nets.items():
+            unwrap(net).load_state_dict(payload["nets"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(payload["optimizers"][name])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{source} does not match this model's shapes ({first}); "
+                          f"resume with the config it was trained with") from None
+    return int(payload["step"])

@@ -1,0 +1,175 @@
+"""`genbench`: train, eval, tune, report and bench subcommands.
+
+Bad input exits with code 2 and one line, `genbench: error: <what is wrong; how to fix it>`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipeline.errors import ConfigError
+
+DATASET_HELP = "fashion-mnist (default), mnist, cifar10, or a path to an ImageFolder directory"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (the default prints the whole usage first)."""
+
+    def error(self, message: str):
+        print(f"genbench: error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.models import FAMILIES
+    p.add_argument("--model", choices=list(FAMILIES), help="model family (default: vae, or the "
+                   "config file's)")
+    p.add_argument("--dataset", help=DATASET_HELP)
+    p.add_argument("--workers", type=positive_int, help="Ray Train workers, one DDP rank each "
+                   "(default 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, nccl, bf16 autocast")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=positive_int, help="optimizer steps (default: 1 epoch)")
+    steps.add_argument("--epochs", type=positive_float, help="epochs over the train split")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML config with sections model, "
+                   "data, train and the family's (e.g. vae:)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a config key, e.g. --set vae.beta=4 --set train.batch_size=64")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--storage-path", help="where Ray keeps checkpoints (default ./ray_results); "
+                   "shared storage such as s3://... or NFS on multi-node clusters")
+
+
+def build_config(args, base: dict | None = None):
+    from pipeline.config import Config, load_yaml, merge, parse_overrides
+
+    raw = dict(base or {})
+    if getattr(args, "config", None):
+        raw = merge(raw, load_yaml(args.config))
+    cli: dict = {}
+    if args.model:
+        cli["model"] = args.model
+    if args.dataset:
+        cli.setdefault("data", {})["dataset"] = args.dataset
+    for key in ("workers", "steps", "epochs", "seed", "storage_path"):
+        value = getattr(args, key, None)
+        if value is not None:
+            cli.setdefault("train", {})[key] = value
+    if getattr(args, "gpu", False):
+        cli.setdefault("train", {})["gpu"] = True
+    if cli.get("train", {}).get("steps") is not None:
+        raw.get("train", {}).pop("epochs", None)
+    if cli.get("train", {}).get("epochs") is not None:
+        raw.get("train", {}).pop("steps", None)
+    raw = merge(raw, cli)
+    raw = merge(raw, parse_overrides(args.set))
+    return Config.from_dict(raw)
+
+
+def cmd_train(args) -> int:
+    from pipeline.launch import train
+
+    if args.resume:
+        if args.model or args.config or args.set or args.dataset:
+            raise ConfigError("--resume continues a run with its saved config; drop --model, "
+                              "--dataset, --config and --set")
+        cfg = None
+    else:
+        cfg = build_config(args)
+    result = train(cfg, experiment=args.experiment, address=args.address, resume=args.resume,
+                   verbose=args.verbose)
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    from pipeline import tracking
+
+    shown = {k: v for k, v in result.metrics.items()
+             if isinstance(v, float) and not k.startswith("lr")}
+    print(f"\ndone: {result.steps} steps in {result.seconds:.0f}s")
+    for key in sorted(shown):
+        print(f"  {key:<14} {shown[key]:.4g}")
+    print(f"  MLflow run    {result.run_id} (experiment {result.experiment!r}, "
+          f"{tracking.tracking_uri()})")
+    if result.checkpoint:
+        print(f"  checkpoint    {result.checkpoint}")
+
+
+def cmd_bench(args) -> int:
+    from pipeline.bench import run_bench
+    return run_bench(args)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="genbench", description="Train, sweep, evaluate and benchmark deep "
+                    "generative models of images (AE, beta-VAE, DCGAN, gated PixelCNN) with "
+                    "Ray and MLflow.",
+                    epilog="MLflow: MLFLOW_TRACKING_URI (default sqlite:///mlflow.db here). "
+                    "Ray: RAY_ADDRESS or --address (default: a local instance).")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("train", help="train one model family with Ray Train (DDP)",
+                       description="Train a model family with Ray Train; everything is logged "
+                       "to one MLflow run.")
+    add_train_arguments(p)
+    p.add_argument("--experiment", default="genbench", help="MLflow experiment (default genbench)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its "
+                   "last checkpoint, in the same MLflow run")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="the one-command benchmark: train every family and "
+                       "summarise", description="Train every family on one dataset and print "
+                       "where the runs are.")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick",
+                   help="quick: minutes on 2 CPU cores; full: sized for a GPU cluster")
+    p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--experiment", default="genbench-bench", help="MLflow experiment")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    args = make_parser().parse_args(argv)
+    if not args.verbose:
+        import logging
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"genbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

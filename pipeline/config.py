@@ -1,0 +1,211 @@
+"""Typed, validated configuration. Unknown keys and bad values raise ConfigError.
+
+A config has four sections: `model` (the family name), `data`, `train` and one section named
+after the family holding its hyperparameters (e.g. `vae: {beta: 4.0, lr: 1e-3}`). YAML files and
+`--set section.key=value` overrides are layered over the defaults in that order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.data import check_dataset_name
+from pipeline.errors import ConfigError
+from pipeline.models import FAMILIES
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"   # fashion-mnist | mnist | cifar10 | path to an ImageFolder
+    root: str | None = None          # where downloaded / manually placed files live
+    val_fraction: float = 0.1        # cut from the train split with split_seed; test is for eval
+    split_seed: int = 0
+    image_size: int = 32             # ImageFolder images are resized and centre-cropped to this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int | None = None         # optimizer steps; default: 1 epoch unless epochs is set
+    epochs: float | None = None
+    batch_size: int = 128            # global: split evenly across workers
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: int = 1
+    seed: int = 0
+    conditional: bool = False        # learn p(x|y) instead of p(x)
+    bf16: bool = True                # autocast on GPU only
+    log_every: int = 20              # steps between metric points
+    eval_every: int = 500            # steps between sample grids and validation metrics
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    max_failures: int = 3            # worker failures tolerated; each resumes from a checkpoint
+    storage_path: str | None = None  # Ray checkpoints; shared storage (s3://, NFS) on clusters
+
+
+SECTIONS = ("model", "data", "train")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "vae"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    family: Any = None               # FAMILIES[model].Config
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "Config":
+        raw = dict(raw or {})
+        model = raw.pop("model", "vae")
+        if model not in FAMILIES:
+            raise ConfigError(f"unknown model {model!r}; use one of {', '.join(FAMILIES)}")
+        family_cls = FAMILIES[model].Config
+        known = {"data", "train", model}
+        for key in raw:
+            if key not in known:
+                hint = (f" (this run's model is {model}; section {key!r} belongs to another family)"
+                        if key in FAMILIES else "")
+                raise ConfigError(f"unknown config section {key!r}{hint}; "
+                                  f"use model, data, train or {model}")
+        cfg = cls(model=model,
+                  data=_build(DataConfig, raw.get("data"), "data"),
+                  train=_build(TrainConfig, raw.get("train"), "train"),
+                  family=_build(family_cls, raw.get(model), model))
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train),
+                self.model: dataclasses.asdict(self.family)}
+
+    def flat(self) -> dict[str, Any]:
+        """{'train.batch_size': 128, 'vae.beta': 1.0, ...}: MLflow params."""
+        out = {"model": self.model}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+        return out
+
+    # --- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        t = self.train
+        positive = {"train.batch_size": t.batch_size, "train.workers": t.workers,
+                    "train.cpus_per_worker": t.cpus_per_worker, "train.log_every": t.log_every,
+                    "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every,
+                    "train.keep_checkpoints": t.keep_checkpoints}
+        if t.steps is not None:
+            positive["train.steps"] = t.steps
+        if t.epochs is not None:
+            positive["train.epochs"] = t.epochs
+        for name, value in self.family.__dict__.items():
+            if name.startswith("lr"):
+                positive[f"{self.model}.{name}"] = value
+            elif name in ("latent_dim", "width", "channels", "layers", "head_channels"):
+                positive[f"{self.model}.{name}"] = value
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if t.steps is not None and t.epochs is not None:
+            raise ConfigError("give train.steps or train.epochs, not both")
+        if t.batch_size % t.workers:
+            raise ConfigError(f"batch size {t.batch_size} does not divide across {t.workers} "
+                              f"workers; use a multiple of {t.workers}")
+        if t.max_failures < 0:
+            raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
+        if not 0 <= self.data.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.data.val_fraction}")
+        check_dataset_name(self.data.dataset)
+        if hasattr(self.family, "validate"):
+            try:
+                self.family.validate()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+
+def _build(dc, values: dict | None, section: str):
+    values = dict(values or {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(dc)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {section}.{key}; known keys: "
+                              f"{', '.join(fields)}")
+        values[key] = _coerce(fields[key], value, f"{section}.{key}")
+    return dc(**values)
+
+
+def _coerce(f: dataclasses.Field, value, name: str):
+    """YAML gives '1e-3' as a string and 4 where a float is meant: convert to the field's type."""
+    default = f.default
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    try:
+        if kind.startswith("bool") or isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {kind.split(' ')[0]}, got {value!r}") from None
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['vae.beta=4', 'train.steps=100'] -> {'vae': {'beta': 4}, 'train': {'steps': 100}}."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.key=value, got {pair!r}")
+        value = yaml.safe_load(text) if text else None
+        if key == "model":
+            out["model"] = value
+            continue
+        section, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"--set key {key!r} needs a section, e.g. train.{key} or vae.{key}")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML "
+                          f"({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    raw.pop("tune", None)  # the sweep's search space; `genbench tune` reads it
+    return raw

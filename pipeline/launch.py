@@ -1,0 +1,239 @@
+"""Driver side of `genbench train`: validate, open the MLflow run, fit a TorchTrainer, close.
+
+Everything that can be checked before Ray starts is checked first (config, data, checkpoint),
+so bad input costs a second and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import checkpoint as ckpt
+from pipeline import tracking
+from pipeline.config import Config
+from pipeline.data import load_split
+from pipeline.errors import ConfigError
+
+RUN_DIR_TAG = "genbench.ray_run_dir"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment: str
+    steps: int
+    metrics: dict
+    seconds: float
+    checkpoint: str | None
+
+
+def init_ray(address: str | None = None, verbose: bool = False) -> None:
+    """Connect to RAY_ADDRESS / --address, or start a quiet local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    quiet = not verbose
+    if quiet:  # before init: Ray warns at start-up (e.g. about token authentication)
+        for name in ("ray", "ray.train", "ray.tune", "ray.data", "mlflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    kwargs = dict(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=not quiet,
+                  logging_level=logging.ERROR if quiet else logging.INFO,
+                  include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS"))
+                  else None)
+    if kwargs["include_dashboard"] is None:
+        del kwargs["include_dashboard"]
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {kwargs['address']} "
+                          f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS") from None
+
+
+def check_resources(cfg: Config) -> None:
+    import ray
+
+    t = cfg.train
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpu = t.workers * t.cpus_per_worker
+    if t.gpu and t.workers > gpus:
+        raise ConfigError(f"{t.workers} GPU workers asked for but the Ray cluster has "
+                          f"{int(gpus)} GPUs; lower --workers or add GPU nodes")
+    if not t.gpu and need_cpu > cpus:
+        raise ConfigError(f"{t.workers} workers x {t.cpus_per_worker} CPUs asked for but the "
+                          f"Ray cluster has {int(cpus)} CPUs; lower --workers")
+    if t.gpu and not gpus:
+        raise ConfigError("--gpu asked for but the Ray cluster has no GPUs; drop --gpu")
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.train.storage_path or str(Path("ray_results").absolute())
+
+
+def find_latest_checkpoint(run_dir_glob: str) -> Path | None:
+    """The newest checkpoint_<step> under this run's Ray directories (local storage)."""
+    found = sorted(Path(p) for p in __import__("glob").glob(f"{run_dir_glob}*/checkpoint_*"))
+    found = [p for p in found if (p / ckpt.FILENAME).is_file()]
+    return max(found, key=lambda p: p.name) if found else None
+
+
+def prepare_resume(run_id: str) -> tuple[Config, dict, Path]:
+    """Config, checkpoint payload and path of an interrupted run, or a one-line error."""
+    run = tracking.get_run(run_id)
+    run_dir = run.data.tags.get(RUN_DIR_TAG)
+    if not run_dir:
+        raise ConfigError(f"MLflow run {run_id} was not made by genbench train; "
+                          f"nothing to resume")
+    latest = find_latest_checkpoint(run_dir)
+    if latest is None:
+        raise ConfigError(f"run {run_id} has no checkpoint under {run_dir}; "
+                          f"start it again without --resume")
+    payload = ckpt.load(latest)
+    if payload.get("mlflow_run_id") != run_id:
+        raise ConfigError(f"checkpoint {latest} belongs to run {payload.get('mlflow_run_id')}, "
+                          f"not {run_id}; resume that run instead")
+    cfg = Config.from_dict(payload["config"])
+    return cfg, payload, latest
+
+
+def _validate_checkpoint_shapes(cfg: Config, payload: dict, source: str) -> None:
+    """Build the nets on CPU and load the checkpoint: a mismatch fails here, not in a worker."""
+    import torch
+
+    from pipeline.loop import build_nets
+    data = load_split(cfg.data.dataset, "val", cfg.data.root, max(cfg.data.val_fraction, 0.01),
+                      cfg.data.split_seed, cfg.data.image_size)
+    nets, opts = build_nets(cfg, data, torch.device("cpu"), 1)
+    ckpt.restore(payload, nets, opts, source=source)
+
+
+class ProgressPrinter(threading.Thread):
+    """Prints a line per new logged step, read from MLflow: the driver's view of rank 0's logs."""
+
+    def __init__(self, run_id: str, total: int, keys: tuple[str, ...], stream=sys.stderr,
+                 every: float = 2.0):
+        super().__init__(daemon=True)
+        self.run_id, self.total, self.keys, self.stream, self.every = run_id, total, keys, stream, every
+        self.stop_event, self.last_step, self.t0 = threading.Event(), -1, time.time()
+
+    def run(self) -> None:
+        c = tracking.client()
+        while not self.stop_event.wait(self.every):
+            try:
+                metrics = c.get_run(self.run_id).data.metrics
+                history = c.get_metric_history(self.run_id, "images_per_s")
+            except Exception:  # a busy sqlite file: try again at the next tick
+                continue
+            step = max((m.step for m in history), default=-1)
+            if step > self.last_step:
+                self.last_step = step
+                parts = [f"step {step}/{self.total}"]
+                parts += [f"{k} {metrics[k]:.4g}" for k in self.keys if k in metrics]
+                if "images_per_s" in metrics:
+                    parts.append(f"{metrics['images_per_s']:.0f} img/s")
+                elapsed = time.time() - self.t0
+                parts.append(f"{elapsed:.0f}s")
+                print("  " + " | ".join(parts), file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
+                 "gan": ("d_loss", "g_loss", "d_real", "d_fake"), "pixelcnn": ("bpd",)}
+
+
+def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
+          resume: str | None = None, verbose: bool = False, quiet: bool = False,
+          extra_tags: dict | None = None) -> TrainResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.loop import total_steps
+    from pipeline.train import train_loop_per_worker
+
+    start_payload = None
+    if resume:
+        cfg_saved, start_payload, latest = prepare_resume(resume)
+        cfg = cfg_saved
+        _validate_checkpoint_shapes(cfg, start_payload, f"checkpoint {latest}")
+    # Data first: a missing dataset is a one-line error before Ray starts.
+    d = cfg.data
+    train_data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
+    if cfg.train.batch_size > len(train_data):
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the "
+                          f"{len(train_data)} training images; lower it")
+    steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
+    if resume and start_payload["step"] >= steps:
+        raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
+                          f"of {steps}; nothing to resume")
+    init_ray(address, verbose)
+    check_resources(cfg)
+    if cfg.train.workers > 1 and cfg.train.storage_path is None and _multi_node():
+        raise ConfigError("this Ray cluster has several nodes: checkpoints need shared storage; "
+                          "pass --storage-path s3://bucket/path or an NFS directory")
+
+    if resume:
+        run_id = resume
+        run_dir = tracking.get_run(run_id).data.tags[RUN_DIR_TAG]
+        attempt = len(__import__("glob").glob(f"{run_dir}*")) + 1
+        name = f"{Path(run_dir).name}-resume{attempt}"
+        tracking.client().update_run(run_id, status="RUNNING")
+        from ray.train import Checkpoint
+        resume_from = Checkpoint.from_directory(str(latest))
+    else:
+        tags = tracking.versions_and_hardware(cfg.train.gpu)
+        tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
+                     "genbench.kind": "train", **(extra_tags or {})})
+        run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
+                                    {**cfg.flat(), "train.total_steps": steps}, tags)
+        name = f"genbench-{cfg.model}-{run_id[:12]}"
+        tracking.set_tags(run_id, {RUN_DIR_TAG: f"{storage_path(cfg)}/{name}"})
+        resume_from = None
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id,
+                           "tracking_uri": tracking.tracking_uri()},
+        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage_path(cfg),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=cfg.train.keep_checkpoints)),
+        resume_from_checkpoint=resume_from)
+    if not quiet:
+        print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
+              f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",
+              file=sys.stderr, flush=True)
+    progress = None if quiet else ProgressPrinter(run_id, steps, PROGRESS_KEYS[cfg.model])
+    if progress:
+        progress.start()
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracking.end_run(run_id, "FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                         else "KILLED")
+        raise
+    finally:
+        if progress:
+            progress.stop()
+    seconds = time.time() - t0
+    tracking.end_run(run_id, "FINISHED")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return TrainResult(run_id, experiment, steps, dict(result.metrics or {}), seconds, checkpoint)
+
+
+def _multi_node() -> bool:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive")) > 1

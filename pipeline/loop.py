@@ -1,0 +1,194 @@
+"""The training loop, free of Ray: one process = one rank. train.py runs it under Ray Train (and
+tune runs it directly in single-worker trials), passing in a `report` function and a checkpoint.
+
+Per step, for each phase of the family (GAN: D then G): zero grads, loss under bf16 autocast on
+GPU, backward (DDP all-reduces gradients), optimizer step. Every log interval the metric sums are
+all-reduced across ranks, and rank 0 logs them; every eval interval rank 0 logs a sample grid and
+all ranks compute validation metrics on their shard of the validation split.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config
+from pipeline.data import ImageData, ShardedBatches, load_split
+from pipeline.grids import grid_png, recon_pairs
+from pipeline.models import FAMILIES, can
+
+VAL_IMAGES = 2000  # validation metrics use at most this many images (cheap, fixed per run)
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def total_steps(cfg: Config, steps_per_epoch: int) -> int:
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    return max(1, math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch))
+
+
+def build_nets(cfg: Config, data: ImageData, device, world: int):
+    family = FAMILIES[cfg.model]
+    num_classes = data.num_classes if cfg.train.conditional else 0
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    nets = {k: v.to(device) for k, v in family.build(cfg.family, data.image_shape,
+                                                     num_classes).items()}
+    if world > 1:
+        ids = [device] if device.type == "cuda" else None
+        # A discriminator with BatchNorm must not broadcast buffers: its forward would rewrite
+        # them in place between the real and fake passes (pytorch #175024).
+        nets = {k: DistributedDataParallel(v, device_ids=ids,
+                                           broadcast_buffers=(k != "discriminator"))
+                for k, v in nets.items()}
+    return nets, family.make_optimizers(cfg.family, nets)
+
+
+def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
+        start: dict | None = None, logger=None, data: ImageData | None = None,
+        val: ImageData | None = None) -> dict:
+    """Train until the configured step count; returns the last logged metrics.
+
+    report(metrics, checkpoint_dir_or_None) is called by every rank at the same steps.
+    """
+    family = FAMILIES[cfg.model]
+    d, t = cfg.data, cfg.train
+    data = data or load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed,
+                              d.image_size)
+    if val is None and d.val_fraction > 0:
+        val = load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+    batches = ShardedBatches(data, t.batch_size, ctx.rank, ctx.world, t.seed)
+    steps = total_steps(cfg, batches.steps_per_epoch)
+    nets, opts = build_nets(cfg, data, ctx.device, ctx.world)
+    step = ckpt.restore(start, nets, opts) if start else 0
+    torch.manual_seed(t.seed * 7919 + ctx.rank + 104729 * step)  # noise differs across ranks
+    use_bf16 = t.bf16 and ctx.device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    sums: dict[str, torch.Tensor] = {}
+    count, tic, last = 0, time.perf_counter(), {}
+    while step < steps:
+        x, y = batches.batch(step)
+        x = x.to(ctx.device, non_blocking=True)
+        y = y.to(ctx.device, non_blocking=True) if t.conditional else None
+        for phase in family.PHASES:
+            opts[phase].zero_grad(set_to_none=True)
+            with autocast():
+                out = family.loss(cfg.family, nets, x, y, phase)
+            out["loss"].backward()
+            opts[phase].step()
+            for k, v in out.items():
+                if k != "loss":
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+        step, count = step + 1, count + 1
+        is_last = step == steps
+        do_log = step % t.log_every == 0 or is_last
+        do_eval = step % t.eval_every == 0 or is_last
+        do_ckpt = step % t.checkpoint_every == 0 or is_last
+        if not (do_log or do_ckpt):
+            continue
+        metrics = _reduce(sums, count, ctx)
+        elapsed = time.perf_counter() - tic
+        metrics["images_per_s"] = count * t.batch_size / elapsed
+        for phase, opt in opts.items():
+            name = "lr" if len(opts) == 1 else f"lr_{phase}"
+            metrics[name] = opt.param_groups[0]["lr"]
+        if do_eval:
+            metrics.update(validation_metrics(cfg, nets, val, ctx, autocast))
+            if ctx.rank == 0 and logger is not None:
+                log_samples(cfg, nets, data, ctx, logger, step)
+        metrics["step"] = step
+        metrics["epoch"] = step / batches.steps_per_epoch
+        if ctx.rank == 0 and logger is not None:
+            logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+        last = metrics
+        if do_ckpt:
+            with tempfile.TemporaryDirectory() as tmp:
+                if ctx.rank == 0:
+                    ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id)
+                    if is_last and logger is not None:
+                        logger.artifact(f"{tmp}/{ckpt.FILENAME}", "checkpoint")
+                report(metrics, tmp if ctx.rank == 0 else None)
+        else:
+            report(metrics, None)
+        sums, count, tic = {}, 0, time.perf_counter()
+    return last
+
+
+def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:
+    """Mean of each metric over the interval and over ranks."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    vec = torch.stack([sums[k] for k in keys]).to(ctx.device) / count
+    if ctx.world > 1:
+        dist.all_reduce(vec)
+        vec /= ctx.world
+    return dict(zip(keys, vec.tolist()))
+
+
+@torch.no_grad()
+def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context,
+                       autocast) -> dict[str, float]:
+    """Validation losses (val_*) on this rank's shard of the first VAL_IMAGES, averaged over ranks.
+    The GAN has no validation loss (a FID needs an extractor; tune computes it)."""
+    family = FAMILIES[cfg.model]
+    if val is None or len(family.PHASES) > 1:
+        return {}
+    n = min(len(val), VAL_IMAGES)
+    idx = torch.arange(ctx.rank, n, ctx.world)
+    for net in nets.values():
+        net.eval()
+    sums, batches = {}, 0
+    for chunk in idx.split(500):
+        x = val.images[chunk].to(ctx.device)
+        y = val.labels[chunk].to(ctx.device) if cfg.train.conditional else None
+        with autocast():
+            out = family.loss(cfg.family, nets, x, y, family.PHASES[0])
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        batches += 1
+    for net in nets.values():
+        net.train()
+    return {f"val_{k}": v for k, v in _reduce(sums, batches, ctx).items()}
+
+
+GRID_SIZE = {"pixelcnn": 16}  # autoregressive sampling costs H*W*C forward passes
+
+
+@torch.no_grad()
+def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: int) -> None:
+    """Rank 0: a sample grid (and reconstructions for AE/VAE) as MLflow image artifacts."""
+    family = FAMILIES[cfg.model]
+    n = GRID_SIZE.get(cfg.model, 64)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data), generator=gen)[:n]
+    labels = data.labels[idx].to(ctx.device) if cfg.train.conditional else None
+    for net in nets.values():
+        net.eval()
+    if can(family, "sample"):
+        kwargs = {"image_shape": data.image_shape} if cfg.model == "pixelcnn" else {}
+        images = family.sample(cfg.family, nets, n, labels, device=ctx.device, **kwargs)
+        logger.figure_png(grid_png(images), f"samples/step_{step:07d}.png")
+    if can(family, "reconstruct"):
+        real = data.images[idx[:32]].to(ctx.device)
+        recon = family.reconstruct(cfg.family, nets, real,
+                                   labels[:32] if labels is not None else None)
+        logger.figure_png(grid_png(recon_pairs(real, recon)),
+                          f"reconstructions/step_{step:07d}.png")
+    for net in nets.values():
+        net.train()

@@ -1,0 +1,133 @@
+"""MLflow: the only module that imports mlflow. The driver opens and closes runs; rank 0 logs.
+
+Runs are addressed by id through MlflowClient (no global active run), so a restarted worker
+group, or a resumed run, keeps logging into the same MLflow run.
+"""
+from __future__ import annotations
+
+import io
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import ConfigError
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else MLflow's own default: sqlite file mlflow.db here (absolute,
+    so Ray workers with another working directory write to the same file)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
+        return uri
+    return f"sqlite:///{Path('mlflow.db').absolute()}"
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def experiment_id(c: MlflowClient, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return c.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        raise ConfigError(f"experiment {name!r} is deleted in MLflow; restore it "
+                          f"(mlflow experiments restore) or pick another --experiment")
+    return exp.experiment_id
+
+
+def versions_and_hardware(gpu: bool = False) -> dict[str, str]:
+    import ray
+    import torch
+
+    from pipeline import VERSION
+    tags = {"genbench.version": VERSION, "torch.version": torch.__version__,
+            "ray.version": ray.__version__, "mlflow.version": mlflow.__version__,
+            "python.version": platform.python_version(),
+            "hardware.cpu": platform.processor() or platform.machine(),
+            "hardware.cpus": str(os.cpu_count())}
+    if gpu and torch.cuda.is_available():
+        tags["hardware.gpu"] = torch.cuda.get_device_name(0)
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
+    c = client()
+    run = c.create_run(experiment_id(c, experiment), run_name=run_name, tags=tags)
+    log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict, uri: str | None = None) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    c = client(uri)
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
+def set_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status)
+
+
+def get_run(run_id: str):
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} at {tracking_uri()}; check the id "
+                          f"and MLFLOW_TRACKING_URI") from None
+
+
+class RunLogger:
+    """Rank 0's handle on one MLflow run."""
+
+    def __init__(self, run_id: str, uri: str):
+        self.run_id, self.client = run_id, MlflowClient(tracking_uri=uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        import time
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def figure_png(self, png_bytes: bytes, artifact_file: str) -> None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(artifact_file).name
+            target.write_bytes(png_bytes)
+            self.artifact(target, str(Path(artifact_file).parent) or None)
+
+
+def latest_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:
+    return dict(client(uri).get_run(run_id).data.metrics)
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()

@@ -1,0 +1,48 @@
+"""train_loop_per_worker: the only place that talks to ray.train.
+
+Ray owns the process group (gloo on CPU, nccl on GPU); this function reads its rank, restores
+the latest checkpoint (after a worker failure Ray restarts the group and get_checkpoint() returns
+the last one reported), and runs the Ray-free loop with a report function that forwards metrics
+and rank 0's checkpoint to ray.train.report.
+"""
+from __future__ import annotations
+
+import os
+
+import ray.train
+import ray.train.torch
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config
+from pipeline.loop import Context, fit
+from pipeline.tracking import RunLogger
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = Config.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this worker was granted.
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    ctx = Context(rank=context.get_world_rank(), world=context.get_world_size(),
+                  device=ray.train.torch.get_device(), run_id=loop_config["run_id"],
+                  tracking_uri=loop_config["tracking_uri"])
+    start = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            start = ckpt.load(directory)
+    logger = RunLogger(ctx.run_id, ctx.tracking_uri) if ctx.rank == 0 else None
+    if os.environ.get("GENBENCH_WORKER_PIDFILE") and ctx.rank == 0:
+        # tests kill a worker by pid to exercise fault tolerance
+        with open(os.environ["GENBENCH_WORKER_PIDFILE"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        step = int(metrics["step"])
+        checkpoint = (ray.train.Checkpoint.from_directory(checkpoint_dir)
+                      if checkpoint_dir else None)
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
+
+    fit(cfg, ctx, report, start=start, logger=logger)
