@@ -122,6 +122,11 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_tune(args) -> int:
+    from tune.sweep import run
+    return run(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="genbench", description="Train, sweep, evaluate and benchmark deep "
                     "generative models of images (AE, beta-VAE, DCGAN, gated PixelCNN) with "
@@ -141,6 +146,40 @@ def make_parser() -> argparse.ArgumentParser:
                    "last checkpoint, in the same MLflow run")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune (ASHA, MLflow "
+                       "parent + child runs)", description="Sweep a family's hyperparameters "
+                       "(default: VAE beta and lr; GAN lr_g, lr_d, beta1; AE/PixelCNN lr, all "
+                       "log-uniform; a YAML `tune:` section replaces them). Writes the best "
+                       "config as YAML for `genbench train --config`.")
+    from pipeline.models import FAMILIES
+    p.add_argument("--model", choices=list(FAMILIES), help="model family (default: vae, or "
+                   "the config file's)")
+    p.add_argument("--dataset", help=DATASET_HELP)
+    p.add_argument("--samples", type=int, default=8, help="trials to run (default 8)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps per trial "
+                   "(default: 1 epoch)")
+    p.add_argument("--workers-per-trial", type=positive_int, default=1, help="DDP workers per "
+                   "trial; 1 runs the loop inside the trial, more start a TorchTrainer")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha (default) stops weak trials early; fifo runs every trial out")
+    p.add_argument("--search", choices=["random", "optuna"], default="random")
+    p.add_argument("--metric", help="metric to optimise (default: val_bpd for vae and "
+                   "pixelcnn, val_mse for ae, val_fid_domain for gan)")
+    p.add_argument("--mode", choices=["min", "max"], help="default min")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML config; its `tune:` section "
+                   "is the search space, e.g. tune: {vae.beta: {loguniform: [0.1, 10]}}")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a config key for every trial, e.g. --set vae.width=16")
+    p.add_argument("--seed", type=int, help="random seed of the search and the trials")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--storage-path", help="where the sweep lives (default ./ray_results)")
+    p.add_argument("--experiment", default="genbench", help="MLflow experiment")
+    p.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep (its "
+                   "directory, printed at start) without re-running finished trials")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="the one-command benchmark: train every family and "
                        "summarise", description="Train every family on one dataset and print "

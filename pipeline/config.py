@@ -34,7 +34,7 @@ class TrainConfig:
     batch_size: int = 128            # global: split evenly across workers
     workers: int = 1
     gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: int | None = None  # default: the cluster's CPUs shared evenly (CPU runs)
     seed: int = 0
     conditional: bool = False        # learn p(x|y) instead of p(x)
     bf16: bool = True                # autocast on GPU only
@@ -95,13 +95,15 @@ class Config:
     def validate(self) -> None:
         t = self.train
         positive = {"train.batch_size": t.batch_size, "train.workers": t.workers,
-                    "train.cpus_per_worker": t.cpus_per_worker, "train.log_every": t.log_every,
+                    "train.log_every": t.log_every,
                     "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every,
                     "train.keep_checkpoints": t.keep_checkpoints}
         if t.steps is not None:
             positive["train.steps"] = t.steps
         if t.epochs is not None:
             positive["train.epochs"] = t.epochs
+        if t.cpus_per_worker is not None:
+            positive["train.cpus_per_worker"] = t.cpus_per_worker
         for name, value in self.family.__dict__.items():
             if name.startswith("lr"):
                 positive[f"{self.model}.{name}"] = value

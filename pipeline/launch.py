@@ -57,12 +57,20 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
                           f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS") from None
 
 
-def check_resources(cfg: Config) -> None:
+def resolve_resources(cfg: Config) -> Config:
+    """Check the request against the cluster; fill in cpus_per_worker (default: the cluster's
+    CPUs split evenly over the workers, so 1 worker on 2 cores trains with 2 threads)."""
+    import dataclasses
+
     import ray
 
     t = cfg.train
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    if t.cpus_per_worker is None:
+        per_worker = 1 if t.gpu else max(1, int(cpus) // t.workers)
+        t = dataclasses.replace(t, cpus_per_worker=per_worker)
+        cfg = dataclasses.replace(cfg, train=t)
     need_cpu = t.workers * t.cpus_per_worker
     if t.gpu and t.workers > gpus:
         raise ConfigError(f"{t.workers} GPU workers asked for but the Ray cluster has "
@@ -72,6 +80,7 @@ def check_resources(cfg: Config) -> None:
                           f"Ray cluster has {int(cpus)} CPUs; lower --workers")
     if t.gpu and not gpus:
         raise ConfigError("--gpu asked for but the Ray cluster has no GPUs; drop --gpu")
+    return cfg
 
 
 def storage_path(cfg: Config) -> str:
@@ -176,7 +185,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
                           f"of {steps}; nothing to resume")
     init_ray(address, verbose)
-    check_resources(cfg)
+    cfg = resolve_resources(cfg)
     if cfg.train.workers > 1 and cfg.train.storage_path is None and _multi_node():
         raise ConfigError("this Ray cluster has several nodes: checkpoints need shared storage; "
                           "pass --storage-path s3://bucket/path or an NFS directory")

@@ -111,6 +111,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             metrics.update(validation_metrics(cfg, nets, val, ctx, autocast))
             if ctx.rank == 0 and logger is not None:
                 log_samples(cfg, nets, data, ctx, logger, step)
+        metrics["peak_memory_mb"] = peak_memory_mb(ctx.device)
         metrics["step"] = step
         metrics["epoch"] = step / batches.steps_per_epoch
         if ctx.rank == 0 and logger is not None:
@@ -127,6 +128,14 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             report(metrics, None)
         sums, count, tic = {}, 0, time.perf_counter()
     return last
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or this process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:

@@ -70,10 +70,11 @@ def git_commit() -> str | None:
         return None
 
 
-def start_run(experiment: str, run_name: str, params: dict, tags: dict) -> str:
-    c = client()
+def start_run(experiment: str, run_name: str, params: dict, tags: dict,
+              uri: str | None = None) -> str:
+    c = client(uri)
     run = c.create_run(experiment_id(c, experiment), run_name=run_name, tags=tags)
-    log_params(run.info.run_id, params)
+    log_params(run.info.run_id, params, uri)
     return run.info.run_id
 
 
@@ -88,8 +89,17 @@ def set_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def end_run(run_id: str, status: str = "FINISHED") -> None:
-    client().set_terminated(run_id, status)
+def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> list:
+    """Runs tagged mlflow.parentRunId = parent (a sweep's trials), oldest first."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    return list(reversed(c.search_runs([parent.info.experiment_id],
+                                       f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=50000)))
 
 
 def get_run(run_id: str):

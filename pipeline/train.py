@@ -23,7 +23,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.from_dict(loop_config["config"])
     context = ray.train.get_context()
     # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this worker was granted.
-    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker or 1))
     ctx = Context(rank=context.get_world_rank(), world=context.get_world_size(),
                   device=ray.train.torch.get_device(), run_id=loop_config["run_id"],
                   tracking_uri=loop_config["tracking_uri"])

@@ -1,0 +1,238 @@
+"""Every model family through the shared contract, on tiny nets and random uint8 images."""
+import math
+
+import pytest
+import torch
+
+from pipeline.models import FAMILIES, can, gan, pixelcnn, vae
+
+# Small enough that the whole file runs in seconds on 2 cores.
+TINY = {"ae": {"latent_dim": 4, "width": 4},
+        "vae": {"latent_dim": 4, "width": 4},
+        "gan": {"latent_dim": 4, "width": 4},
+        "pixelcnn": {"channels": 8, "layers": 2, "kernel": 3, "head_channels": 8}}
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+NUM_CLASSES = 10
+
+
+def tiny(model: str, **overrides):
+    return FAMILIES[model].Config(**{**TINY[model], **overrides})
+
+
+def random_batch(shape, n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return x, y
+
+
+def sample_kwargs(model, shape):
+    return {"image_shape": shape} if model == "pixelcnn" else {}
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("model", list(FAMILIES))
+def test_loss_backward_and_sample(model, shape, conditional):
+    torch.manual_seed(0)
+    family = FAMILIES[model]
+    cfg = tiny(model)
+    num_classes = NUM_CLASSES if conditional else 0
+    nets = family.build(cfg, shape, num_classes)
+    opts = family.make_optimizers(cfg, nets)
+    assert set(opts) == set(family.PHASES)
+    x, y = random_batch(shape)
+    labels = y if conditional else None
+    for phase in family.PHASES:
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        out = family.loss(cfg, nets, x, labels, phase)
+        assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+        assert all(torch.isfinite(v) for v in out.values())
+        out["loss"].backward()
+        params = [p for p in opts[phase].param_groups[0]["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        assert grads, f"{model}/{phase}: no gradients reached the optimizer's parameters"
+        assert all(torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+        opts[phase].step()
+
+    n = 2
+    for net in nets.values():
+        net.eval()
+    if can(family, "sample"):
+        # PixelCNN sampling costs H*W*C forward passes: full size is tested once, below.
+        small = (shape[0], 8, 8) if model == "pixelcnn" else shape
+        images = family.sample(cfg, nets, n, labels[:n] if conditional else None,
+                               device="cpu", **sample_kwargs(model, small))
+        assert images.dtype == torch.uint8 and images.shape == (n, *small)
+    if can(family, "reconstruct"):
+        recon = family.reconstruct(cfg, nets, x, labels)
+        assert recon.dtype == torch.uint8 and recon.shape == x.shape
+    if can(family, "nll"):
+        nats = family.nll(cfg, nets, x, labels, k=2)
+        assert nats.shape == (x.shape[0],) and torch.isfinite(nats).all() and (nats > 0).all()
+
+
+def test_every_family_meets_the_contract():
+    for name, family in FAMILIES.items():
+        for attr in ("Config", "PHASES", "build", "make_optimizers", "loss"):
+            assert hasattr(family, attr), f"{name} lacks {attr}"
+    assert not can(FAMILIES["ae"], "sample")  # an AE has no prior to sample from
+    assert can(FAMILIES["vae"], "nll") and can(FAMILIES["pixelcnn"], "nll")
+
+
+def test_pixelcnn_full_size_sample_is_uint8():
+    """Sampling at the real 1x28x28 size (784 forward passes of a tiny net)."""
+    torch.manual_seed(0)
+    cfg = tiny("pixelcnn")
+    nets = pixelcnn.build(cfg, (1, 28, 28), 0)
+    images = pixelcnn.sample(cfg, nets, 2, None, device="cpu", image_shape=(1, 28, 28))
+    assert images.dtype == torch.uint8 and images.shape == (2, 1, 28, 28)
+    assert images.float().std() > 0  # not a constant image
+
+
+# --- PixelCNN causality --------------------------------------------------------------------
+
+def order_index(c, i, j, channels, width):
+    """Position of sub-pixel (c, i, j) in the autoregressive order: raster, then channels."""
+    return (i * width + j) * channels + c
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixelcnn_is_causal(channels):
+    """The logits of sub-pixel t do not change when any sub-pixel s >= t changes, and do change
+    for every s < t. One batched forward: image 0 is the base, image k+1 perturbs sub-pixel k."""
+    torch.manual_seed(0)
+    h = w = 5
+    cfg = pixelcnn.Config(channels=16, layers=4, kernel=3, head_channels=16)
+    model = pixelcnn.build(cfg, (channels, h, w), 0)["model"].eval()
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 256, (channels, h, w), dtype=torch.uint8, generator=gen)
+    n = channels * h * w
+    batch = base.repeat(n + 1, 1, 1, 1)
+    coords = [(c, i, j) for i in range(h) for j in range(w) for c in range(channels)]
+    for k, (c, i, j) in enumerate(coords):
+        batch[k + 1, c, i, j] = (int(base[c, i, j]) + 128) % 256   # a large change
+    with torch.no_grad():
+        logits = model(batch.float() / 127.5 - 1.0).double()      # (n+1, 256, C, H, W)
+    delta = (logits[1:] - logits[:1]).abs().amax(dim=1)             # (n, C, H, W): s -> t
+    for s, _ in enumerate(coords):
+        for (c, i, j) in coords:
+            t = order_index(c, i, j, channels, w)
+            assert coords[t] == (c, i, j)
+            change = delta[s, c, i, j].item()
+            if s >= t:
+                assert change < 1e-5, f"sub-pixel {coords[t]} sees later/own {coords[s]}"
+            else:
+                assert change > 1e-7, f"sub-pixel {coords[t]} is blind to earlier {coords[s]}"
+
+
+# --- likelihoods ---------------------------------------------------------------------------
+
+def test_discretized_logistic_sums_to_one():
+    """The 256 bin probabilities sum to 1 for any mean and scale (edge bins take the tails)."""
+    gen = torch.Generator().manual_seed(0)
+    mean = (torch.rand(64, generator=gen) * 2.4 - 1.2)[:, None]
+    log_scale = (torch.rand(64, generator=gen) * 4 - 4.5)[:, None]       # scale in [0.01, 0.6]
+    levels = torch.arange(256, dtype=torch.uint8)[None, :].expand(64, 256)
+    logp = vae.discretized_logistic_logp(levels, mean.expand(64, 256), log_scale.expand(64, 256))
+    total = logp.double().exp().sum(dim=1)
+    assert torch.allclose(total, torch.ones_like(total), atol=2e-3), total
+    assert (logp <= 1e-6).all()
+
+
+def test_vae_bpd_is_the_beta_one_bound():
+    """bpd stays the beta = 1 negative ELBO in bits/dim whatever beta trains."""
+    shape = (1, 28, 28)
+    x, _ = random_batch(shape)
+    outs = []
+    for beta in (1.0, 4.0):
+        torch.manual_seed(0)
+        cfg = tiny("vae", beta=beta)
+        nets = vae.build(cfg, shape, 0)
+        torch.manual_seed(1)
+        outs.append(vae.loss(cfg, nets, x, None, "model"))
+    one, four = outs
+    assert torch.allclose(one["bpd"], four["bpd"])
+    dims = math.prod(shape)
+    assert torch.allclose(one["bpd"], (one["recon"] + one["kl"]) / (dims * math.log(2)))
+    assert torch.allclose(four["loss"] * dims, four["recon"] + 4.0 * four["kl"], rtol=1e-5)
+
+
+def test_vae_bernoulli_likelihood_runs():
+    shape = (1, 28, 28)
+    cfg = tiny("vae", likelihood="bernoulli")
+    nets = vae.build(cfg, shape, 0)
+    x, _ = random_batch(shape)
+    out = vae.loss(cfg, nets, x, None, "model")
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert vae.sample(cfg, nets, 2).dtype == torch.uint8
+
+
+def test_pixelcnn_bpd_of_uniform_model_is_eight_bits():
+    """A PixelCNN whose logits are all zero assigns 1/256 to every level: exactly 8 bits/dim."""
+    shape = (3, 8, 8)
+    cfg = tiny("pixelcnn")
+    nets = pixelcnn.build(cfg, shape, 0)
+    with torch.no_grad():
+        for p in nets["model"].parameters():
+            p.zero_()
+    x, _ = random_batch(shape)
+    out = pixelcnn.loss(cfg, nets, x, None, "model")
+    assert out["bpd"].item() == pytest.approx(8.0, abs=1e-5)
+    nats = pixelcnn.nll(cfg, nets, x)
+    assert torch.allclose(nats, torch.full_like(nats, math.prod(shape) * math.log(256)))
+
+
+# --- GAN -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("g_loss", gan.G_LOSSES)
+def test_gan_generator_losses_run(g_loss):
+    shape = (1, 28, 28)
+    torch.manual_seed(0)
+    cfg = tiny("gan", g_loss=g_loss)
+    nets = gan.build(cfg, shape, 0)
+    opts = gan.make_optimizers(cfg, nets)
+    x, _ = random_batch(shape)
+    before = [p.detach().clone() for p in nets["generator"].parameters()]
+    for phase in gan.PHASES:
+        opts[phase].zero_grad(set_to_none=True)
+        out = gan.loss(cfg, nets, x, None, phase)
+        out["loss"].backward()
+        opts[phase].step()
+    assert torch.isfinite(out["g_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, nets["generator"].parameters()))
+
+
+def test_gan_minimax_and_non_saturating_agree_in_direction():
+    """Both G losses push D(G(z)) up: their gradients w.r.t. the fake logit have the same sign."""
+    logit = torch.linspace(-4, 4, 9, requires_grad=True)
+    ns = torch.nn.functional.binary_cross_entropy_with_logits(
+        logit, torch.ones_like(logit), reduction="sum")
+    mm = -torch.nn.functional.softplus(logit).sum()
+    g_ns, = torch.autograd.grad(ns, logit)
+    g_mm, = torch.autograd.grad(mm, logit)
+    assert (g_ns < 0).all() and (g_mm < 0).all()
+    # non-saturating: strong gradient where D rejects fakes (logit << 0), minimax: vanishing
+    assert g_ns[0].abs() > 10 * g_mm[0].abs()
+
+
+def test_gan_discriminator_metrics_are_probabilities():
+    shape = (3, 32, 32)
+    cfg = tiny("gan")
+    nets = gan.build(cfg, shape, NUM_CLASSES)
+    x, y = random_batch(shape)
+    out = gan.loss(cfg, nets, x, y, "discriminator")
+    for key in ("d_real", "d_fake"):
+        assert 0.0 <= out[key].item() <= 1.0
+
+
+def test_family_config_validation():
+    with pytest.raises(ValueError):
+        vae.Config(beta=-1.0).validate()
+    with pytest.raises(ValueError):
+        gan.Config(g_loss="wasserstein").validate()
+    with pytest.raises(ValueError):
+        pixelcnn.Config(kernel=4).validate()

@@ -1,0 +1,104 @@
+"""Driver side of a sweep, as a Tune callback: closes each trial's MLflow run with its final
+status (completed, early-stopped by the scheduler, failed) and prints compact progress (a line
+per trial start and end, a table of live trials every TABLE_EVERY seconds) while Tune is silent.
+
+Tune pickles this callback into the experiment (Tuner.restore brings it back), so it holds plain
+data only and writes to sys.stderr at call time.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray.tune import Callback
+
+from pipeline import tracking
+from tune.trial import STATUS_TAG, TRIAL_ID_TAG
+
+TABLE_EVERY = 30.0  # seconds between live tables
+
+
+def trial_label(trial_id: str) -> str:
+    return f"#{int(trial_id.rsplit('_', 1)[-1]) + 1}"
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def final_status(last_result: dict, steps: int) -> str:
+    """A trial Tune stopped before its last step was stopped by the scheduler."""
+    return "completed" if int(last_result.get("step", 0)) >= steps else "early_stopped"
+
+
+class SweepMonitor(Callback):
+    def __init__(self, spec: dict):
+        self.spec = {k: spec[k] for k in ("parent_run_id", "tracking_uri", "steps", "metric",
+                                           "samples", "keys")}
+        self.started: dict[str, float] = {}
+        self.last_table = time.time()
+
+    # --- Tune hooks ---------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+        values = " ".join(f"{k}={fmt(trial.config.get(k))}" for k in self.spec["keys"])
+        self._print(f"  {trial_label(trial.trial_id)} started: {values}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        status = final_status(result, self.spec["steps"])
+        self._close(trial, status, "FINISHED" if status == "completed" else "KILLED")
+        word = "completed" if status == "completed" else "early-stopped"
+        metric = self.spec["metric"]
+        self._print(f"  {trial_label(trial.trial_id)} {word} at step "
+                    f"{result.get('step', 0)}/{self.spec['steps']}: {metric} "
+                    f"{fmt(result.get(metric, float('nan')))} "
+                    f"({self._done(trials)}/{self.spec['samples']} done)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "failed", "FAILED")
+        self._print(f"  {trial_label(trial.trial_id)} failed; its error is in "
+                    f"{trial.local_path}/error.txt ({self._done(trials)}/"
+                    f"{self.spec['samples']} done)")
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.time() - self.last_table < TABLE_EVERY:
+            return
+        self.last_table = time.time()
+        live = [t for t in trials if t.status == "RUNNING"]
+        if live:
+            self._print(self.table(live))
+
+    # --- helpers ------------------------------------------------------------------------------
+    def table(self, trials) -> str:
+        metric, keys = self.spec["metric"], self.spec["keys"]
+        header = ["trial", "status", "step", metric, *keys]
+        rows = [[trial_label(t.trial_id), t.status.lower(),
+                 f"{(t.last_result or {}).get('step', 0)}/{self.spec['steps']}",
+                 fmt((t.last_result or {}).get(metric, "-")),
+                 *(fmt(t.config.get(k)) for k in keys)] for t in trials]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        return "\n".join("    " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+                         for r in [header, *rows])
+
+    def _done(self, trials) -> int:
+        return sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+
+    def _close(self, trial, status: str, mlflow_status: str) -> None:
+        uri = self.spec["tracking_uri"]
+        for run in tracking.child_runs(self.spec["parent_run_id"], uri):
+            if run.data.tags.get(TRIAL_ID_TAG) == trial.trial_id:
+                tags = {STATUS_TAG: status}
+                if trial.trial_id in self.started:
+                    seconds = time.time() - self.started[trial.trial_id]
+                    tracking.RunLogger(run.info.run_id, uri).metrics(
+                        {"trial_seconds": seconds}, int((trial.last_result or {}).get("step", 0)))
+                tracking.set_tags(run.info.run_id, tags, uri)
+                tracking.end_run(run.info.run_id, mlflow_status, uri)
+
+    @staticmethod
+    def _print(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,294 @@
+"""`genbench tune`: validate, open the sweep's parent MLflow run, run (or restore) a Tuner over the
+training loop, then write the results table, best config and plots into the parent run.
+
+Everything that can be checked before trials start is checked first (config, search space,
+metric, data, cluster resources), so bad input is one line and exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline import tracking
+from pipeline.config import Config
+from pipeline.data import ImageData, load_split
+from pipeline.errors import ConfigError
+from tune import metrics as sweep_metrics
+from tune import spaces
+
+SPEC_FILE = "genbench_sweep.json"  # in the Tune experiment directory: what --resume needs
+REPORTS_PER_TRIAL = 10             # metric (and checkpoint) interval = steps / this, at most
+GAN_FID_SAMPLES = 500              # images per small-sample FID (fake and real each)
+
+
+# --- building the sweep ------------------------------------------------------------------------
+def read_space(args, cfg: Config) -> dict:
+    """The YAML file's `tune:` section if it has one, else the family's default space."""
+    section = None
+    if getattr(args, "config", None):
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        if isinstance(raw, dict) and "tune" in raw:
+            section = raw["tune"]
+            if section is None:
+                section = {}
+    return spaces.check_space(spaces.default_space(cfg.model) if section is None else section,
+                              cfg)
+
+
+def trial_config(cfg: Config, steps: int, interval: int) -> Config:
+    """The config each trial trains: fixed step count, and metrics, validation and checkpoints
+    at the same interval, so every report carries the sweep metric and a checkpoint."""
+    t = dataclasses.replace(cfg.train, steps=steps, epochs=None, log_every=interval,
+                            eval_every=interval, checkpoint_every=interval,
+                            cpus_per_worker=cfg.train.cpus_per_worker or 1)
+    return dataclasses.replace(cfg, train=t)
+
+
+def load_data(cfg: Config) -> tuple[ImageData, ImageData | None]:
+    d = cfg.data
+    train = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
+    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+           if d.val_fraction > 0 else None)
+    if cfg.train.batch_size > len(train):
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(train)} "
+                          f"training images; lower it")
+    return train, val
+
+
+def concurrency(trial_cfg: Config) -> int:
+    """How many trials fit the cluster at once; a request that can never fit is an error."""
+    import ray
+
+    t = trial_cfg.train
+    total = ray.cluster_resources()
+    cpus, gpus = int(total.get("CPU", 0)), int(total.get("GPU", 0))
+    need_cpu = t.workers * t.cpus_per_worker
+    if need_cpu > cpus:
+        raise ConfigError(f"each trial needs {t.workers} worker(s) x {t.cpus_per_worker} CPU(s) "
+                          f"but the Ray cluster has {cpus} CPUs; lower --workers-per-trial or "
+                          f"train.cpus_per_worker")
+    if t.gpu and t.workers > gpus:
+        raise ConfigError(f"each trial needs {t.workers} GPU(s) but the Ray cluster has {gpus}; "
+                          f"lower --workers-per-trial or drop --gpu")
+    fit = cpus // need_cpu
+    return max(1, min(fit, gpus // t.workers) if t.gpu else fit)
+
+
+def scheduler_and_search(spec: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec["scheduler"] == "asha":
+        # time in steps; rungs at grace * 2^k: with 4-8 samples a factor of 2 still prunes.
+        scheduler = ASHAScheduler(time_attr="step", max_t=spec["steps"],
+                                  grace_period=max(spec["interval"], spec["steps"] // 4),
+                                  reduction_factor=2)
+    else:
+        scheduler = FIFOScheduler()
+    if spec["search"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        search = OptunaSearch(seed=spec["seed"])
+    else:
+        search = BasicVariantGenerator(random_state=spec["seed"])
+    return scheduler, search
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# --- the command -------------------------------------------------------------------------------
+def run(args) -> int:
+    if args.resume:
+        given = [f"--{n.replace('_', '-')}" for n in ("model", "dataset", "config", "set",
+                                                      "steps", "metric", "mode")
+                 if getattr(args, n, None)]
+        if given:
+            raise ConfigError(f"--resume continues a sweep with its saved settings; drop "
+                              f"{', '.join(given)}")
+        return resume(args.resume, args.address, args.verbose)
+    return start(args)
+
+
+def start(args) -> int:
+    from pipeline.cli import build_config
+    from pipeline.launch import init_ray, storage_path
+    from pipeline.loop import total_steps
+
+    if args.samples <= 0:
+        raise ConfigError(f"--samples must be positive, got {args.samples}")
+    args.workers = args.workers_per_trial
+    cfg = build_config(args)
+    space = read_space(args, cfg)
+    train_data, val_data = load_data(cfg)
+    metric, mode = sweep_metrics.choose(cfg, train_data, args.metric, args.mode)
+    steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
+    interval = max(1, min(cfg.train.eval_every, steps // REPORTS_PER_TRIAL))
+    trial_cfg = trial_config(cfg, steps, interval)
+    init_ray(args.address, args.verbose)
+    max_concurrent = concurrency(trial_cfg)
+
+    tags = tracking.versions_and_hardware(cfg.train.gpu)
+    tags.update({"genbench.kind": "tune", "genbench.model": cfg.model,
+                 "genbench.dataset": cfg.data.dataset})
+    params = {**cfg.flat(), "train.total_steps": steps, "tune.samples": args.samples,
+              "tune.scheduler": args.scheduler, "tune.search": args.search,
+              "tune.metric": metric, "tune.mode": mode, "tune.interval": interval,
+              "tune.workers_per_trial": cfg.train.workers, "tune.space": json.dumps(space)}
+    parent = tracking.start_run(args.experiment, f"tune-{cfg.model}-{cfg.data.dataset}",
+                                params, tags)
+    name = f"tune-{cfg.model}-{parent[:12]}"
+    sweep_dir = Path(storage_path(cfg)) / name
+    spec = {"parent_run_id": parent, "tracking_uri": tracking.tracking_uri(),
+            "experiment": args.experiment, "sweep_dir": str(sweep_dir), "name": name,
+            "user_config": cfg.to_dict(), "trial_config": trial_cfg.to_dict(),
+            "space": space, "keys": list(space), "metric": metric, "mode": mode,
+            "scheduler": args.scheduler, "search": args.search, "samples": args.samples,
+            "steps": steps, "interval": interval, "seed": cfg.train.seed,
+            "max_concurrent": max_concurrent, "fid_samples": GAN_FID_SAMPLES}
+    sweep_dir.mkdir(parents=True, exist_ok=False)
+    (sweep_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
+    sweep_metrics.prepare(trial_cfg, spec)
+
+    from ray import tune
+
+    from tune.monitor import SweepMonitor
+    from tune.trial import make_trainable
+
+    scheduler, search = scheduler_and_search(spec)
+    tuner = tune.Tuner(
+        make_trainable(spec, train_data, val_data),
+        param_space=spaces.to_tune(space),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
+                                    search_alg=search, num_samples=args.samples,
+                                    max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True,  # a new trial process costs seconds
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=str(sweep_dir.parent), verbose=0,
+                                  callbacks=[SweepMonitor(spec)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    space_text = ", ".join(f"{k} {prim}{args_}" for k, e in space.items()
+                           for prim, args_ in e.items())
+    print(f"genbench: sweeping {cfg.model} on {cfg.data.dataset}: {args.samples} trials x "
+          f"{steps} steps ({cfg.train.workers} worker(s) each, {max_concurrent} at a time), "
+          f"{args.scheduler.upper()} on {metric} ({mode}) every {interval} steps, "
+          f"{args.search} search over {space_text}\n  MLflow parent run {parent}; "
+          f"sweep dir {sweep_dir}", file=sys.stderr, flush=True)
+    return finish(tuner, spec)
+
+
+def resume(path: str, address: str | None, verbose: bool) -> int:
+    from ray import tune
+
+    from pipeline.launch import init_ray
+    from tune.trial import make_trainable
+
+    sweep_dir = Path(path).absolute()
+    spec_file = sweep_dir / SPEC_FILE
+    if not spec_file.is_file():
+        raise ConfigError(f"{path} is not a genbench sweep directory (no {SPEC_FILE}); pass the "
+                          f"sweep dir that `genbench tune` printed")
+    spec = json.loads(spec_file.read_text())
+    if not tune.Tuner.can_restore(str(sweep_dir)):
+        raise ConfigError(f"sweep {path} stopped before Tune saved any state; start it again "
+                          f"without --resume")
+    uri = spec["tracking_uri"]
+    try:
+        parent = tracking.client(uri).get_run(spec["parent_run_id"])
+    except Exception:
+        raise ConfigError(f"the sweep's MLflow parent run {spec['parent_run_id']} is not in "
+                          f"{uri}; resume with the tracking store it was started with") from None
+    if parent.info.status == "FINISHED":
+        raise ConfigError(f"sweep {path} already finished; see MLflow run "
+                          f"{spec['parent_run_id']}")
+    trial_cfg = Config.from_dict(spec["trial_config"])
+    train_data, val_data = load_data(trial_cfg)
+    init_ray(address, verbose)
+    concurrency(trial_cfg)
+    sweep_metrics.prepare(trial_cfg, spec)
+    tracking.client(uri).update_run(spec["parent_run_id"], status="RUNNING")
+    print(f"genbench: resuming sweep {sweep_dir.name} ({spec['samples']} trials of "
+          f"{trial_cfg.model}); MLflow parent run {spec['parent_run_id']}",
+          file=sys.stderr, flush=True)
+    tuner = tune.Tuner.restore(str(sweep_dir), make_trainable(spec, train_data, val_data),
+                               resume_unfinished=True, resume_errored=False)
+    return finish(tuner, spec)
+
+
+def finish(tuner, spec: dict) -> int:
+    """Fit, then either hand back an interrupted sweep or write its results."""
+    import os
+
+    from ray.tune import ExperimentAnalysis
+
+    from tune import summary
+
+    parent, uri = spec["parent_run_id"], spec["tracking_uri"]
+    # Tune's newer console output prints a banner even at verbose=0; the classic one is silent
+    # there, and SweepMonitor prints our own compact progress instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        results = tuner.fit()
+    except BaseException as exc:
+        mark_unfinished(spec)
+        tracking.end_run(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                         uri)
+        raise
+    # Tune returns normally on Ctrl-C too; the state it saved says whether every trial ended.
+    saved = ExperimentAnalysis(spec["sweep_dir"]).trials
+    ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
+    if ended < spec["samples"]:
+        mark_unfinished(spec)
+        tracking.end_run(parent, "KILLED", uri)
+        print(f"genbench: sweep interrupted with {ended}/{spec['samples']} trials done; "
+              f"continue it with: genbench tune --resume {spec['sweep_dir']}", file=sys.stderr)
+        return 130
+    rows = summary.collect(results, parent, uri)
+    base = Config.from_dict(spec["user_config"])
+    out = summary.write_all(rows, spec, base, Path(spec["sweep_dir"]))
+    print_results(rows, spec, out)
+    best = out["best"]
+    tracking.end_run(parent, "FINISHED" if best is not None else "FAILED", uri)
+    return 0 if best is not None else 1
+
+
+def mark_unfinished(spec: dict) -> None:
+    """Child runs still open when the driver stops are interrupted, not finished."""
+    from tune.trial import STATUS_TAG
+
+    uri = spec["tracking_uri"]
+    for run in tracking.child_runs(spec["parent_run_id"], uri):
+        if run.info.status == "RUNNING":
+            tracking.set_tags(run.info.run_id, {STATUS_TAG: "interrupted"}, uri)
+            tracking.end_run(run.info.run_id, "KILLED", uri)
+
+
+def print_results(rows, spec: dict, out: dict) -> None:
+    from tune.monitor import fmt
+
+    metric, keys = spec["metric"], spec["keys"]
+    header = ["trial", "status", "steps", metric, *keys]
+    table = [[r.trial.rsplit("_", 1)[-1], r.status.replace("_", "-"),
+              str(r.metrics.get("step", "-")), fmt(r.value(metric)),
+              *(fmt(r.sampled.get(k)) for k in keys)] for r in rows]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    print(f"\nsweep {spec['name']}: {len(rows)} trials")
+    for row in [header, *table]:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    best = out["best"]
+    if best is None:
+        print(f"  no trial reported a finite {metric}; see the errors under {spec['sweep_dir']}")
+        return
+    print(f"\nbest: trial {best.trial} with {metric} {best.value(metric):.6g}: "
+          + ", ".join(f"{k}={fmt(best.sampled.get(k))}" for k in keys))
+    print(f"  best config   {out['best_config']}")
+    print(f"  train it      genbench train --config {out['best_config']}")
+    print(f"  MLflow run    {spec['parent_run_id']} (parent; {len(rows)} child runs, "
+          f"{spec['tracking_uri']})")
+

@@ -1,0 +1,186 @@
+"""One trial of a sweep: the same training loop as `genbench train`, logged to a child MLflow run.
+
+Single-worker trials run pipeline.loop.fit directly inside the Tune trial (no extra actors, about
+a second of overhead); multi-worker trials start a TorchTrainer inside the trial, whose rank 0
+forwards metrics to Tune through TuneReportCallback. Either way every report carries the sweep
+metric, and the checkpoint of the same step, so ASHA can stop and Tuner.restore can continue.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline import tracking
+from pipeline.config import Config
+from pipeline.data import ImageData, load_split
+from pipeline.loop import Context, fit
+from tune import spaces
+
+TRIAL_ID_TAG = "genbench.trial_id"
+STATUS_TAG = "genbench.trial_status"   # running | completed | early_stopped | failed | interrupted
+STARTS_TAG = "genbench.trial_starts"   # how often the trial function began (1 unless resumed)
+
+
+def trial_config(spec: dict, sampled: dict) -> Config:
+    return spaces.apply(Config.from_dict(spec["trial_config"]), sampled)
+
+
+def open_child_run(spec: dict, sampled: dict, cfg: Config, trial_id: str) -> str:
+    """The trial's MLflow run under the sweep's parent: created on the first start, reopened
+    when a resumed sweep restarts the trial (so a trial keeps one run)."""
+    uri = spec["tracking_uri"]
+    found = [r for r in tracking.child_runs(spec["parent_run_id"], uri)
+             if r.data.tags.get(TRIAL_ID_TAG) == trial_id]
+    if found:
+        run = found[0]
+        starts = int(run.data.tags.get(STARTS_TAG, "1")) + 1
+        tracking.set_tags(run.info.run_id, {STARTS_TAG: starts, STATUS_TAG: "running"}, uri)
+        tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
+    number = int(trial_id.rsplit("_", 1)[-1]) + 1
+    tags = {"mlflow.parentRunId": spec["parent_run_id"], "genbench.kind": "tune-trial",
+            "genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
+            TRIAL_ID_TAG: trial_id, STARTS_TAG: 1, STATUS_TAG: "running",
+            "genbench.sampled": json.dumps(sampled)}
+    params = {**cfg.flat(), "train.total_steps": spec["steps"]}
+    return tracking.start_run(spec["experiment"], f"trial-{number:03d}", params, tags, uri=uri)
+
+
+class Reporter:
+    """Wraps a send(metrics, checkpoint_dir) function for fit(): adds the extra validation metric
+    (the GAN's FID) and the training seconds so far, and logs every report to the child run."""
+
+    def __init__(self, cfg: Config, ctx: Context, val: ImageData | None, spec: dict,
+                 send: Callable[[dict, str | None], None], seconds_before: float = 0.0):
+        from tune.metrics import extra_metric_fn
+        self.ctx, self.send = ctx, send
+        self.logger = tracking.RunLogger(ctx.run_id, ctx.tracking_uri) if ctx.rank == 0 else None
+        self.extra = extra_metric_fn(cfg, val, ctx.device, spec) if ctx.rank == 0 else None
+        self.seconds_before, self.t0 = seconds_before, time.perf_counter()
+
+    def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        metrics = dict(metrics)
+        if self.ctx.rank == 0:
+            if self.extra is not None and checkpoint_dir is not None:
+                metrics.update(self.extra(ckpt.load(checkpoint_dir)))
+            metrics["train_seconds"] = self.seconds_before + time.perf_counter() - self.t0
+            self.logger.metrics({k: v for k, v in metrics.items() if k != "step"},
+                                int(metrics["step"]))
+        self.send(metrics, checkpoint_dir)
+
+
+def _seconds_before(run_id: str, uri: str) -> float:
+    """Training seconds a restarted trial had already spent (its last logged value)."""
+    return float(tracking.latest_metrics(run_id, uri).get("train_seconds", 0.0))
+
+
+def _device(cfg: Config) -> torch.device:
+    return torch.device("cuda" if cfg.train.gpu and torch.cuda.is_available() else "cpu")
+
+
+def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: ImageData | None):
+    """Function trainable for single-worker trials: fit() in this process."""
+    from ray import tune
+
+    cfg = trial_config(spec, sampled)
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = open_child_run(spec, sampled, cfg, trial_id)
+    start, restored = None, tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            start = ckpt.load(directory)
+    ctx = Context(device=_device(cfg), run_id=run_id, tracking_uri=spec["tracking_uri"])
+
+    def send(metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    seconds = _seconds_before(run_id, ctx.tracking_uri) if start else 0.0
+    fit(cfg, ctx, Reporter(cfg, ctx, val_data, spec, send, seconds), start=start, logger=None,
+        data=train_data, val=val_data)
+
+
+def distributed_trial(sampled: dict, spec: dict) -> None:
+    """Function trainable for multi-worker trials: this trial only waits (0.01 CPU) while a
+    TorchTrainer runs the DDP workers and TuneReportCallback forwards rank 0's reports."""
+    from ray import tune
+    from ray.train import CheckpointConfig, Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.launch import find_latest_checkpoint
+
+    cfg = trial_config(spec, sampled)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = open_child_run(spec, sampled, cfg, trial_id)
+    storage = f"{spec['sweep_dir']}/trainers"
+    # A restarted trial (resumed sweep) continues from its trainer's last checkpoint, under a
+    # new trainer name so Ray Train does not mix the two attempts.
+    latest = find_latest_checkpoint(f"{storage}/{trial_id}")
+    attempt = len(list(__import__("glob").glob(f"{storage}/{trial_id}*"))) + 1
+    t = cfg.train
+    trainer = TorchTrainer(
+        tune_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "spec": spec,
+                           "tracking_uri": spec["tracking_uri"],
+                           "seconds_before": _seconds_before(run_id, spec["tracking_uri"])
+                           if latest else 0.0},
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=f"{trial_id}-attempt{attempt}", storage_path=storage,
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        resume_from_checkpoint=Checkpoint.from_directory(str(latest)) if latest else None)
+    trainer.fit()
+
+
+def tune_loop_per_worker(loop_config: dict) -> None:
+    """Each DDP rank of a multi-worker trial: fit() with a report that goes to ray.train."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    ctx = Context(rank=context.get_world_rank(), world=context.get_world_size(),
+                  device=ray.train.torch.get_device(), run_id=loop_config["run_id"],
+                  tracking_uri=loop_config["tracking_uri"])
+    start, restored = None, ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            start = ckpt.load(directory)
+    d = cfg.data
+    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
+    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+           if d.val_fraction > 0 else None)
+
+    def send(metrics: dict, checkpoint_dir: str | None) -> None:
+        step = int(metrics["step"])
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
+
+    fit(cfg, ctx, Reporter(cfg, ctx, val, loop_config["spec"], send,
+                           loop_config["seconds_before"]),
+        start=start, logger=None, data=data, val=val)
+
+
+def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None) -> Any:
+    """The Tune trainable with its resources: a whole trial for single-worker sweeps, a waiting
+    driver (0.01 CPU; 0 is refused) for multi-worker ones, whose TorchTrainer asks for the rest."""
+    from ray import tune
+
+    t = Config.from_dict(spec["trial_config"]).train
+    if t.workers == 1:
+        resources = {"cpu": t.cpus_per_worker, **({"gpu": 1} if t.gpu else {})}
+        fn = tune.with_parameters(direct_trial, spec=spec, train_data=train_data,
+                                  val_data=val_data)
+        return tune.with_resources(fn, resources)
+    fn = tune.with_parameters(distributed_trial, spec=spec)
+    return tune.with_resources(fn, {"cpu": 0.01})
