@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: run test venv data bench clean
+.PHONY: run test venv data browser bench clean
 
 $(BIN)/genbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,10 +23,19 @@ data:
 		echo "note: could not install dataset-fashion-mnist; torchvision will download it when online"; \
 	fi
 
+# Headless Chromium (Debian's chromium + chromium-driver) for the report's browser test, which
+# is skipped, saying why, when it is absent.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver) >/dev/null || \
+		echo "note: could not install chromium; the report's browser test will be skipped"; \
+	fi
+
 run: venv data
 	$(BIN)/genbench bench --preset quick
 
-test: venv data
+test: venv data browser
 	$(BIN)/python -m pytest
 
 bench: venv data

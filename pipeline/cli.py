@@ -100,6 +100,9 @@ def cmd_train(args) -> int:
     result = train(cfg, experiment=args.experiment, address=args.address, resume=args.resume,
                    verbose=args.verbose)
     print_summary(result)
+    if args.eval:
+        from eval.cli import evaluate_after_training
+        return evaluate_after_training(result.run_id, args.eval_n)
     return 0
 
 
@@ -127,6 +130,24 @@ def cmd_tune(args) -> int:
     return run(args)
 
 
+def cmd_eval(args) -> int:
+    from eval.cli import run_command
+    runner = None
+    if args.eval_command is None and args.workers > 1:  # eval/ stays Ray-free: Ray lives here
+        from functools import partial
+
+        from pipeline.eval_workers import ray_nll_sums
+        runner = partial(ray_nll_sums, address=args.address, verbose=args.verbose)
+    return run_command(args, runner)
+
+
+def cmd_report(args) -> int:
+    from eval.report import default_out_dir, write_report
+    html = write_report(args.experiment, args.out or default_out_dir(args.experiment), args.force)
+    print(f"{html}\n{html.with_name('report.md')}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="genbench", description="Train, sweep, evaluate and benchmark deep "
                     "generative models of images (AE, beta-VAE, DCGAN, gated PixelCNN) with "
@@ -144,8 +165,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its "
                    "last checkpoint, in the same MLflow run")
+    p.add_argument("--eval", action="store_true", help="run `genbench eval` (default metrics) "
+                   "on the run when training ends")
+    p.add_argument("--eval-n", type=positive_int, metavar="N", help="generated and real "
+                   "images for --eval (default 10000 or the test split's size)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run: FID/IS/KID/PR, bits/dim, linear "
+                       "probe; logged into the same MLflow run",
+                       description="Evaluate a `genbench train` run (--run-id) or a checkpoint: "
+                       "sample-quality metrics through torch-fidelity, bits/dim on the test "
+                       "split, linear-probe accuracy of the encoder. Prints a table and logs "
+                       "metrics, the protocol (tags eval.*) and a sample PNG into the run. "
+                       "`genbench eval train-classifier` trains the domain extractor.")
+    from eval.cli import add_arguments as add_eval_arguments
+    add_eval_arguments(p)
+    p.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own logs")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune (ASHA, MLflow "
                        "parent + child runs)", description="Sweep a family's hyperparameters "
@@ -191,6 +228,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="write the benchmark report (Markdown + self-contained "
+                       "HTML) of an experiment", description="Read an experiment's MLflow runs "
+                       "(train, eval, tune) and write DIR/report.md and DIR/report.html (images "
+                       "embedded, no external requests); both are logged to a report run.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment to report on")
+    p.add_argument("--out", metavar="DIR", help="output directory (default reports/EXPERIMENT)")
+    p.add_argument("--force", action="store_true", help="replace an existing report in DIR")
+    p.add_argument("--verbose", action="store_true", help="show MLflow's own logs")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -53,34 +53,65 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
+        hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its "
+                "token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
         raise ConfigError(f"cannot reach the Ray cluster at {kwargs['address']} "
-                          f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS") from None
+                          f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS"
+                          f"{hint}") from None
 
 
-def resolve_resources(cfg: Config) -> Config:
+def joined_cluster(address: str | None = None) -> bool:
+    """True when genbench runs on a cluster it did not start: --address, RAY_ADDRESS (a `ray job
+    submit` driver gets RAY_ADDRESS=auto), or a `ray start` cluster that ray.init() found on
+    this machine (a shell on the head node)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return True
+    from ray._private import worker  # no public API says who started the connected cluster
+    node = getattr(worker, "_global_node", None)
+    return node is not None and not node.is_head()
+
+
+def resolve_resources(cfg: Config, can_grow: bool = False) -> Config:
     """Check the request against the cluster; fill in cpus_per_worker (default: the cluster's
-    CPUs split evenly over the workers, so 1 worker on 2 cores trains with 2 threads)."""
+    CPUs split evenly over the workers, so 1 worker on 2 cores trains with 2 threads).
+
+    On a cluster that can grow (one genbench joined: its autoscaler adds nodes, e.g. GPU
+    workers scaled from 0) a shortfall is a note, not an error: the run waits for the nodes."""
     import dataclasses
 
     import ray
 
     t = cfg.train
     total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    cpus = total.get("CPU", 0)
     if t.cpus_per_worker is None:
-        per_worker = 1 if t.gpu else max(1, int(cpus) // t.workers)
+        # No worker can get more CPUs than the biggest node holds (the total spans nodes).
+        biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+                      default=cpus)
+        per_worker = 1 if t.gpu else max(1, min(int(cpus) // t.workers, int(biggest)))
         t = dataclasses.replace(t, cpus_per_worker=per_worker)
         cfg = dataclasses.replace(cfg, train=t)
-    need_cpu = t.workers * t.cpus_per_worker
-    if t.gpu and t.workers > gpus:
-        raise ConfigError(f"{t.workers} GPU workers asked for but the Ray cluster has "
-                          f"{int(gpus)} GPUs; lower --workers or add GPU nodes")
-    if not t.gpu and need_cpu > cpus:
-        raise ConfigError(f"{t.workers} workers x {t.cpus_per_worker} CPUs asked for but the "
-                          f"Ray cluster has {int(cpus)} CPUs; lower --workers")
-    if t.gpu and not gpus:
-        raise ConfigError("--gpu asked for but the Ray cluster has no GPUs; drop --gpu")
+    short = shortfall(cfg, total)
+    if short and not can_grow:
+        raise ConfigError(short)
+    if short:
+        print(f"genbench: {short.split(';')[0]} now; waiting for the autoscaler to add nodes "
+              f"(Ctrl-C to stop)", file=sys.stderr, flush=True)
     return cfg
+
+
+def shortfall(cfg: Config, total: dict) -> str | None:
+    """What the cluster lacks for this run and how to fix it, or None when it fits."""
+    t = cfg.train
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    if t.gpu and t.workers > gpus:
+        return (f"{t.workers} GPU workers asked for but the Ray cluster has {int(gpus)} GPUs; "
+                f"lower --workers or add GPU nodes")
+    if not t.gpu and t.workers * t.cpus_per_worker > cpus:
+        return (f"{t.workers} workers x {t.cpus_per_worker} CPUs asked for but the Ray cluster "
+                f"has {int(cpus)} CPUs; lower --workers")
+    return None
 
 
 def storage_path(cfg: Config) -> str:
@@ -163,6 +194,7 @@ PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
 def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
           resume: str | None = None, verbose: bool = False, quiet: bool = False,
           extra_tags: dict | None = None) -> TrainResult:
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -185,10 +217,15 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
                           f"of {steps}; nothing to resume")
     init_ray(address, verbose)
-    cfg = resolve_resources(cfg)
-    if cfg.train.workers > 1 and cfg.train.storage_path is None and _multi_node():
-        raise ConfigError("this Ray cluster has several nodes: checkpoints need shared storage; "
-                          "pass --storage-path s3://bucket/path or an NFS directory")
+    joined = joined_cluster(address)
+    cfg = resolve_resources(cfg, can_grow=joined)
+    # Any worker, even a single one, may run on another node than the driver: a cluster with
+    # several nodes, or one that must add nodes for this run, needs storage all nodes reach.
+    grows = joined and shortfall(cfg, ray.cluster_resources()) is not None
+    if cfg.train.storage_path is None and (grows or _multi_node()):
+        raise ConfigError("this Ray cluster has (or is adding) several nodes: checkpoints need "
+                          "shared storage; pass --storage-path s3://bucket/path or an NFS "
+                          "directory")
 
     if resume:
         run_id = resume
@@ -196,8 +233,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         attempt = len(__import__("glob").glob(f"{run_dir}*")) + 1
         name = f"{Path(run_dir).name}-resume{attempt}"
         tracking.client().update_run(run_id, status="RUNNING")
-        from ray.train import Checkpoint
-        resume_from = Checkpoint.from_directory(str(latest))
+        # Ray Train V2 dropped resume_from_checkpoint: the workers load this path themselves.
+        resume_from = str(latest)
     else:
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
@@ -211,14 +248,13 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri()},
+                           "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage_path(cfg),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg.train.keep_checkpoints)),
-        resume_from_checkpoint=resume_from)
+                                 num_to_keep=cfg.train.keep_checkpoints)))
     if not quiet:
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
               f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",

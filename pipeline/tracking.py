@@ -141,3 +141,37 @@ def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
+
+
+# --- reading an experiment back (the report) ----------------------------------------------------
+def find_experiment(name: str, uri: str | None = None) -> str | None:
+    """The id of an active experiment, or None; never creates one."""
+    exp = client(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
+
+
+def search_runs(experiment_id: str, filter_string: str = "", uri: str | None = None) -> list:
+    """Every active run of an experiment that matches, newest first (all pages)."""
+    c, runs, token = client(uri), [], None
+    while True:
+        page = c.search_runs([experiment_id], filter_string, max_results=1000,
+                             order_by=["attributes.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
+    """(step, value) of every logged point of one metric, by step."""
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def list_artifacts(run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:
+    """Artifact file paths directly under path (folders left out)."""
+    return [f.path for f in client(uri).list_artifacts(run_id, path) if not f.is_dir]
+
+
+def download_artifact(run_id: str, path: str, dst_dir: str | Path, uri: str | None = None) -> Path:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file
+    return Path(client(uri).download_artifacts(run_id, path, str(dst_dir)))

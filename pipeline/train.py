@@ -14,6 +14,7 @@ import ray.train.torch
 import torch
 
 from pipeline import checkpoint as ckpt
+from pipeline import tracking
 from pipeline.config import Config
 from pipeline.loop import Context, fit
 from pipeline.tracking import RunLogger
@@ -29,9 +30,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   tracking_uri=loop_config["tracking_uri"])
     start = None
     restored = ray.train.get_checkpoint()
-    if restored is not None:
+    if restored is not None:  # a restart after a worker failure: this run's latest
         with restored.as_directory() as directory:
             start = ckpt.load(directory)
+    elif loop_config.get("resume_from"):  # --resume: the interrupted run's last checkpoint
+        start = ckpt.load(loop_config["resume_from"])
     logger = RunLogger(ctx.run_id, ctx.tracking_uri) if ctx.rank == 0 else None
     if os.environ.get("GENBENCH_WORKER_PIDFILE") and ctx.rank == 0:
         # tests kill a worker by pid to exercise fault tolerance
@@ -45,4 +48,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
 
+    tag_placement(ctx)
     fit(cfg, ctx, report, start=start, logger=logger)
+
+
+def tag_placement(ctx: Context) -> None:
+    """Rank 0 tags the run with the Ray node of every rank (`genbench.node.rank<r>`): shows how a
+    multi-node run was placed. One all_gather of a short string; after a restart the tags show
+    the latest placement."""
+    node_id = ray.get_runtime_context().get_node_id()
+    nodes = [node_id]
+    if ctx.world > 1 and torch.distributed.is_initialized():
+        nodes = [None] * ctx.world
+        torch.distributed.all_gather_object(nodes, node_id)
+    if ctx.rank == 0 and ctx.run_id:
+        tracking.set_tags(ctx.run_id, {f"genbench.node.rank{r}": n for r, n in enumerate(nodes)},
+                          ctx.tracking_uri)

@@ -1,5 +1,7 @@
 """Shared fixtures: one local Ray for the session, a private MLflow store, a temp working dir."""
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh instance, even where RAY_ADDRESS names a cluster
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -42,3 +45,50 @@ def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+# Nets and batches small enough for 2 cores; every family keeps its real architecture.
+FAST = {"ae": ["ae.width=8", "ae.latent_dim=8"],
+        "vae": ["vae.width=8", "vae.latent_dim=8"],
+        "gan": ["gan.width=8", "gan.latent_dim=16"],
+        "pixelcnn": ["pixelcnn.channels=8", "pixelcnn.layers=2", "pixelcnn.head_channels=16"]}
+FAST_TRAIN = ["train.batch_size=32", "train.log_every=10", "train.checkpoint_every=10"]
+
+
+@pytest.fixture(scope="session")
+def fast_sets():
+    """--set arguments that shrink a family's run: fast_sets("vae") -> ["--set", ...]."""
+    def sets(model: str) -> list[str]:
+        return [arg for kv in FAST[model] + FAST_TRAIN for arg in ("--set", kv)]
+    return sets
+
+
+@dataclass
+class FinishedRun:
+    exit_code: int
+    run_id: str
+    experiment: str
+    uri: str
+    workdir: Path
+    steps: int
+
+
+@pytest.fixture(scope="session")
+def ae_run(ray_local, tmp_path_factory, fast_sets):
+    """One finished `genbench train --model ae --workers 2 --steps 30` (in-process, on the shared
+    Ray), with checkpoints every 10 steps. Tests that tamper with its files restore them."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.cli import main
+
+    workdir = tmp_path_factory.mktemp("ae_run")
+    uri = f"sqlite:///{workdir / 'm.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        code = main(["train", "--model", "ae", "--workers", "2", "--steps", "30",
+                     "--experiment", "E", *fast_sets("ae")])
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("E").experiment_id])
+    assert len(runs) == 1
+    return FinishedRun(code, runs[0].info.run_id, "E", uri, workdir, 30)

@@ -56,12 +56,12 @@ class SweepMonitor(Callback):
         self._print(f"  {trial_label(trial.trial_id)} {word} at step "
                     f"{result.get('step', 0)}/{self.spec['steps']}: {metric} "
                     f"{fmt(result.get(metric, float('nan')))} "
-                    f"({self._done(trials)}/{self.spec['samples']} done)")
+                    f"({self._done(trials, trial)}/{self.spec['samples']} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, "failed", "FAILED")
         self._print(f"  {trial_label(trial.trial_id)} failed; its error is in "
-                    f"{trial.local_path}/error.txt ({self._done(trials)}/"
+                    f"{trial.local_path}/error.txt ({self._done(trials, trial)}/"
                     f"{self.spec['samples']} done)")
 
     def on_step_end(self, iteration, trials, **info):
@@ -84,8 +84,10 @@ class SweepMonitor(Callback):
         return "\n".join("    " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
                          for r in [header, *rows])
 
-    def _done(self, trials) -> int:
-        return sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    @staticmethod
+    def _done(trials, trial) -> int:
+        """Trials ended, counting this one (Tune updates its status after the callback)."""
+        return 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
 
     def _close(self, trial, status: str, mlflow_status: str) -> None:
         uri = self.spec["tracking_uri"]

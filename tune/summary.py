@@ -95,7 +95,9 @@ def plot_metric_vs(rows: list[Row], key: str, metric: str, log_x: bool, best_row
         ax.scatter([best_row.sampled[key]], [best_row.value(metric)], marker="*", s=200,
                    facecolors="none", edgecolors="k", label="best")
     if log_x:
+        from matplotlib.ticker import NullFormatter
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
     ax.set_xlabel(key)
     ax.set_ylabel(f"{metric} (last report)")
     ax.legend(fontsize=7)

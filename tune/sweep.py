@@ -93,7 +93,9 @@ def scheduler_and_search(spec: dict):
         from ray.tune.search.optuna import OptunaSearch
         search = OptunaSearch(seed=spec["seed"])
     else:
-        search = BasicVariantGenerator(random_state=spec["seed"])
+        # Tune ignores max_concurrent_trials for a generator passed in: give it here.
+        search = BasicVariantGenerator(random_state=spec["seed"],
+                                       max_concurrent=spec["max_concurrent"])
     return scheduler, search
 
 

@@ -23,6 +23,7 @@ from tune import spaces
 TRIAL_ID_TAG = "genbench.trial_id"
 STATUS_TAG = "genbench.trial_status"   # running | completed | early_stopped | failed | interrupted
 STARTS_TAG = "genbench.trial_starts"   # how often the trial function began (1 unless resumed)
+DRIVER_MEMORY = 2**28                  # bytes, logical: what a multi-worker trial's driver claims
 
 
 def trial_config(spec: dict, sampled: dict) -> Config:
@@ -172,8 +173,10 @@ def tune_loop_per_worker(loop_config: dict) -> None:
 
 
 def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None) -> Any:
-    """The Tune trainable with its resources: a whole trial for single-worker sweeps, a waiting
-    driver (0.01 CPU; 0 is refused) for multi-worker ones, whose TorchTrainer asks for the rest."""
+    """The Tune trainable with its resources: a whole trial for single-worker sweeps; for
+    multi-worker ones a driver that only waits while its TorchTrainer asks for the CPUs. That
+    driver claims no CPU at all (Tune refuses an empty request, so it claims a little memory):
+    even 0.01 CPU would leave 1.99 of 2 CPUs, and a 2-worker trainer could never start."""
     from ray import tune
 
     t = Config.from_dict(spec["trial_config"]).train
@@ -183,4 +186,4 @@ def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None
                                   val_data=val_data)
         return tune.with_resources(fn, resources)
     fn = tune.with_parameters(distributed_trial, spec=spec)
-    return tune.with_resources(fn, {"cpu": 0.01})
+    return tune.with_resources(fn, {"cpu": 0, "memory": DRIVER_MEMORY})

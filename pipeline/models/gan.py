@@ -87,11 +87,12 @@ def loss(cfg: Config, nets, x: torch.Tensor, y, phase: str) -> dict[str, torch.T
     if phase == "discriminator":
         with torch.no_grad():
             fake = unwrap(g)(z, y)
-        # One D forward on [real; fake]: a DDP-wrapped D with BatchNorm must not run two
-        # forwards before one backward (pytorch #175024).
-        labels = None if y is None else torch.cat([y, y])
-        logits = d(torch.cat([to_float(x), fake.to(torch.float32)]), labels).float()
-        real_logit, fake_logit = logits.chunk(2)
+        # Real and fake go through D separately, as in G's phase, so BatchNorm sees the same
+        # batch composition in both phases (one forward on [real; fake] lets G fool a D whose
+        # statistics differ between phases). Two forwards before one backward on a DDP-wrapped
+        # D with BatchNorm need broadcast_buffers=False (pytorch #175024; see loop.build_nets).
+        real_logit = d(to_float(x), y).float()
+        fake_logit = d(fake.to(torch.float32), y).float()
         d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
                   + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
         return {"loss": d_loss, "d_loss": d_loss.detach(),

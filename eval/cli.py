@@ -1,0 +1,127 @@
+"""The `genbench eval` sub-command's arguments and actions (pipeline/cli.py wires them in).
+
+Kept light: argparse only at import time; torch and the metrics load when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.cli import positive_int  # lazy: pipeline.cli imports this module
+
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-id", help="MLflow run of `genbench train` (its checkpoint "
+                        "artifact is evaluated; results are logged into the same run)")
+    source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt or its directory")
+    p.add_argument("--metrics", type=comma_list, default=None,
+                   help="comma list of fid,is,kid,prc,bpd,probe (default: all that apply: "
+                   "FID/IS/KID/PR need a sampler (not AE); bpd: VAE (IWAE bound), PixelCNN "
+                   "(exact), AE reports mse_test/psnr_test, GAN has none; probe: AE and VAE)")
+    p.add_argument("--extractor", type=comma_list, default=("domain",),
+                   help="feature extractor(s) for FID/IS/KID/PR: domain (a small classifier "
+                   "trained on the dataset, offline; default) or inception (torch-fidelity's "
+                   "InceptionV3, comparable with papers); e.g. domain,inception")
+    p.add_argument("--inception-weights", metavar="PATH", help="local copy of torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth (else GENBENCH_INCEPTION_WEIGHTS, "
+                   "torch hub's cache, or a download)")
+    p.add_argument("--n-fake", type=positive_int, metavar="N", help="generated images (default 10000 or the "
+                   "test split's size)")
+    p.add_argument("--n-real", type=positive_int, metavar="N", help="reference images from the test split "
+                   "(default 10000 or its size)")
+    p.add_argument("--kid-subset-size", type=positive_int, metavar="N", help="KID subset size (default 1000, "
+                   "lowered with a note when there are fewer samples)")
+    p.add_argument("--k", type=positive_int, default=16, help="VAE importance samples for the "
+                   "IWAE bound; 1 is the ELBO (default 16)")
+    p.add_argument("--bpd-images", type=positive_int, metavar="N", help="test images for bits/dim "
+                   "(default: all)")
+    p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the linear probe is "
+                   "fitted on (default: all)")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray tasks that share the "
+                   "bits/dim evaluation (default 1: no Ray)")
+    p.add_argument("--address", help="Ray cluster address for --workers > 1")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets "
+                   "(default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--device", default="auto", help="auto (default: cuda if visible), cpu, cuda")
+    p.add_argument("--experiment", default="genbench-eval", help="MLflow experiment for a "
+                   "--checkpoint whose own run is not in this tracking store")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = p.add_subparsers(dest="eval_command", metavar="train-classifier",
+                           parser_class=type(p))
+    c = sub.add_parser("train-classifier", help="train and cache the `domain` extractor",
+                       description="Train the domain feature extractor (a small CNN) on a "
+                       "dataset's train split; caches it under GENBENCH_CACHE or "
+                       "~/.cache/genbench with its sha256 and test accuracy.")
+    c.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist (default), mnist, cifar10, or an ImageFolder path")
+    c.add_argument("--root", help="where the dataset's files are (data.root)")
+    c.add_argument("--image-size", type=positive_int, default=32,
+                   help="ImageFolder images are resized to this (data.image_size)")
+    c.add_argument("--epochs", type=float, default=None, help="epochs (default 5)")
+    c.add_argument("--max-images", type=positive_int, help="train on a random subset")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--force", action="store_true", help="replace a cached classifier")
+    c.add_argument("--quiet", action="store_true")
+
+
+def options_from_args(args):
+    from eval.run import ALL_METRICS, EvalOptions
+
+    return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint,
+                       metrics=args.metrics or ALL_METRICS, extractors=args.extractor,
+                       n_fake=args.n_fake, n_real=args.n_real,
+                       kid_subset_size=args.kid_subset_size, k=args.k, workers=args.workers,
+                       seed=args.seed, batch_size=args.batch_size, bpd_images=args.bpd_images,
+                       probe_images=args.probe_images, inception_weights=args.inception_weights,
+                       device=args.device, experiment=args.experiment, quiet=args.quiet)
+
+
+def run_command(args, nll_runner=None) -> int:
+    """`genbench eval ...`; nll_runner: the Ray-parallel bits/dim runner for --workers > 1."""
+    from pipeline.errors import ConfigError
+
+    if args.eval_command == "train-classifier":
+        return train_classifier(args)
+    if not args.run_id and not args.checkpoint:
+        raise ConfigError("give --run-id ID or --checkpoint PATH")
+    from eval.run import evaluate, print_report
+
+    result = evaluate(options_from_args(args), nll_runner)
+    print_report(result)
+    return 0
+
+
+def train_classifier(args) -> int:
+    from eval.extractors import cache_dir, train_and_cache_domain
+    from eval.run import resolve_device
+
+    kwargs = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.epochs is not None and args.epochs <= 0:
+        from pipeline.errors import ConfigError
+        raise ConfigError(f"--epochs must be positive, got {args.epochs}")
+    meta = train_and_cache_domain(args.dataset, args.root, args.image_size,
+                                  max_images=args.max_images, seed=args.seed, force=args.force,
+                                  device=resolve_device(args.device), quiet=args.quiet, **kwargs)
+    print(f"domain classifier for {args.dataset}: test accuracy {meta['test_accuracy']:.4f} "
+          f"after {meta['epochs']} epochs on {meta['train_images']} images "
+          f"({meta['seconds']:.0f}s)\n  sha256 {meta['sha256']}\n  cached in "
+          f"{cache_dir() / 'domain' / meta['file']}")
+    return 0
+
+
+def evaluate_after_training(run_id: str, n: int | None = None) -> int:
+    """`genbench train --eval`: the default evaluation of the run just trained; n sets both
+    n_fake and n_real."""
+    from eval.run import EvalOptions, evaluate, print_report
+
+    print(f"genbench: evaluating run {run_id}", file=sys.stderr, flush=True)
+    print_report(evaluate(EvalOptions(run_id=run_id, n_fake=n, n_real=n)))
+    return 0

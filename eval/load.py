@@ -1,0 +1,70 @@
+"""Load a trained model for evaluation: from an MLflow run id (its `checkpoint/checkpoint.pt`
+artifact) or from a checkpoint path. The nets are rebuilt from the checkpoint's own config."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline import tracking
+from pipeline.config import Config
+from pipeline.data import ImageData, load_split
+from pipeline.errors import ConfigError
+from pipeline.loop import build_nets
+
+ARTIFACT = f"checkpoint/{ckpt.FILENAME}"
+
+
+@dataclass
+class LoadedModel:
+    cfg: Config
+    nets: dict
+    payload: dict
+    step: int
+    run_id: str | None      # the MLflow run the checkpoint belongs to (None: unknown)
+    source: str             # where it came from, for messages and tags
+    test: ImageData         # the dataset's test split (the reference split)
+
+
+def download_checkpoint(run_id: str) -> dict:
+    run = tracking.get_run(run_id)  # a clear error for an unknown id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracking.client().download_artifacts(run_id, ARTIFACT, tmp)
+        except Exception as exc:  # MLflow raises its own types for a missing artifact
+            kind = run.data.tags.get("genbench.kind", "not genbench")
+            raise ConfigError(f"run {run_id} ({kind}, {run.info.status}) has no {ARTIFACT} "
+                              f"artifact ({type(exc).__name__}); evaluate a finished "
+                              f"`genbench train` run, or pass --checkpoint PATH") from None
+        return ckpt.load(path)
+
+
+def model_from_payload(payload: dict, device="cpu", source: str = "checkpoint") -> LoadedModel:
+    try:
+        cfg = Config.from_dict(payload["config"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{source} has no usable config ({exc}); is it a genbench "
+                          f"checkpoint?") from None
+    d = cfg.data
+    test = load_split(d.dataset, "test", d.root, d.val_fraction, d.split_seed, d.image_size)
+    nets, opts = build_nets(cfg, test, torch.device(device), 1)
+    step = ckpt.restore(payload, nets, opts, source=source)
+    for net in nets.values():
+        net.eval().requires_grad_(False)
+    return LoadedModel(cfg, nets, payload, step, payload.get("mlflow_run_id"), source, test)
+
+
+def load_model(run_id: str | None = None, checkpoint: str | None = None,
+               device="cpu") -> LoadedModel:
+    if (run_id is None) == (checkpoint is None):
+        raise ConfigError("give --run-id ID or --checkpoint PATH (one of them)")
+    if run_id is not None:
+        payload = download_checkpoint(run_id)
+        model = model_from_payload(payload, device, f"run {run_id}")
+        model.run_id = run_id
+        return model
+    payload = ckpt.load(checkpoint)
+    return model_from_payload(payload, device, f"checkpoint {Path(checkpoint)}")

@@ -1,0 +1,466 @@
+"""What a report shows, read from an experiment's MLflow runs (through pipeline.tracking).
+
+Driven by what MLflow holds rather than by fixed lists: a metric named `<fid|is|kid|precision|
+recall>_<extractor>` becomes a column under that extractor, `floor_<metric>` goes to the floor
+table, `*_test` and `probe_*` to the likelihood/encoder columns, and params or tags under the
+protocol prefixes to the protocol table; names added later show up without changes here.
+Anything that is missing (a family never trained, a failed run, no eval, no sweep) is recorded
+as a sentence for the report to show, never an exception.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval import references
+from eval.plots import training_curves_png
+from pipeline import tracking
+
+KIND_TAG = "genbench.kind"
+FIDELITY = ("fid", "is", "kid", "precision", "recall", "f_score", "density", "coverage")
+FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
+LIKELIHOOD_ORDER = ("bpd_test", "nll_test", "mse_test", "psnr_test", "probe_accuracy")
+LABELS = {"bpd_test": "bits/dim", "nll_test": "NLL nats", "mse_test": "MSE", "psnr_test":
+          "PSNR dB", "probe_accuracy": "probe acc.", "fid": "FID", "is": "IS", "kid": "KID",
+          "precision": "precision", "recall": "recall", "f_score": "F", "density": "density",
+          "coverage": "coverage"}
+LOWER_IS_BETTER = {"fid", "kid", "bpd_test", "nll_test", "mse_test"}
+# Params and tags that stamp how a metric was measured (eval writes them).
+PROTOCOL_PREFIXES = ("eval.", "protocol.", "fidelity.", "likelihood.", "probe.", "floor.")
+VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version",
+                "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
+                "hardware.gpu")
+IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
+
+
+@dataclass
+class Image:
+    name: str        # file name under images/ (Markdown) and alt text
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Cell:
+    text: str                  # what the reader sees
+    key: str = ""              # MLflow metric / param behind it
+    value: float | None = None  # the exact number (HTML data-value), None when not a number
+    note: str = ""             # tooltip / footnote
+
+
+@dataclass
+class Column:
+    key: str
+    label: str
+    group: str
+
+
+@dataclass
+class FamilyRow:
+    family: str
+    run_id: str
+    run_name: str
+    status: str
+    dataset: str
+    metrics: dict
+    params: dict
+    tags: dict
+    derived: dict = field(default_factory=dict)    # median images/s, wall seconds
+    cells: dict = field(default_factory=dict)      # column key -> Cell
+    grid: Image | None = None
+    curves: Image | None = None
+    refs: list = field(default_factory=list)       # (metric, Reference)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sweep:
+    run_id: str
+    name: str
+    family: str
+    status: str
+    metric: str
+    mode: str
+    best_value: float | None
+    best_trial: str
+    swept: dict                   # hyperparameter -> best value (text)
+    best_config: str              # best_config.yaml as logged
+    header: list[str]
+    rows: list[list[str]]         # results.csv, best first
+    trials: int
+    plots: list[Image]
+
+
+@dataclass
+class ReportData:
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    generated: str
+    datasets: list[str]
+    columns: list[Column]
+    rows: list[FamilyRow]
+    floor_columns: list[str]
+    floor_rows: list[tuple[str, dict]]          # (label, {floor key: Cell})
+    protocol: list[tuple[str, dict]]            # (key, {family: value})
+    versions: list[tuple[str, dict]]            # (tag, {family: value})
+    sweeps: list[Sweep]
+    runs: list[dict]                            # every run, for traceability
+    missing: list[str]
+    report_run_id: str = ""
+
+
+# --- formatting ----------------------------------------------------------------------------------
+def fmt(value) -> str:
+    """Four significant digits; whole thousands without exponent."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    v = float(value)
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def label(key: str) -> str:
+    """fid_domain -> "FID (domain)"; bpd_test -> "bits/dim"."""
+    m = FIDELITY_RE.match(key)
+    return f"{LABELS[m['metric']]} ({m['ext']})" if m else LABELS.get(key, key)
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# --- reading MLflow ------------------------------------------------------------------------------
+def kind(run) -> str:
+    return run.data.tags.get(KIND_TAG, "")
+
+
+def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] | None = None,
+            with_images: bool = True) -> ReportData | None:
+    """Everything the report shows; None when the experiment does not exist."""
+    from pipeline.models import FAMILIES
+
+    uri = uri or tracking.tracking_uri()
+    exp_id = tracking.find_experiment(experiment, uri)
+    if exp_id is None:
+        return None
+    runs = tracking.search_runs(exp_id, uri=uri)
+    families = families or tuple(FAMILIES)
+    missing: list[str] = []
+    train = [r for r in runs if kind(r) == "train"]
+    # `genbench eval --checkpoint` on a run from another store logs into its own eval run: use
+    # those only for families without a training run here.
+    trained = {r.data.tags.get("genbench.model") for r in train}
+    train += [r for r in runs if kind(r) == "eval" and r.data.tags.get("genbench.model")
+              not in trained]
+    rows = []
+    for fam in families + tuple(sorted({r.data.tags.get("genbench.model", "?") for r in train}
+                                       - set(families))):
+        fam_runs = [r for r in train if r.data.tags.get("genbench.model") == fam]
+        if not fam_runs:
+            if fam in families:
+                missing.append(f"{fam}: no training run in this experiment "
+                               f"(`genbench train --model {fam} --experiment {experiment}`)")
+            continue
+        rows.append(family_row(fam, fam_runs, experiment, uri, with_images))
+    columns = discover_columns(rows)
+    fill_cells(rows, columns)
+    for row in rows:
+        if row.notes:
+            missing.append(f"{row.family} (run {row.run_id}): " + "; ".join(row.notes))
+    datasets = sorted({r.dataset for r in rows})
+    if len(datasets) > 1:
+        missing.append(f"runs span several datasets ({', '.join(datasets)}); their numbers are "
+                       f"not comparable across datasets")
+    floor_columns, floor_rows = floor_table(rows)
+    if rows and not floor_rows:
+        missing.append("no floor (real vs real) metrics yet: `genbench eval` logs them as "
+                       "floor_<metric>")
+    sweeps = [sweep(r, uri, with_images) for r in runs if kind(r) == "tune"]
+    if not sweeps:
+        missing.append(f"no sweep in this experiment, so no rate-distortion plot or best config "
+                       f"(`genbench tune --experiment {experiment}`)")
+    for s in sweeps:
+        if not s.rows:
+            missing.append(f"sweep {s.name} ({s.family}, {s.status}) has no results yet")
+    if any(eval_metric(k) for r in rows for k in r.metrics) and not any(r.refs for r in rows):
+        missing.append("no published reference matches this protocol (same dataset, Inception "
+                       "features, same n), so none is shown")
+    return ReportData(
+        experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
+        rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
+        protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
+                                              if k.startswith(PROTOCOL_PREFIXES)}),
+        versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
+                                              if k in row.tags}),
+        sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],
+        missing=missing)
+
+
+def run_summary(run) -> dict:
+    info = run.info
+    return {"run_id": info.run_id, "name": info.run_name or "", "kind": kind(run) or "other",
+            "model": run.data.tags.get("genbench.model", ""), "status": info.status,
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_time / 1000))}
+
+
+def pick_run(runs: list):
+    """The newest finished run, else the newest of any status (runs come newest first)."""
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return finished[0] if finished else runs[0]
+
+
+def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: bool) -> FamilyRow:
+    run = pick_run(runs)
+    rid = run.info.run_id
+    row = FamilyRow(fam, rid, run.info.run_name or "", run.info.status,
+                    run.data.tags.get("genbench.dataset", run.data.params.get("data.dataset", "?")),
+                    dict(run.data.metrics), dict(run.data.params), dict(run.data.tags))
+    newer = [r for r in runs if r.info.start_time > run.info.start_time]
+    for r in newer:
+        row.notes.append(f"a newer run {r.info.run_id} is {r.info.status}, so the table shows "
+                         f"this last finished one")
+    if run.info.status != "FINISHED":
+        row.notes.append(f"{run.info.status}, no finished run; its numbers are from where it "
+                         f"stopped")
+    if not any(eval_metric(k) for k in row.metrics):
+        row.notes.append(f"no eval metrics yet (`genbench eval --run-id {rid}`)")
+    hist = {k: tracking.metric_history(rid, k, uri) for k in row.metrics
+            if not eval_metric(k) and not k.startswith("floor_")}
+    ips = [v for _, v in hist.get("images_per_s", [])]
+    row.derived["images_per_s_median"] = statistics.median(ips) if ips else None
+    start, end = run.info.start_time, run.info.end_time
+    row.derived["wall_seconds"] = (end - start) / 1000 if end and start else None
+    if with_images:
+        row.grid = latest_grid(rid, fam, uri)
+        if row.grid is None:
+            row.notes.append("no sample grid logged")
+        png = training_curves_png(f"{fam} ({rid[:8]})", hist)
+        row.curves = Image(f"curves_{fam}.png", png, f"{fam}: training curves") if png else None
+        if row.curves is None:
+            row.notes.append("no training curves logged")
+    return row
+
+
+def eval_metric(key: str) -> bool:
+    return bool(FIDELITY_RE.match(strip_std(key))) or key.endswith("_test") or \
+        key.startswith("probe_")
+
+
+def strip_std(key: str) -> str:
+    """fid_domain_std / is_std_domain -> the key it is the spread of."""
+    return key.replace("_std", "") if "_std" in key else key
+
+
+def std_of(metrics: dict, key: str) -> float | None:
+    metric, _, ext = key.partition("_")
+    for k in (f"{key}_std", f"{metric}_std_{ext}"):
+        if k in metrics:
+            return metrics[k]
+    return None
+
+
+def latest_grid(run_id: str, fam: str, uri: str) -> Image | None:
+    for folder in IMAGE_DIRS:
+        pngs = sorted(p for p in tracking.list_artifacts(run_id, folder, uri)
+                      if p.endswith(".png"))
+        if pngs:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = tracking.download_artifact(run_id, pngs[-1], tmp, uri).read_bytes()
+            step = re.search(r"(\d+)", Path(pngs[-1]).stem)
+            what = "reconstructions (odd rows: input, even rows: output)" \
+                if folder == "reconstructions" else "samples"
+            return Image(f"{folder}_{fam}.png", data,
+                         f"{fam}: {what}" + (f" at step {int(step.group(1))}" if step else ""))
+    return None
+
+
+# --- the table -----------------------------------------------------------------------------------
+def discover_columns(rows: list[FamilyRow]) -> list[Column]:
+    keys = {k for row in rows for k in row.metrics if eval_metric(k) and "_std" not in k}
+    likelihood = sorted((k for k in keys if not FIDELITY_RE.match(k)),
+                        key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
+                                       else len(LIKELIHOOD_ORDER), k))
+    cols = [Column(k, LABELS.get(k, k), "likelihood & encoder") for k in likelihood]
+    if not any(k.startswith("bpd") for k in likelihood):  # always show the bits/dim column
+        cols.insert(0, Column("bpd_test", "bits/dim", "likelihood & encoder"))
+    extractors: dict[str, list[str]] = {}
+    for k in keys:
+        m = FIDELITY_RE.match(k)
+        if m:
+            extractors.setdefault(m["ext"], []).append(m["metric"])
+    for ext in sorted(extractors, key=lambda e: (e != "inception", e)):
+        for metric in FIDELITY:
+            if metric in extractors[ext]:
+                cols.append(Column(f"{metric}_{ext}", LABELS[metric], f"{ext} features"))
+    cols += [Column("train.total_steps", "steps", "training"),
+             Column("wall_seconds", "wall time", "training"),
+             Column("images_per_s_median", "images/s", "training"),
+             Column("train.workers", "workers", "training"),
+             Column("hardware", "hardware", "training")]
+    return cols
+
+
+def applicable(fam: str, key: str) -> bool:
+    """Whether a family can have this metric at all (GAN bits/dim: no, and never zero)."""
+    from pipeline.models import FAMILIES, can
+
+    module = FAMILIES.get(fam)
+    if module is None:
+        return True
+    if key.startswith(("bpd", "nll")):
+        return can(module, "nll")
+    if key.startswith("probe"):
+        return can(module, "encode")
+    if key.startswith(("mse", "psnr")):  # eval's stand-in for a likelihood, where none exists
+        return can(module, "reconstruct") and not can(module, "nll")
+    if FIDELITY_RE.match(key):
+        return can(module, "sample")
+    return True
+
+
+def fill_cells(rows: list[FamilyRow], columns: list[Column]) -> None:
+    for row in rows:
+        for col in columns:
+            row.cells[col.key] = cell(row, col)
+        for col in columns:
+            if col.group == "training" or col.key not in row.metrics:
+                continue
+            n_fake, n_real = protocol_n(row, col.key)
+            for ref in references.matching(row.family, row.dataset, col.key, n_fake, n_real):
+                row.refs.append((col.key, ref))
+
+
+def cell(row: FamilyRow, col: Column) -> Cell:
+    key = col.key
+    if key == "hardware":
+        t = row.tags
+        text = t.get("hardware.gpu") or " ".join(x for x in (
+            t.get("hardware.cpu", ""), f"{t['hardware.cpus']} CPUs" if "hardware.cpus" in t
+            else "") if x) or "—"
+        return Cell(text, key)
+    if key in row.params:
+        return Cell(row.params[key], key)
+    if key == "wall_seconds":
+        v = row.derived.get(key)
+        return Cell(fmt_seconds(v), key, v, "run start to end, Ray start-up included")
+    if key == "images_per_s_median":
+        v = row.derived.get(key)
+        return Cell(fmt(v), key, v, "median over the run's log intervals")
+    if col.group != "training" and not applicable(row.family, key):
+        return Cell("n/a", key, None, f"not applicable to {row.family}")
+    v = row.metrics.get(key)
+    if v is None:
+        return Cell("—", key, None, "not measured yet")
+    std = std_of(row.metrics, key)
+    text = fmt(v) + (f" ± {fmt(std)}" if std is not None else "")
+    # eval's own description of how it was measured, e.g. eval.bpd = "IWAE bound, k=16"
+    return Cell(text, key, v, row.tags.get(f"eval.{key.split('_')[0]}", ""))
+
+
+def protocol_n(row: FamilyRow, metric: str) -> tuple[int | None, int | None]:
+    """n_fake and n_real recorded for this metric's extractor (params/tags ending in n_fake,
+    n_real; the one naming the extractor wins)."""
+    ext = references.extractor_of(metric) or ""
+    stamps = {**row.params, **row.tags}
+
+    def find(name: str) -> int | None:
+        keys = [k for k in stamps if k.endswith(name) and k.startswith(PROTOCOL_PREFIXES)]
+        keys.sort(key=lambda k: ext not in k)
+        for k in keys:
+            try:
+                return int(float(stamps[k]))
+            except ValueError:
+                continue
+        return None
+
+    return find("n_fake"), find("n_real")
+
+
+def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:
+    """Real-vs-real metrics; one row when every run logged the same values."""
+    keys = sorted({k for r in rows for k in r.metrics if k.startswith("floor_")
+                   and "_std" not in k and r.metrics[k] is not None})
+    if not keys:
+        return [], []
+    per_run = [(r.family, {k: Cell(fmt(r.metrics[k]), k, r.metrics[k])
+                           for k in keys if k in r.metrics}) for r in rows
+               if any(k in r.metrics for k in keys)]
+    values = {tuple((k, c.value) for k, c in cells.items()) for _, cells in per_run}
+    if len(values) == 1:
+        return keys, [("real train vs real test", per_run[0][1])]
+    return keys, [(f"as logged in the {fam} run", cells) for fam, cells in per_run]
+
+
+def by_family(rows: list[FamilyRow], pick) -> list[tuple[str, dict]]:
+    table: dict[str, dict] = {}
+    for row in rows:
+        for k, v in pick(row).items():
+            table.setdefault(k, {})[row.family] = v
+    return sorted(table.items())
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+def sweep(run, uri: str, with_images: bool) -> Sweep:
+    rid = run.info.run_id
+    p = run.data.params
+    metric, mode = p.get("tune.metric", "?"), p.get("tune.mode", "min")
+    best = run.data.metrics.get(f"best_{metric}")
+    files = set(tracking.list_artifacts(rid, None, uri))
+    header, rows, best_config, swept, plots = [], [], "", {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "results.csv" in files:
+            text = tracking.download_artifact(rid, "results.csv", tmp, uri).read_text()
+            table = list(csv.reader(io.StringIO(text)))
+            header, rows = table[0], table[1:]
+            rows = sort_results(header, rows, metric, mode)
+        if "best_config.yaml" in files:
+            best_config = tracking.download_artifact(rid, "best_config.yaml", tmp, uri).read_text()
+        if with_images:
+            pngs = sorted(tracking.list_artifacts(rid, "plots", uri),
+                          key=lambda n: ("rate_distortion" not in n, n))
+            for name in (n for n in pngs if n.endswith(".png")):
+                data = tracking.download_artifact(rid, name, tmp, uri).read_bytes()
+                stem = Path(name).stem
+                caption = ("rate-distortion across beta" if stem == "rate_distortion"
+                           else stem.replace("_vs_", " vs "))
+                plots.append(Image(f"sweep_{rid[:8]}_{stem}.png", data, caption))
+    keys = [k for k in header if "." in k]  # swept hyperparameters are dotted config keys
+    best_trial = run.data.tags.get("genbench.best_trial", "")
+    if rows and keys and metric in header:
+        top = rows[0]
+        swept = {k: top[header.index(k)] for k in keys}
+        best_trial = best_trial or top[0]
+    return Sweep(rid, run.info.run_name or rid[:8], run.data.tags.get("genbench.model", "?"),
+                 run.info.status, metric, mode, best, best_trial, swept, best_config, header,
+                 rows, len(rows), plots)
+
+
+def sort_results(header: list[str], rows: list[list[str]], metric: str, mode: str):
+    if metric not in header:
+        return rows
+    i = header.index(metric)
+
+    def score(row):
+        try:
+            v = float(row[i])
+        except (ValueError, IndexError):
+            return math.inf
+        if not math.isfinite(v) or (len(row) > 2 and row[2] == "failed"):
+            return math.inf
+        return v if mode == "min" else -v
+
+    return sorted(rows, key=score)

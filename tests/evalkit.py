@@ -1,0 +1,60 @@
+"""Helpers shared by the eval tests: tiny models, their checkpoints, a test domain classifier."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config
+from pipeline.data import ImageData, load_split
+from pipeline.loop import build_nets
+
+# Small enough that sampling, bits/dim and the probe take seconds on 2 CPU cores.
+TINY = {"ae": {"width": 8, "latent_dim": 8}, "vae": {"width": 8, "latent_dim": 8},
+        "gan": {"width": 8, "latent_dim": 8},
+        "pixelcnn": {"channels": 8, "layers": 2, "head_channels": 16}}
+
+# The test domain classifier: a short run of the real architecture, trained once per session.
+# Many passes over few images make it confident, which is what IS measures.
+TEST_CLASSIFIER = {"epochs": 4, "max_images": 3000, "width": 16}
+
+
+def tiny_config(family: str, **train) -> Config:
+    return Config.from_dict({"model": family, family: TINY[family], "train": train})
+
+
+def fmnist_test() -> ImageData:
+    return load_split("fashion-mnist", "test", None, 0.1, 0, 32)
+
+
+def tiny_model(family: str, seed: int = 0, **train):
+    cfg = tiny_config(family, seed=seed, **train)
+    nets, opts = build_nets(cfg, fmnist_test(), torch.device("cpu"), 1)
+    return cfg, nets, opts
+
+
+def save_checkpoint(directory: Path, cfg: Config, nets, opts, step: int = 5,
+                    run_id: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return ckpt.save(directory, nets, opts, step, cfg.to_dict(), run_id)
+
+
+def domain_cache(base: Path) -> Path:
+    """A GENBENCH_CACHE holding a test domain classifier for Fashion-MNIST (trained if absent;
+    the path is per session, so every test module reuses it)."""
+    from eval.extractors import cached_domain, train_and_cache_domain
+
+    cache = base / "genbench-cache"
+    old = os.environ.get("GENBENCH_CACHE")
+    os.environ["GENBENCH_CACHE"] = str(cache)
+    try:
+        if cached_domain("fashion-mnist", 32) is None:
+            train_and_cache_domain("fashion-mnist", quiet=True, **TEST_CLASSIFIER)
+    finally:
+        if old is None:
+            del os.environ["GENBENCH_CACHE"]
+        else:
+            os.environ["GENBENCH_CACHE"] = old
+    return cache

@@ -1,0 +1,364 @@
+"""Issue 6, genbench on a Ray cluster.
+
+- ray_cluster.yaml passes Ray's own validator and keeps the control plane private;
+- a real 2-node Ray cluster on this machine (`ray start --head` + `ray start --address`, 1 CPU
+  each, token authentication on) with an `mlflow server` on loopback: `genbench train
+  --workers 2` puts one rank on each node and its run is visible through MLflow's REST API;
+- `ray job submit` of `genbench train` to that cluster succeeds;
+- a multi-node run with no shared storage stops with a one-line error.
+
+The cluster runs in processes this module starts in their own sessions, on free ports, with its
+own temp dir and token: it never touches other Ray instances (no `ray stop`), and the pytest
+process never connects to it (so it cannot clash with conftest's `ray_local`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "ray_cluster.yaml"
+BIN = Path(sys.executable).parent              # the venv's ray, mlflow and genbench
+PRIVATE_PORTS = {5000: "MLflow", 6379: "GCS", 8265: "dashboard / job API", 10001: "Ray client"}
+PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
+TRAIN = ["--model", "ae", "--steps", "20", "--set", "train.batch_size=32"]
+
+
+# --- ray_cluster.yaml ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster_config():
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared(cluster_config):
+    """The config as `ray up` sees it: merged with the provider's defaults.yaml (offline; the
+    cloud calls happen later, in the provider's bootstrap_config, which we do not run)."""
+    from ray.autoscaler._private.util import prepare_config
+    return prepare_config(copy.deepcopy(cluster_config))
+
+
+def test_cluster_yaml_passes_rays_validator(prepared):
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(prepared)  # raises on a schema or node-type error
+    assert prepared["provider"]["type"] == "aws"
+
+
+def test_workers_are_gpu_nodes_that_scale_from_zero(prepared):
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    workers = {k: v for k, v in types.items() if k != prepared["head_node_type"]}
+    assert head["node_config"]["InstanceType"].startswith(("m", "c", "r"))  # a CPU head
+    assert head["resources"].get("CPU") == 0 and head["max_workers"] == 0
+    assert workers
+    for name, node in workers.items():
+        assert node["min_workers"] == 0, name
+        assert node["max_workers"] >= 1, name
+        assert node["node_config"]["InstanceType"].split(".")[0][0] in "gp", name  # GPU types
+
+
+def _ip_rules(prepared) -> list[dict]:
+    return prepared["provider"].get("security_group", {}).get("IpPermissions", [])
+
+
+def test_control_plane_ports_stay_inside_the_cluster(prepared):
+    # Ray's generated group admits only its own members plus SSH; extra rules come from
+    # provider.security_group.IpPermissions. None may open a private port to the internet.
+    for rule in _ip_rules(prepared):
+        cidrs = {r.get("CidrIp") for r in rule.get("IpRanges", [])}
+        cidrs |= {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])}
+        if not cidrs & PUBLIC_CIDRS:
+            continue
+        low, high = rule.get("FromPort", -1), rule.get("ToPort", -1)
+        opened = [name for port, name in PRIVATE_PORTS.items()
+                  if rule.get("IpProtocol") == "-1" or low == -1 or low <= port <= high]
+        assert not opened, f"{opened} open to the internet: {rule}"
+    # A user-supplied group would bypass Ray's intra-group rules: none here.
+    for name, node in prepared["available_node_types"].items():
+        assert "SecurityGroupIds" not in node["node_config"], name
+    head_start = " ".join(prepared["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "0.0.0.0" not in re.sub(r"mlflow server.*", "", head_start)  # only MLflow binds it
+
+
+def test_token_authentication_stays_on(cluster_config, prepared):
+    def strings(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield str(k)
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        else:
+            yield str(value)
+
+    for text in strings(prepared):  # every value, comments aside
+        assert not re.search(r"RAY_AUTH_MODE\W*disabled", text), text
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        env = " ".join(prepared[key])
+        assert "export RAY_AUTH_MODE=token" in env, key
+        assert "genbench.env" in env, key  # the file every shell and `ray start` sources
+    # Every node gets the same token (the launcher's ~/.ray/auth_token).
+    assert cluster_config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_head_runs_mlflow_and_jobs_find_it(prepared):
+    head_start = " ".join(prepared["head_start_ray_commands"])
+    assert "mlflow server" in head_start and "--port 5000" in head_start
+    assert "--backend-store-uri sqlite:///" in head_start
+    assert "--artifacts-destination" in head_start
+    assert "mlflow server" not in " ".join(prepared["worker_start_ray_commands"])
+    assert "MLFLOW_TRACKING_URI=http://" in " ".join(prepared["head_setup_commands"])
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(
+        prepared["worker_start_ray_commands"])
+
+
+def test_setup_installs_genbench_from_the_mounted_tree(cluster_config, prepared):
+    assert cluster_config["file_mounts"]["~/genbench"] == "."
+    setup = " ".join(prepared["worker_setup_commands"])
+    assert "-e \"$HOME/genbench" in setup
+    import ray
+    assert f"ray[default,train,tune]=={ray.__version__}" in setup  # the launcher's Ray
+
+
+def test_every_cluster_command_is_valid_shell(prepared):
+    keys = ("initialization_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    for key in keys:
+        for command in prepared[key]:
+            check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+            assert check.returncode == 0, f"{key}: {command}\n{check.stderr}"
+
+
+# --- a real 2-node cluster ----------------------------------------------------------------------
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_for(predicate, timeout: float, what: str, procs=()):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what}: {p.args[:3]} exited with {p.returncode}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def http_json(url: str, token: str | None = None, timeout: float = 10):
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def stop_session(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM the session this module started (ray start --block stops its own children),
+    then SIGKILL whatever is left in that session's process group."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group we created with start_new_session
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    # Ray's unix socket paths must stay short: its temp dir lives directly under /tmp.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="gb6-", dir="/tmp"))
+    token = secrets.token_hex(32)
+    token_file = tmp / "auth_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_USAGE_STATS_ENABLED="0",
+               RAY_TRAIN_V2_ENABLED="1", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    (gcs, dash, client, h_agent, h_grpc, h_renv, h_metrics, w_agent, w_grpc, w_renv, w_metrics,
+     mlflow_port) = free_ports(12)
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(argv, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        mlflow = start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
+                                  "--port", str(mlflow_port), "--workers", "1",
+                                  "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                                  "--artifacts-destination", str(tmp / "artifacts")])
+        head = start("head", [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1",
+                              "--port", str(gcs), "--include-dashboard", "true",
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                              "--ray-client-server-port", str(client),
+                              "--dashboard-agent-listen-port", str(h_agent),
+                              "--dashboard-agent-grpc-port", str(h_grpc),
+                              "--runtime-env-agent-port", str(h_renv),
+                              "--metrics-export-port", str(h_metrics),
+                              "--temp-dir", str(ray_tmp), "--disable-usage-stats"])
+        address_file = ray_tmp / "ray_current_cluster"
+        address = wait_for(lambda: address_file.is_file() and address_file.read_text().strip(),
+                           120, "Ray head", [head])
+        start("worker", [str(BIN / "ray"), "start", "--block", "--num-cpus", "1",
+                         "--address", address,
+                         "--dashboard-agent-listen-port", str(w_agent),
+                         "--dashboard-agent-grpc-port", str(w_grpc),
+                         "--runtime-env-agent-port", str(w_renv),
+                         "--metrics-export-port", str(w_metrics), "--disable-usage-stats"])
+        dashboard = f"http://127.0.0.1:{dash}"
+
+        def alive_nodes():
+            try:
+                nodes = http_json(f"{dashboard}/api/v0/nodes?limit=100", token)
+            except (OSError, ValueError):
+                return None
+            ids = [n["node_id"] for n in nodes["data"]["result"]["result"]
+                   if n["state"] == "ALIVE"]
+            return ids if len(ids) == 2 else None
+
+        node_ids = wait_for(alive_nodes, 120, "two alive Ray nodes", procs)
+        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        wait_for(lambda: _healthy(mlflow_url), 150, "mlflow server", [mlflow])
+        env = {**env, "MLFLOW_TRACKING_URI": mlflow_url}
+        yield SimpleNamespace(address=address, dashboard=dashboard, mlflow=mlflow_url,
+                              token=token, env=env, tmp=tmp, ray_tmp=ray_tmp,
+                              node_ids=set(node_ids))
+    finally:
+        for proc in reversed(procs):  # worker node, head, then MLflow
+            stop_session(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def genbench(cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "genbench"), "train", *args], env=cluster.env,
+                          cwd=cluster.tmp, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_run(cluster, run_id: str) -> dict:
+    return http_json(f"{cluster.mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+
+
+def run_id_from(output: str) -> str:
+    found = re.search(r"MLflow run\s+([0-9a-f]{32})", output)
+    assert found, output[-3000:]
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_train_spreads_two_workers_over_two_nodes(cluster):
+    out = genbench(cluster, *TRAIN, "--workers", "2", "--address", cluster.address,
+                   "--storage-path", str(cluster.tmp / "storage"), "--experiment", "cluster")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = mlflow_run(cluster, run_id_from(out.stdout))   # through the server's REST API
+    assert run["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics["mse"] > 0 and "val_mse" in metrics
+    history = http_json(f"{cluster.mlflow}/api/2.0/mlflow/metrics/get-history?"
+                        f"run_id={run['info']['run_id']}&metric_key=mse")["metrics"]
+    assert max(m["step"] for m in history) == 20
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    placed = {tags["genbench.node.rank0"], tags["genbench.node.rank1"]}
+    assert placed == cluster.node_ids  # one rank on each node
+    # Rank 0 uploaded its artifacts through the server, onto the "head's disk".
+    listed = http_json(f"{cluster.mlflow}/api/2.0/mlflow/artifacts/list?"
+                       f"run_id={run['info']['run_id']}")
+    assert "checkpoint" in {f["path"] for f in listed.get("files", [])}
+    assert list((cluster.tmp / "artifacts").rglob("checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_genbench_train(cluster):
+    # Token authentication is on: the job API refuses a request without the token.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http_json(f"{cluster.dashboard}/api/jobs/")
+    assert refused.value.code == 401
+    job_id = f"genbench-test-{secrets.token_hex(4)}"
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster.mlflow}}
+    out = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
+         "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
+         "genbench", "train", *TRAIN, "--workers", "1", "--storage-path",
+         str(cluster.tmp / "job-storage"), "--experiment", "cluster-job"],
+        env=cluster.env, cwd=cluster.tmp, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    job = http_json(f"{cluster.dashboard}/api/jobs/{job_id}", cluster.token)
+    assert job["status"] == "SUCCEEDED"
+    run = mlflow_run(cluster, run_id_from(out.stdout + out.stderr))
+    assert run["info"]["status"] == "FINISHED"
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"mse", "val_mse"}
+
+
+@pytest.mark.slow
+def test_a_shell_on_the_head_joins_the_running_cluster(cluster):
+    # `ray attach` + `genbench train`: no --address, ray.init() finds the `ray start` cluster
+    # through its temp dir; genbench must treat it as a cluster it joined (it may autoscale).
+    code = ("import ray, sys; ray.init(_temp_dir=sys.argv[1], logging_level='ERROR'); "
+            "from pipeline.launch import joined_cluster; "
+            "print('joined', joined_cluster(), len(ray.nodes()))")
+    out = subprocess.run([sys.executable, "-c", code, str(cluster.ray_tmp)], env=cluster.env,
+                         cwd=cluster.tmp, capture_output=True, text=True, timeout=120)
+    assert "joined True 2" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_multi_node_run_without_shared_storage_is_refused(cluster):
+    out = genbench(cluster, *TRAIN, "--workers", "2", "--address", cluster.address,
+                   "--experiment", "cluster-no-storage", timeout=180)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("genbench: error:")]
+    assert len(errors) == 1 and "--storage-path" in errors[0] and "shared storage" in errors[0]
+    assert "Traceback" not in out.stderr
+    # Refused before anything was logged: the experiment was never created.
+    with pytest.raises(urllib.error.HTTPError):
+        http_json(f"{cluster.mlflow}/api/2.0/mlflow/experiments/get-by-name?"
+                  f"experiment_name=cluster-no-storage")
