@@ -331,6 +331,13 @@ def inception_weights(path: str | None = None) -> Path:
     if not digest.startswith(INCEPTION_SHA256_PREFIX):
         raise ConfigError(f"{weights} has sha256 {digest[:12]}..., not torch-fidelity's "
                           f"InceptionV3 weights ({INCEPTION_SHA256_PREFIX}...); {INCEPTION_HELP}")
+    # torch-fidelity unpickles the file with weights_only=False; an 8-hex-digit prefix is easy
+    # to forge, so first prove it is a plain state dict.
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{weights} is not a plain tensor state dict ({type(exc).__name__}); "
+                          f"{INCEPTION_HELP}") from None
     return weights
 
 

@@ -114,6 +114,7 @@ class ReportData:
     sweeps: list[Sweep]
     runs: list[dict]                            # every run, for traceability
     missing: list[str]
+    reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
 
 
@@ -195,10 +196,12 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     for s in sweeps:
         if not s.rows:
             missing.append(f"sweep {s.name} ({s.family}, {s.status}) has no results yet")
+    reference_note = ""
     if any(eval_metric(k) for r in rows for k in r.metrics) and not any(r.refs for r in rows):
-        missing.append("no published reference matches this protocol (same dataset, Inception "
-                       "features, same n), so none is shown")
-    return ReportData(
+        reference_note = ("No published number is shown: none was measured under this "
+                          "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
+                          "features and the same n).")
+    return ReportData(reference_note=reference_note,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
@@ -336,6 +339,10 @@ def fill_cells(rows: list[FamilyRow], columns: list[Column]) -> None:
     for row in rows:
         for col in columns:
             row.cells[col.key] = cell(row, col)
+        unmeasured = [label(c.key) for c in columns
+                      if c.group != "training" and row.cells[c.key].text == "—"]
+        if unmeasured and any(eval_metric(k) for k in row.metrics):  # else "no eval yet" says it
+            row.notes.append(f"not measured yet: {', '.join(unmeasured)}")
         for col in columns:
             if col.group == "training" or col.key not in row.metrics:
                 continue
@@ -366,7 +373,7 @@ def cell(row: FamilyRow, col: Column) -> Cell:
     if v is None:
         return Cell("—", key, None, "not measured yet")
     std = std_of(row.metrics, key)
-    text = fmt(v) + (f" ± {fmt(std)}" if std is not None else "")
+    text = fmt(v) + (f" ± {std:.2g}" if std is not None else "")
     # eval's own description of how it was measured, e.g. eval.bpd = "IWAE bound, k=16"
     return Cell(text, key, v, row.tags.get(f"eval.{key.split('_')[0]}", ""))
 

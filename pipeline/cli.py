@@ -218,13 +218,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("bench", help="the one-command benchmark: train every family and "
-                       "summarise", description="Train every family on one dataset and print "
-                       "where the runs are.")
+    p = sub.add_parser("bench", help="the one-command benchmark: train, evaluate and "
+                       "sweep every family, then write the report",
+                       description="Train every family on one dataset, evaluate each, run a "
+                       "small beta/lr sweep and write the report (reports/<experiment>/).")
     p.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: minutes on 2 CPU cores; full: sized for a GPU cluster")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
-    p.add_argument("--experiment", default="genbench-bench", help="MLflow experiment")
+    p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
+                   "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     p.set_defaults(func=cmd_bench)

@@ -1,10 +1,12 @@
 """A killed training worker resumes from the last checkpoint in the same MLflow run; a killed
-driver's run continues with `genbench train --resume RUN_ID`."""
+driver's run continues with `genbench train --resume RUN_ID`. Both use the session's Ray."""
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +33,20 @@ ARGS = ["train", "--model", "ae", "--workers", "2", "--steps", str(STEPS),
 def checkpoint_steps(workdir: Path) -> list[int]:
     return sorted(int(p.parent.name.split("_")[-1])
                   for p in workdir.glob("ray_results/*/checkpoint_*/checkpoint.pt"))
+
+
+def registered_checkpoint_step(workdir: Path) -> int | None:
+    """The step of the latest checkpoint Ray Train has registered (what a restarted worker group
+    gets from get_checkpoint()), from its checkpoint manager's snapshot in the run directory.
+    A checkpoint folder alone is not enough: Ray registers it a moment after it is written."""
+    for snapshot in workdir.glob("ray_results/*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except ValueError:  # being rewritten
+            return None
+        if latest:
+            return int(latest["checkpoint_dir_name"].split("_")[-1])
+    return None
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 400):
@@ -65,39 +81,48 @@ def check_finished(client: MlflowClient, run_id: str, tmp_path: Path) -> list:
     return history
 
 
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    pidfile = tmp_path / "pids"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(MLFLOW_TRACKING_URI=uri, GENBENCH_WORKER_PIDFILE=str(pidfile))
-    proc = subprocess.Popen([*GENBENCH, *ARGS, "--experiment", "FT"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # The second checkpoint: by then Ray has surely registered the first.
-        wait_for(lambda: len(checkpoint_steps(tmp_path)) >= 2 and pidfile.is_file(), proc,
-                 "the second checkpoint")
-        seen = checkpoint_steps(tmp_path)[-1]
-        worker_pid = int(pidfile.read_text().split()[0])
-        killed_at = time.time()
-        os.kill(worker_pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=500)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    assert seen < STEPS, "the run ended before the worker was killed"
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, worker_pidfile, workdir,
+                                                    mlflow_uri, capsys):
+    """`genbench train` (in-process, on the shared Ray) while a thread SIGKILLs rank 0."""
+    def pids() -> list[str]:
+        return worker_pidfile.read_text().split() if worker_pidfile.is_file() else []
 
-    pids = pidfile.read_text().split()
-    assert len(set(pids)) >= 2 and pids[0] == str(worker_pid), "no new worker group started"
+    earlier = len(pids())  # rank 0 of each earlier run on this Ray appended too
+    killed: dict = {}
+
+    def kill_rank0_after_a_registered_checkpoint():
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            registered, new = registered_checkpoint_step(workdir), pids()[earlier:]
+            if registered and new:
+                os.kill(int(new[0]), signal.SIGKILL)
+                killed.update(pid=int(new[0]), registered=registered, at=time.time(),
+                              on_disk=checkpoint_steps(workdir)[-1])
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank0_after_a_registered_checkpoint, daemon=True)
+    killer.start()
+    code = main([*ARGS, "--experiment", "FT"])
+    killer.join(timeout=1)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert killed, "the run ended before a worker was killed"
+    assert killed["registered"] < STEPS
+
+    restarted = pids()[earlier:]
+    assert len(set(restarted)) >= 2 and restarted[0] == str(killed["pid"]), \
+        "no new worker group started"
 
     started = re.search(r"MLflow run ([0-9a-f]{32})", err).group(1)
-    client, run = the_only_run(uri, "FT")
+    client, run = the_only_run(mlflow_uri, "FT")
     assert run.info.run_id == started and f"MLflow run    {started}" in out
-    history = check_finished(client, started, tmp_path)
-    # After the kill the new workers continue from a checkpoint (10, 20, ... up to the last one
-    # seen), never from step 0: their first metric point is after it, not step 10 again.
-    after = sorted(m.step for m in history if m.timestamp > killed_at * 1000)
-    assert after and 20 <= after[0] <= seen + 10, (after, seen)
+    history = check_finished(client, started, workdir)
+    # The new workers continue from the last checkpoint Ray registered (or a later one written
+    # before the kill), not from step 0: their first metric point comes right after it.
+    after = sorted(m.step for m in history if m.timestamp > killed["at"] * 1000)
+    assert after and killed["registered"] + 10 <= after[0] <= killed["on_disk"] + 10, \
+        (after, killed)
     assert after[-1] == STEPS
 
 

@@ -4,8 +4,6 @@ to stand in for eval results, a GAN, an AE, a failed PixelCNN and a VAE sweep.""
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import re
 import statistics
 from html.parser import HTMLParser
@@ -333,6 +331,7 @@ def test_refuses_to_overwrite(mlflow_uri, workdir, tmp_path, capsys):
     (out / "report.html").write_text("an earlier report")
     with pytest.raises(ConfigError, match="--force"):
         write_report(EXP, out, quiet=True)
+    capsys.readouterr()  # MLflow's own start-up lines from creating the store above
     assert main(["report", "--experiment", EXP, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("genbench: error: report directory")

@@ -47,12 +47,14 @@ def choose(cfg: Config, data: ImageData, metric: str | None, mode: str | None) -
 
 
 # --- the GAN's validation metric: small-sample FID on the domain classifier's features -------
-def prepare(cfg: Config, spec: dict) -> None:
+def prepare(cfg: Config) -> dict:
     """Driver side, before trials start: make sure what trials need exists (the GAN's FID
-    extractor is trained and cached once here, not raced for by concurrent trials)."""
+    extractor is trained and cached once here, not raced for by concurrent trials); returns
+    entries for the sweep spec."""
     if cfg.model == "gan" and cfg.data.val_fraction > 0:
         from tune.gan_fid import prepare_extractor
-        prepare_extractor(cfg)
+        return prepare_extractor(cfg)
+    return {}
 
 
 def extra_metric_fn(cfg: Config, val: ImageData | None, device, spec: dict):
@@ -61,4 +63,4 @@ def extra_metric_fn(cfg: Config, val: ImageData | None, device, spec: dict):
     if cfg.model != "gan" or val is None:
         return None
     from tune.gan_fid import SmallSampleFID
-    return SmallSampleFID(cfg, val, device, spec.get("fid_samples", 500))
+    return SmallSampleFID(cfg, val, device, spec["fid_samples"], spec.get("domain_cache"))

@@ -131,6 +131,7 @@ def start(args) -> int:
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     interval = max(1, min(cfg.train.eval_every, steps // REPORTS_PER_TRIAL))
     trial_cfg = trial_config(cfg, steps, interval)
+    prepared = sweep_metrics.prepare(trial_cfg)
     init_ray(args.address, args.verbose)
     max_concurrent = concurrency(trial_cfg)
 
@@ -151,11 +152,10 @@ def start(args) -> int:
             "space": space, "keys": list(space), "metric": metric, "mode": mode,
             "scheduler": args.scheduler, "search": args.search, "samples": args.samples,
             "steps": steps, "interval": interval, "seed": cfg.train.seed,
-            "max_concurrent": max_concurrent, "fid_samples": GAN_FID_SAMPLES}
+            "max_concurrent": max_concurrent, "fid_samples": GAN_FID_SAMPLES, **prepared}
     sweep_dir.mkdir(parents=True, exist_ok=False)
     (sweep_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
     tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
-    sweep_metrics.prepare(trial_cfg, spec)
 
     from ray import tune
 
@@ -169,7 +169,8 @@ def start(args) -> int:
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                                     search_alg=search, num_samples=args.samples,
                                     max_concurrent_trials=max_concurrent,
-                                    reuse_actors=True,  # a new trial process costs seconds
+                                    # a fresh trial process costs seconds of imports
+                                    reuse_actors=trial_cfg.train.workers == 1,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=str(sweep_dir.parent), verbose=0,
                                   callbacks=[SweepMonitor(spec)],
@@ -213,7 +214,7 @@ def resume(path: str, address: str | None, verbose: bool) -> int:
     train_data, val_data = load_data(trial_cfg)
     init_ray(address, verbose)
     concurrency(trial_cfg)
-    sweep_metrics.prepare(trial_cfg, spec)
+    spec.update(sweep_metrics.prepare(trial_cfg))
     tracking.client(uri).update_run(spec["parent_run_id"], status="RUNNING")
     print(f"genbench: resuming sweep {sweep_dir.name} ({spec['samples']} trials of "
           f"{trial_cfg.model}); MLflow parent run {spec['parent_run_id']}",

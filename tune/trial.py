@@ -8,6 +8,7 @@ metric, and the checkpoint of the same step, so ASHA can stop and Tuner.restore 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable
 
@@ -87,6 +88,10 @@ def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: Ima
     """Function trainable for single-worker trials: fit() in this process."""
     from ray import tune
 
+    # This process is reused for the next trial once Tune stops this one; its reset waits for
+    # this thread at most TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by default, too short under load:
+    # the next trial then errors).
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "120"
     cfg = trial_config(spec, sampled)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     trial_id = tune.get_context().get_trial_id()

@@ -1,0 +1,219 @@
+"""Bad input: one line `genbench: error: <what is wrong; how to fix it>`, exit code 2, no
+traceback, and nothing created or overwritten (no MLflow run, no Ray results, no checkpoint)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import checkpoint as ckpt
+from pipeline.cli import main
+from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
+
+GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
+            if (Path(sys.executable).parent / "genbench").is_file()
+            else [sys.executable, "-m", "pipeline.cli"])
+TRAIN = ["train", "--experiment", "E", "--steps", "2"]
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside parse_args
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code, err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("genbench: error: "), lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+def assert_nothing_created(workdir: Path, uri: str):
+    assert not (workdir / "ray_results").exists()
+    if Path(uri.removeprefix("sqlite:///")).exists():
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("E")
+        assert exp is None or not client.search_runs([exp.experiment_id])
+
+
+@pytest.fixture
+def clean(workdir, mlflow_uri):
+    """A fresh working dir and MLflow store; afterwards, check nothing was created in them."""
+    yield workdir
+    assert_nothing_created(workdir, mlflow_uri)
+
+
+# --- config and argument errors (no Ray needed) -------------------------------------------
+
+BAD_ARGUMENTS = [
+    (["--model", "diffusion"], ["--model", "invalid choice", "'diffusion'", "--help"]),
+    (["--model", "ae", "--dataset", "imagenet"], ["unknown dataset 'imagenet'", "fashion-mnist"]),
+    (["--model", "ae", "--set", "train.stepz=3"], ["unknown config key train.stepz",
+                                                    "known keys"]),
+    (["--model", "ae", "--set", "optimizer.lr=3"], ["unknown config section 'optimizer'"]),
+    (["--model", "ae", "--set", "ae.lr=0"], ["ae.lr must be positive, got 0"]),
+    (["--model", "gan", "--set", "gan.lr_g=-0.001"], ["gan.lr_g must be positive"]),
+    (["--model", "ae", "--steps", "0"], ["--steps", "must be positive, got 0"]),
+    (["--model", "ae", "--set", "train.steps=-5"], ["train.steps must be positive, got -5"]),
+    (["--model", "ae", "--workers", "0"], ["--workers", "must be positive, got 0"]),
+    (["--model", "ae", "--workers", "-2"], ["--workers", "must be positive"]),
+    (["--model", "ae", "--set", "train.workers=0"], ["train.workers must be positive"]),
+    (["--model", "vae", "--set", "vae.beta=-1"], ["vae.beta must be >= 0, got -1"]),
+    (["--model", "ae", "--workers", "3"], ["batch size 128 does not divide across 3 workers",
+                                           "multiple of 3"]),
+    (["--model", "ae", "--set", "train.batch_size=10", "--workers", "4"],
+     ["batch size 10 does not divide across 4 workers"]),
+    (["--model", "ae", "--set", "train.steps=ten"], ["train.steps must be int"]),
+]
+
+
+@pytest.mark.parametrize("args, needles", BAD_ARGUMENTS,
+                         ids=[" ".join(args) for args, _ in BAD_ARGUMENTS])
+def test_bad_train_arguments(args, needles, clean, capsys):
+    code, err = run_cli([*TRAIN[:3], *args] if "--steps" in args else [*TRAIN, *args], capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_unknown_config_key_in_yaml(clean, capsys):
+    (clean / "c.yaml").write_text("model: vae\nvae:\n  betta: 4\n")
+    code, err = run_cli([*TRAIN, "--config", str(clean / "c.yaml")], capsys)
+    assert_one_line_error(code, err, "unknown config key vae.betta", "beta")
+
+
+def test_unknown_model_in_yaml(clean, capsys):
+    (clean / "c.yaml").write_text("model: flow\n")
+    code, err = run_cli([*TRAIN, "--config", str(clean / "c.yaml")], capsys)
+    assert_one_line_error(code, err, "unknown model 'flow'", "ae, vae, gan, pixelcnn")
+
+
+def test_negative_beta_in_yaml(clean, capsys):
+    (clean / "c.yaml").write_text("model: vae\nvae:\n  beta: -0.5\n")
+    code, err = run_cli([*TRAIN, "--config", str(clean / "c.yaml")], capsys)
+    assert_one_line_error(code, err, "vae.beta must be >= 0")
+
+
+def test_missing_config_file(clean, capsys):
+    code, err = run_cli([*TRAIN, "--config", str(clean / "nope.yaml")], capsys)
+    assert_one_line_error(code, err, "nope.yaml does not exist")
+
+
+def test_data_missing_while_offline(clean, monkeypatch, capsys):
+    """MNIST is not on disk and torchvision cannot download it (no internet here)."""
+    empty = clean / "data"
+    empty.mkdir()
+    monkeypatch.setenv("GENBENCH_DATA", str(empty))
+    code, err = run_cli([*TRAIN, "--model", "ae", "--dataset", "mnist"], capsys)
+    assert_one_line_error(code, err, "dataset 'mnist' is not on disk and could not be "
+                          "downloaded", str(empty), "data.root")
+
+
+# --- errors that need the cluster ----------------------------------------------------------
+
+def test_more_workers_than_cpus(ray_local, clean, capsys):
+    code, err = run_cli([*TRAIN, "--model", "ae", "--workers", "64"], capsys)
+    assert_one_line_error(code, err, "64 workers", "has 2 CPUs", "lower --workers")
+
+
+def test_gpu_on_a_cluster_without_gpus(ray_local, clean, capsys):
+    code, err = run_cli([*TRAIN, "--model", "ae", "--gpu"], capsys)
+    assert_one_line_error(code, err, "GPU", "0 GPUs")
+
+
+# --- resume errors: the session's finished ae run -------------------------------------------
+
+@pytest.fixture
+def finished(ae_run, monkeypatch):
+    """The finished ae run, its latest checkpoint file, and a guard that nothing changed."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ae_run.uri)
+    monkeypatch.chdir(ae_run.workdir)
+    client = MlflowClient(ae_run.uri)
+    run_dir = client.get_run(ae_run.run_id).data.tags[RUN_DIR_TAG]
+    latest = find_latest_checkpoint(run_dir) / ckpt.FILENAME
+    original = latest.read_bytes()
+    dirs_before = sorted(Path(run_dir).parent.iterdir())
+    yield ae_run, latest
+    latest.write_bytes(original)  # leave the session's run as it was
+    run = client.get_run(ae_run.run_id)
+    assert run.info.status == "FINISHED"  # not reopened by a failed resume
+    assert sorted(Path(run_dir).parent.iterdir()) == dirs_before  # no new Ray run dir
+
+
+def test_resume_corrupt_checkpoint(finished, capsys):
+    run, latest = finished
+    garbage = b"this is not a torch file" * 10
+    latest.write_bytes(garbage)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt", "earlier checkpoint")
+    assert latest.read_bytes() == garbage  # reported, not overwritten
+
+
+def test_resume_checkpoint_of_another_run(finished, capsys):
+    run, latest = finished
+    payload = ckpt.load(latest)
+    payload["mlflow_run_id"] = "0" * 32
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"belongs to run {'0' * 32}", f"not {run.run_id}")
+
+
+def test_resume_checkpoint_with_mismatched_shapes(finished, capsys):
+    """The weights no longer fit the saved config (ae.width 8 -> 16)."""
+    run, latest = finished
+    payload = ckpt.load(latest)
+    payload["config"]["ae"]["width"] = 16
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, "does not match this model's shapes",
+                          "the config it was trained with")
+
+
+def test_resume_checkpoint_of_another_family(finished, capsys):
+    run, latest = finished
+    payload = ckpt.load(latest)
+    payload["config"] = {**payload["config"], "model": "gan", "gan": {}}
+    del payload["config"]["ae"]
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, "holds networks ['model']", "['discriminator', 'generator']")
+
+
+def test_resume_a_finished_run(finished, capsys):
+    run, _ = finished
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"already reached step {run.steps}", "nothing to resume")
+
+
+def test_resume_unknown_run(clean, capsys):
+    code, err = run_cli(["train", "--resume", "f" * 32], capsys)
+    assert_one_line_error(code, err, f"no MLflow run '{'f' * 32}'", "MLFLOW_TRACKING_URI")
+
+
+def test_resume_with_a_new_config(clean, capsys):
+    code, err = run_cli(["train", "--resume", "f" * 32, "--set", "ae.lr=1"], capsys)
+    assert_one_line_error(code, err, "--resume continues a run with its saved config")
+
+
+# --- the real command: exit status 2 from the process ---------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "ae", "--set", "train.stepz=3"], "unknown config key train.stepz"),
+    (["--model", "ae", "--steps", "0"], "must be positive, got 0"),
+])
+def test_real_exit_code(args, needle, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.run([*GENBENCH, "train", "--experiment", "E", *args], cwd=tmp_path,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, needle)
+    assert proc.stdout == ""
+    assert_nothing_created(tmp_path, uri)

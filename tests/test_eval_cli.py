@@ -1,0 +1,160 @@
+"""`genbench eval` end to end on runs made by `genbench train` (real Ray, real MLflow)."""
+import re
+
+import pytest
+
+from evalkit import TINY, domain_cache, save_checkpoint, tiny_model
+from pipeline import tracking
+from pipeline.cli import main
+
+FIDELITY_KEYS = {"fid_domain", "is_domain", "kid_domain", "precision_domain", "recall_domain",
+                 "floor_fid_domain", "floor_is_domain", "floor_kid_domain",
+                 "floor_precision_domain", "floor_recall_domain"}
+EXPECTED = {"vae": FIDELITY_KEYS | {"bpd_test", "probe_accuracy"},
+            "gan": FIDELITY_KEYS,
+            "pixelcnn": FIDELITY_KEYS | {"bpd_test"},
+            "ae": {"mse_test", "psnr_test", "probe_accuracy"}}
+SMALL_EVAL = ["--n-fake", "200", "--n-real", "200", "--bpd-images", "300",
+              "--probe-images", "2000", "--k", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A private MLflow store, the test domain classifier, a temp working directory."""
+    base = tmp_path_factory.mktemp("eval-cli")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
+    mp.chdir(base)
+    yield base
+    mp.undo()
+
+
+def train_args(family: str) -> list[str]:
+    sets = [f"{family}.{k}={v}" for k, v in TINY[family].items()]
+    sets += ["train.batch_size=16", "train.log_every=2", "train.checkpoint_every=2"]
+    return ["train", "--model", family, "--steps", "2", "--experiment", "eval-cli",
+            *[x for s in sets for x in ("--set", s)]]
+
+
+def latest_run_id() -> str:
+    c = tracking.client()
+    exp = c.get_experiment_by_name("eval-cli")
+    return c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                         max_results=1)[0].info.run_id
+
+
+@pytest.fixture(scope="module")
+def runs(env, ray_local):
+    out = {}
+    for family in ("vae", "gan", "pixelcnn", "ae"):
+        assert main(train_args(family)) == 0
+        out[family] = latest_run_id()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vae", "gan", "pixelcnn", "ae"])
+def test_eval_of_a_trained_run_logs_metrics_and_protocol(family, runs, capsys):
+    run_id = runs[family]
+    assert main(["eval", "--run-id", run_id, *SMALL_EVAL]) == 0
+    out = capsys.readouterr().out
+    run = tracking.get_run(run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert EXPECTED[family] <= set(metrics), EXPECTED[family] - set(metrics)
+    assert run.data.params["model"] == family   # the same run that training made
+    for key in EXPECTED[family]:
+        assert key in out                        # the printed table
+    if family == "ae":
+        assert not any(k.startswith(("fid", "is_", "kid")) for k in metrics)
+        assert tags["eval.fidelity"].startswith("not applicable")
+    else:
+        protocol = {"eval.domain.n_fake": "200", "eval.domain.n_real": "200",
+                    "eval.domain.reference_split": "test", "eval.domain.kid_subset_size": "200",
+                    "eval.seed": "0", "eval.image_shape": "1x28x28"}
+        assert {k: tags.get(k) for k in protocol} == protocol
+        assert re.fullmatch(r"[0-9a-f]{64}", tags["eval.domain.weights_sha256"])
+        for key in ("eval.domain.resize", "eval.domain.input", "eval.versions.torch",
+                    "eval.versions.torch_fidelity", "eval.domain.test_accuracy"):
+            assert tags.get(key), key
+        assert "KID subset size lowered from 1000 to 200" in out
+        shots = tracking.list_artifacts(run_id, tags["eval.artifacts"])
+        assert f"{tags['eval.artifacts']}/samples.png" in shots
+    if family == "gan":
+        assert "bpd_test" not in metrics
+        assert tags["eval.bpd"] == "not applicable: a GAN has no likelihood"
+        assert "bpd not applicable" in out
+    if family in ("vae", "pixelcnn"):
+        assert 0 < metrics["bpd_test"] < 9
+        assert tags["eval.bpd.images"] == "300" and tags["eval.bpd.split"] == "test"
+        assert tags["eval.bpd.k"] == ("2" if family == "vae" else "1")
+    if family in ("vae", "ae"):
+        assert 0.1 < metrics["probe_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_eval_with_two_ray_workers_gives_the_same_bits_per_dim(runs):
+    run_id = runs["pixelcnn"]
+    bpd = []
+    for workers in ("1", "2"):
+        assert main(["eval", "--run-id", run_id, "--metrics", "bpd", "--bpd-images", "300",
+                     "--batch-size", "50", "--workers", workers, "--quiet"]) == 0
+        bpd.append(tracking.get_run(run_id).data.metrics["bpd_test"])
+    assert bpd[1] == pytest.approx(bpd[0], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_with_eval_evaluates_the_new_run(env, ray_local, capsys):
+    assert main(train_args("gan") + ["--eval", "--eval-n", "120"]) == 0
+    out = capsys.readouterr().out
+    metrics = tracking.get_run(latest_run_id()).data.metrics
+    assert FIDELITY_KEYS <= set(metrics)
+    assert "fid_domain" in out and "bpd not applicable" in out
+
+
+def test_inception_offline_without_weights_is_one_line_naming_the_flag(env, tmp_path,
+                                                                       monkeypatch, capsys):
+    cfg, nets, opts = tiny_model("gan")
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts)
+    monkeypatch.setenv("GENBENCH_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))   # no cached weights
+    monkeypatch.delenv("GENBENCH_INCEPTION_WEIGHTS", raising=False)
+    code = main(["eval", "--checkpoint", str(tmp_path / "ck"), "--extractor", "inception"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "--inception-weights" in err
+    # a file that is not torch-fidelity's weights is refused by its sha256
+    fake = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    fake.write_bytes(b"not the weights")
+    code = main(["eval", "--checkpoint", str(tmp_path / "ck"), "--extractor", "inception",
+                 "--inception-weights", str(fake)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "sha256" in err
+
+
+def test_bad_eval_input_is_one_line_and_exit_2(env, tmp_path, capsys):
+    cfg, nets, opts = tiny_model("vae")
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts)
+    cases = [(["eval"], "--run-id"),
+             (["eval", "--run-id", "nope"], "no MLflow run"),
+             (["eval", "--checkpoint", str(tmp_path / "missing")], "no checkpoint"),
+             (["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "fid,bogus"],
+              "unknown metric"),
+             (["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "kid", "--n-fake",
+               "50", "--kid-subset-size", "100"], "KID needs at least kid_subset_size=100")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+
+
+def test_eval_of_a_checkpoint_without_its_run_logs_into_a_new_eval_run(env, tmp_path, capsys):
+    cfg, nets, opts = tiny_model("pixelcnn")
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts, run_id="elsewhere")
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "bpd",
+                 "--bpd-images", "100", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", out).group(1)
+    run = tracking.get_run(run_id)
+    assert run.data.tags["genbench.kind"] == "eval" and "bpd_test" in run.data.metrics
+    assert "not in" in out   # the note that says why a new run was made
