@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
@@ -202,7 +203,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
         _probe(opts, model, train, device, metrics, tags, notes)
 
     run_id, created = target_run(model, opts, notes)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"  # never overwrites
     artifact_dir = f"eval/{stamp}"
     tags["eval.artifacts"] = artifact_dir
     tags["eval.metrics"] = ",".join(sorted(metrics))
@@ -342,7 +343,8 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def print_report(result: EvalResult, stream=sys.stdout) -> None:
+def print_report(result: EvalResult, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up now: tests and callers may redirect it
     print(f"\neval of {result.model} (step {result.step}) in {result.seconds:.0f}s; "
           f"MLflow run {result.run_id}, artifacts {result.artifact_dir}", file=stream)
     print(format_table(result), file=stream)

@@ -7,11 +7,13 @@ import pytest
 
 # Ray Train V2 is the default in ray >= 2.51; pin it so the worker processes agree with the driver.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet test logs
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny test models run fastest on one thread; two oversubscribe this 2-core machine."""
+    """Tiny test models run fastest on one thread; two oversubscribe a busy 2-core machine.
+    Use with pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
     import torch
 
     threads = torch.get_num_threads()
@@ -62,7 +64,7 @@ FAST = {"ae": ["ae.width=8", "ae.latent_dim=8"],
         "vae": ["vae.width=8", "vae.latent_dim=8"],
         "gan": ["gan.width=8", "gan.latent_dim=16"],
         "pixelcnn": ["pixelcnn.channels=8", "pixelcnn.layers=2", "pixelcnn.head_channels=16"]}
-FAST_TRAIN = ["train.batch_size=32", "train.log_every=10", "train.checkpoint_every=10"]
+FAST_TRAIN = ["train.batch_size=32", "train.log_every=10", "train.checkpoint_every=15"]
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +88,7 @@ class FinishedRun:
 @pytest.fixture(scope="session")
 def ae_run(ray_local, tmp_path_factory, fast_sets):
     """One finished `genbench train --model ae --workers 2 --steps 30` (in-process, on the shared
-    Ray), with checkpoints every 10 steps. Tests that tamper with its files restore them."""
+    Ray), with checkpoints at steps 15 and 30. Tests that tamper with its files restore them."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.cli import main
@@ -102,3 +104,15 @@ def ae_run(ray_local, tmp_path_factory, fast_sets):
     runs = client.search_runs([client.get_experiment_by_name("E").experiment_id])
     assert len(runs) == 1
     return FinishedRun(code, runs[0].info.run_id, "E", uri, workdir, 30)
+
+
+@pytest.fixture
+def offline_torchvision(monkeypatch):
+    """torchvision's downloads fail as they do on a machine without internet (fast, and the
+    same on a CI machine that has internet): its URLs point at a closed local port."""
+    import torchvision
+
+    dead = "http://127.0.0.1:9/"
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [dead])
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [dead])
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", dead + "cifar-10-python.tar.gz")

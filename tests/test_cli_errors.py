@@ -107,8 +107,8 @@ def test_missing_config_file(clean, capsys):
     assert_one_line_error(code, err, "nope.yaml does not exist")
 
 
-def test_data_missing_while_offline(clean, monkeypatch, capsys):
-    """MNIST is not on disk and torchvision cannot download it (no internet here)."""
+def test_data_missing_while_offline(clean, monkeypatch, offline_torchvision, capsys):
+    """MNIST is not on disk and torchvision cannot download it."""
     empty = clean / "data"
     empty.mkdir()
     monkeypatch.setenv("GENBENCH_DATA", str(empty))

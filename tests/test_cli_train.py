@@ -106,4 +106,7 @@ def test_train_gan_as_a_real_command(tmp_path, fast_sets):
     run_id = check_run(uri, "E", "gan", tmp_path / "dl")
     assert f"MLflow run    {run_id}" in proc.stdout
     assert f"genbench: training gan on fashion-mnist with 2 worker(s)" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    # Ray's and MLflow's own logs stay quiet: only genbench's lines and its progress
+    noise = [line for line in proc.stderr.splitlines()
+             if line.strip() and not line.startswith(("genbench: ", "  step "))]
+    assert not noise, "\n".join(noise[:20])

@@ -85,11 +85,13 @@ def test_unknown_split_and_dataset_are_config_errors(tmp_path):
         load_raw("imagenet-9000", train=True)
 
 
-def test_missing_data_offline_is_a_config_error(tmp_path):
-    """Neither on disk nor downloadable (this machine is offline): one line saying where."""
+def test_missing_data_offline_is_a_config_error(tmp_path, offline_torchvision):
+    """Neither on disk nor downloadable (offline): one line saying where to put it."""
     with pytest.raises(ConfigError, match="not on disk and could not be downloaded") as err:
         load_raw("cifar10", train=True, root=str(tmp_path / "empty"))
     assert "cifar-10-batches-py" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="put it in .*the four IDX files"):
+        load_raw("mnist", train=False, root=str(tmp_path / "empty"))
 
 
 def test_image_folder(tmp_path):

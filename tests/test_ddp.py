@@ -16,6 +16,8 @@ from pipeline.models.layers import unwrap
 # The workers cannot import this test module: ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STEPS = 2          # two optimizer steps on two different global batches
 GLOBAL_BATCH = 8
 CONFIGS = {

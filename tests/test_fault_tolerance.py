@@ -19,14 +19,15 @@ from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
-STEPS = 100
+STEPS = 60
 GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
             if (Path(sys.executable).parent / "genbench").is_file()
             else [sys.executable, "-m", "pipeline.cli"])
-# Every 10 steps a metric point and a checkpoint; batch 64 keeps the run going while we kill.
+# A metric point every 10 steps, a checkpoint every 20; batches of 256 keep the run going for
+# some seconds after the first checkpoint, so the kill lands mid-run.
 ARGS = ["train", "--model", "ae", "--workers", "2", "--steps", str(STEPS),
-        "--set", "ae.width=8", "--set", "ae.latent_dim=8", "--set", "train.batch_size=64",
-        "--set", "train.log_every=10", "--set", "train.checkpoint_every=10",
+        "--set", "ae.width=8", "--set", "ae.latent_dim=8", "--set", "train.batch_size=256",
+        "--set", "train.log_every=10", "--set", "train.checkpoint_every=20",
         "--set", "train.eval_every=1000"]
 
 
@@ -119,7 +120,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, worker_pidfile, w
     assert run.info.run_id == started and f"MLflow run    {started}" in out
     history = check_finished(client, started, workdir)
     # The new workers continue from the last checkpoint Ray registered (or a later one written
-    # before the kill), not from step 0: their first metric point comes right after it.
+    # before the kill), not from step 0: their first metric point comes right after it
+    # (from step 0 it would be step 10 again).
     after = sorted(m.step for m in history if m.timestamp > killed["at"] * 1000)
     assert after and killed["registered"] + 10 <= after[0] <= killed["on_disk"] + 10, \
         (after, killed)
@@ -140,6 +142,12 @@ def test_resume_an_interrupted_run(ray_local, workdir, mlflow_uri, capsys):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Ray ends the dead driver's workers: wait until their CPUs are free, so no checkpoint is
+    # still being written when the test reads the latest one.
+    deadline = time.time() + 120
+    while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
+        assert time.time() < deadline, "the killed driver's workers never ended"
+        time.sleep(0.2)
     client, run = the_only_run(mlflow_uri, "R")
     run_id = run.info.run_id
     assert run.info.status == "RUNNING"  # nobody closed it: the driver died

@@ -104,14 +104,23 @@ def test_metrics_match_textbook_formulas_on_the_same_features(extractor, test_im
 
 def test_inception_score_of_real_test_data_is_close_to_the_number_of_classes(extractor,
                                                                               test_images):
-    logits = extract_features(extractor, test_images.images[:2000], quiet=True)["logits"]
-    is_real, _ = fidelity.inception_score(logits)
+    """IS = exp(E KL(p(y|x) || p(y))) counts the classes the classifier sees confidently. The
+    session's test classifier is brief (~81% accuracy); the cached one (91%) scores 8.0 on all
+    10 classes, 3.2 on the three below, 1.07 on trousers alone."""
+    x, y = test_images.images[:4000], test_images.labels[:4000]
+    logits = extract_features(extractor, x, quiet=True)["logits"]
+
+    def score(classes=None):
+        keep = torch.ones_like(y, dtype=torch.bool) if classes is None else \
+            torch.isin(y, torch.tensor(classes))
+        return fidelity.inception_score(logits[keep])[0]
+
     k = test_images.num_classes
-    assert 0.75 * k < is_real <= k + 1e-6
-    one_class = test_images.images[test_images.labels == 1][:500]   # trousers only
-    is_one, _ = fidelity.inception_score(
-        extract_features(extractor, one_class, quiet=True)["logits"])
-    assert is_one < 2.0
+    one, three, everything = score([1]), score([1, 8, 9]), score()  # trouser; + bag, ankle boot
+    assert one < 1.5
+    assert 2.5 < three < 4.0
+    assert 0.5 * k < everything <= k
+    assert one < three < everything
 
 
 def test_kid_with_fewer_samples_than_the_subset_size_says_so():

@@ -14,6 +14,8 @@ TINY = {"ae": {"latent_dim": 4, "width": 4},
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 NUM_CLASSES = 10
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny(model: str, **overrides):
     return FAMILIES[model].Config(**{**TINY[model], **overrides})

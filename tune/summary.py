@@ -35,14 +35,14 @@ def collect(results, parent_run_id: str, uri: str) -> list[Row]:
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[-2]
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         run = runs.get(trial_id)
         status = run.data.tags.get(STATUS_TAG, "unknown") if run else "failed"
         if result.error is not None:
             status = "failed"
         rows.append(Row(trial_id, run.info.run_id if run else "", status,
                         dict(result.config or {}), metrics))
-    return sorted(rows, key=lambda r: r.trial)
+    return rows  # in the order Tune created the trials
 
 
 def best(rows: list[Row], metric: str, mode: str) -> Row | None:

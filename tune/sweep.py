@@ -74,6 +74,10 @@ def concurrency(trial_cfg: Config) -> int:
     if t.gpu and t.workers > gpus:
         raise ConfigError(f"each trial needs {t.workers} GPU(s) but the Ray cluster has {gpus}; "
                           f"lower --workers-per-trial or drop --gpu")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and t.storage_path is None:
+        raise ConfigError("this Ray cluster has several nodes: trial checkpoints need shared "
+                          "storage; pass --storage-path s3://bucket/path or an NFS directory")
     fit = cpus // need_cpu
     return max(1, min(fit, gpus // t.workers) if t.gpu else fit)
 
@@ -117,8 +121,49 @@ def run(args) -> int:
 
 
 def start(args) -> int:
+    from pipeline.launch import init_ray
+
+    spec, train_data, val_data = plan(args)
+    init_ray(args.address, args.verbose)
+    spec["max_concurrent"] = concurrency(Config.from_dict(spec["trial_config"]))
+    open_sweep(spec)
+
+    from ray import tune
+
+    from tune.monitor import SweepMonitor
+    from tune.trial import make_trainable
+
+    scheduler, search = scheduler_and_search(spec)
+    tuner = tune.Tuner(
+        make_trainable(spec, train_data, val_data),
+        param_space=spaces.to_tune(spec["space"]),
+        tune_config=tune.TuneConfig(metric=spec["metric"], mode=spec["mode"],
+                                    scheduler=scheduler, search_alg=search,
+                                    num_samples=spec["samples"],
+                                    max_concurrent_trials=spec["max_concurrent"],
+                                    # a fresh trial process costs seconds of imports
+                                    reuse_actors=spec["workers"] == 1,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=spec["name"],
+                                  storage_path=str(Path(spec["sweep_dir"]).parent),
+                                  verbose=0, callbacks=[SweepMonitor(spec)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    space_text = ", ".join(f"{k} {prim}{bounds}" for k, e in spec["space"].items()
+                           for prim, bounds in e.items())
+    print(f"genbench: sweeping {spec['model']} on {spec['dataset']}: {spec['samples']} trials "
+          f"x {spec['steps']} steps ({spec['workers']} worker(s) each, {spec['max_concurrent']} "
+          f"at a time), {spec['scheduler'].upper()} on {spec['metric']} ({spec['mode']}) every "
+          f"{spec['interval']} steps, {spec['search']} search over {space_text}\n"
+          f"  MLflow parent run {spec['parent_run_id']}; sweep dir {spec['sweep_dir']}",
+          file=sys.stderr, flush=True)
+    return finish(tuner, spec)
+
+
+def plan(args) -> tuple[dict, ImageData, ImageData | None]:
+    """Everything checkable before Ray starts and a run is opened: config, search space, data,
+    metric, step count; returns the sweep's spec (JSON-able) and the data splits."""
     from pipeline.cli import build_config
-    from pipeline.launch import init_ray, storage_path
     from pipeline.loop import total_steps
 
     if args.samples <= 0:
@@ -131,59 +176,37 @@ def start(args) -> int:
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     interval = max(1, min(cfg.train.eval_every, steps // REPORTS_PER_TRIAL))
     trial_cfg = trial_config(cfg, steps, interval)
-    prepared = sweep_metrics.prepare(trial_cfg)
-    init_ray(args.address, args.verbose)
-    max_concurrent = concurrency(trial_cfg)
+    spec = {"model": cfg.model, "dataset": cfg.data.dataset, "experiment": args.experiment,
+            "tracking_uri": tracking.tracking_uri(), "user_config": cfg.to_dict(),
+            "trial_config": trial_cfg.to_dict(), "space": space, "keys": list(space),
+            "metric": metric, "mode": mode, "scheduler": args.scheduler, "search": args.search,
+            "samples": args.samples, "steps": steps, "interval": interval,
+            "workers": cfg.train.workers, "seed": cfg.train.seed,
+            "fid_samples": GAN_FID_SAMPLES, **sweep_metrics.prepare(trial_cfg)}
+    return spec, train_data, val_data
 
+
+def open_sweep(spec: dict) -> None:
+    """The parent MLflow run and the sweep directory (named after it, so never reused), with
+    the spec that --resume reads back."""
+    from pipeline.launch import storage_path
+
+    cfg = Config.from_dict(spec["user_config"])
     tags = tracking.versions_and_hardware(cfg.train.gpu)
     tags.update({"genbench.kind": "tune", "genbench.model": cfg.model,
                  "genbench.dataset": cfg.data.dataset})
-    params = {**cfg.flat(), "train.total_steps": steps, "tune.samples": args.samples,
-              "tune.scheduler": args.scheduler, "tune.search": args.search,
-              "tune.metric": metric, "tune.mode": mode, "tune.interval": interval,
-              "tune.workers_per_trial": cfg.train.workers, "tune.space": json.dumps(space)}
-    parent = tracking.start_run(args.experiment, f"tune-{cfg.model}-{cfg.data.dataset}",
+    params = {**cfg.flat(), "train.total_steps": spec["steps"],
+              **{f"tune.{k}": spec[k] for k in ("samples", "scheduler", "search", "metric",
+                                                "mode", "interval", "workers")},
+              "tune.space": json.dumps(spec["space"])}
+    parent = tracking.start_run(spec["experiment"], f"tune-{cfg.model}-{cfg.data.dataset}",
                                 params, tags)
     name = f"tune-{cfg.model}-{parent[:12]}"
     sweep_dir = Path(storage_path(cfg)) / name
-    spec = {"parent_run_id": parent, "tracking_uri": tracking.tracking_uri(),
-            "experiment": args.experiment, "sweep_dir": str(sweep_dir), "name": name,
-            "user_config": cfg.to_dict(), "trial_config": trial_cfg.to_dict(),
-            "space": space, "keys": list(space), "metric": metric, "mode": mode,
-            "scheduler": args.scheduler, "search": args.search, "samples": args.samples,
-            "steps": steps, "interval": interval, "seed": cfg.train.seed,
-            "max_concurrent": max_concurrent, "fid_samples": GAN_FID_SAMPLES, **prepared}
+    spec.update(parent_run_id=parent, name=name, sweep_dir=str(sweep_dir))
     sweep_dir.mkdir(parents=True, exist_ok=False)
     (sweep_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
     tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
-
-    from ray import tune
-
-    from tune.monitor import SweepMonitor
-    from tune.trial import make_trainable
-
-    scheduler, search = scheduler_and_search(spec)
-    tuner = tune.Tuner(
-        make_trainable(spec, train_data, val_data),
-        param_space=spaces.to_tune(space),
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
-                                    search_alg=search, num_samples=args.samples,
-                                    max_concurrent_trials=max_concurrent,
-                                    # a fresh trial process costs seconds of imports
-                                    reuse_actors=trial_cfg.train.workers == 1,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=str(sweep_dir.parent), verbose=0,
-                                  callbacks=[SweepMonitor(spec)],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(max_failures=0)))
-    space_text = ", ".join(f"{k} {prim}{args_}" for k, e in space.items()
-                           for prim, args_ in e.items())
-    print(f"genbench: sweeping {cfg.model} on {cfg.data.dataset}: {args.samples} trials x "
-          f"{steps} steps ({cfg.train.workers} worker(s) each, {max_concurrent} at a time), "
-          f"{args.scheduler.upper()} on {metric} ({mode}) every {interval} steps, "
-          f"{args.search} search over {space_text}\n  MLflow parent run {parent}; "
-          f"sweep dir {sweep_dir}", file=sys.stderr, flush=True)
-    return finish(tuner, spec)
 
 
 def resume(path: str, address: str | None, verbose: bool) -> int:
@@ -277,7 +300,7 @@ def print_results(rows, spec: dict, out: dict) -> None:
 
     metric, keys = spec["metric"], spec["keys"]
     header = ["trial", "status", "steps", metric, *keys]
-    table = [[r.trial.rsplit("_", 1)[-1], r.status.replace("_", "-"),
+    table = [[r.trial, r.status.replace("_", "-"),
               str(r.metrics.get("step", "-")), fmt(r.value(metric)),
               *(fmt(r.sampled.get(k)) for k in keys)] for r in rows]
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]

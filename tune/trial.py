@@ -1,9 +1,10 @@
 """One trial of a sweep: the same training loop as `genbench train`, logged to a child MLflow run.
 
-Single-worker trials run pipeline.loop.fit directly inside the Tune trial (no extra actors, about
-a second of overhead); multi-worker trials start a TorchTrainer inside the trial, whose rank 0
-forwards metrics to Tune through TuneReportCallback. Either way every report carries the sweep
-metric, and the checkpoint of the same step, so ASHA can stop and Tuner.restore can continue.
+Single-worker trials run pipeline.loop.fit directly inside the Tune trial (no extra processes);
+multi-worker trials start a TorchTrainer inside the trial, whose rank 0 forwards metrics to Tune
+through TuneReportCallback (tens of seconds to start its workers). Either way every report
+carries the sweep metric and the checkpoint of the same step, so ASHA can stop a trial and
+Tuner.restore can continue it. `train_seconds` is fit()'s own clock, validation included.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ TRIAL_ID_TAG = "genbench.trial_id"
 STATUS_TAG = "genbench.trial_status"   # running | completed | early_stopped | failed | interrupted
 STARTS_TAG = "genbench.trial_starts"   # how often the trial function began (1 unless resumed)
 DRIVER_MEMORY = 2**28                  # bytes, logical: what a multi-worker trial's driver claims
+# A multi-worker trial's workers run in a placement group whose lifetime is the sweep driver's
+# job, not the trial's: when Tune stops the trial (ASHA) it kills the trial's process, Ray Train's
+# controller dies with it, and only Ray Train's cleaner would remove the group, which needs the
+# state API (the dashboard). Rank 0 reports the group's id under this key; the driver removes it.
+PLACEMENT_GROUP_KEY = "placement_group"
 
 
 def trial_config(spec: dict, sampled: dict) -> Config:
@@ -43,13 +49,12 @@ def open_child_run(spec: dict, sampled: dict, cfg: Config, trial_id: str) -> str
         tracking.set_tags(run.info.run_id, {STARTS_TAG: starts, STATUS_TAG: "running"}, uri)
         tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
-    number = int(trial_id.rsplit("_", 1)[-1]) + 1
     tags = {"mlflow.parentRunId": spec["parent_run_id"], "genbench.kind": "tune-trial",
             "genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
             TRIAL_ID_TAG: trial_id, STARTS_TAG: 1, STATUS_TAG: "running",
             "genbench.sampled": json.dumps(sampled)}
     params = {**cfg.flat(), "train.total_steps": spec["steps"]}
-    return tracking.start_run(spec["experiment"], f"trial-{number:03d}", params, tags, uri=uri)
+    return tracking.start_run(spec["experiment"], f"trial-{trial_id}", params, tags, uri=uri)
 
 
 class Reporter:
@@ -150,6 +155,7 @@ def tune_loop_per_worker(loop_config: dict) -> None:
     """Each DDP rank of a multi-worker trial: fit() with a report that goes to ray.train."""
     import ray.train
     import ray.train.torch
+    import ray.util
 
     cfg = Config.from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -166,8 +172,12 @@ def tune_loop_per_worker(loop_config: dict) -> None:
     val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
            if d.val_fraction > 0 else None)
 
+    group = ray.util.get_current_placement_group()
+
     def send(metrics: dict, checkpoint_dir: str | None) -> None:
         step = int(metrics["step"])
+        if group is not None:  # for the sweep driver to release it, see SweepMonitor
+            metrics[PLACEMENT_GROUP_KEY] = group.id.hex()
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)

@@ -1,0 +1,211 @@
+"""`genbench tune` end to end on the real stack: Ray Tune over the real training loop on
+Fashion-MNIST, MLflow in a private sqlite store. Tiny nets and 40-step trials keep a 4-trial
+sweep to about a minute on 2 contended cores."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import build_config, main, make_parser
+
+TINY_VAE = ["--set", "vae.width=8", "--set", "vae.latent_dim=4", "--set", "train.batch_size=32"]
+TINY_GAN = ["--set", "gan.width=8", "--set", "gan.latent_dim=8", "--set", "train.batch_size=32"]
+
+
+def all_runs(uri: str) -> list:
+    c = MlflowClient(uri)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=1000)
+
+
+def sweep_runs(uri: str):
+    runs = all_runs(uri)
+    parents = [r for r in runs if r.data.tags.get("genbench.kind") == "tune"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+def check_sweep(uri: str, keys: list[str], metric: str, samples: int = 4):
+    """The MLflow side of a finished sweep; returns (parent, children, best config path)."""
+    c = MlflowClient(uri)
+    parent, children = sweep_runs(uri)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == samples
+    for child in children:
+        status = child.data.tags["genbench.trial_status"]
+        assert status in ("completed", "early_stopped")
+        assert child.info.status == ("FINISHED" if status == "completed" else "KILLED")
+        assert child.data.tags["genbench.kind"] == "tune-trial"
+        history = c.get_metric_history(child.info.run_id, metric)
+        assert len(history) >= 2 and len({m.step for m in history}) == len(history)  # per step
+        assert "trial_seconds" in child.data.metrics
+    assert any(ch.data.tags["genbench.trial_status"] == "completed" for ch in children)
+    for key in keys:  # each sampled value recorded as a param, and really sampled
+        values = {float(ch.data.params[key]) for ch in children}
+        assert len(values) == samples
+    top = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "best_config.yaml", "plots"} <= top
+    plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
+    assert {f"plots/{metric}_vs_{k}.png" for k in keys} <= plots
+    best_path = Path(parent.data.tags["genbench.tune_path"]) / "best_config.yaml"
+    results = (best_path.parent / "results.csv").read_text().strip().splitlines()
+    assert len(results) == samples + 1
+    # the best config is the child with the lowest last metric, and `genbench train` takes it
+    best_child = min(children, key=lambda ch: ch.data.metrics[metric])
+    assert parent.data.tags["genbench.best_run_id"] == best_child.info.run_id
+    args = make_parser().parse_args(["train", "--config", str(best_path), "--steps", "2"])
+    cfg = build_config(args)
+    for key in keys:
+        section, name = key.split(".")
+        assert getattr(cfg.family, name) == pytest.approx(float(best_child.data.params[key]))
+    return parent, children, best_path
+
+
+@pytest.mark.slow
+def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, mlflow_uri):
+    rc = main(["tune", "--model", "vae", "--samples", "4", "--steps", "40", *TINY_VAE])
+    assert rc == 0
+    parent, children, best = check_sweep(mlflow_uri, ["vae.beta", "vae.lr"], "val_bpd")
+    assert parent.data.params["tune.scheduler"] == "asha"
+    plots = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/rate_distortion.png" in plots
+    assert yaml.safe_load(best.read_text())["vae"]["width"] == 8  # the sweep's fixed settings
+    for child in children:
+        assert 0.1 <= float(child.data.params["vae.beta"]) <= 10
+
+
+@pytest.fixture
+def tiny_domain_classifier(tmp_path, monkeypatch):
+    """A quickly trained domain classifier in a private cache (the GAN's FID extractor)."""
+    from eval.extractors import train_and_cache_domain
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
+    train_and_cache_domain("fashion-mnist", max_images=1000, epochs=1, width=8, quiet=True)
+
+
+@pytest.mark.slow
+def test_gan_sweep_over_learning_rates_on_domain_fid(ray_local, workdir, mlflow_uri,
+                                                     tiny_domain_classifier):
+    rc = main(["tune", "--model", "gan", "--samples", "4", "--steps", "40", *TINY_GAN])
+    assert rc == 0
+    parent, children, _ = check_sweep(mlflow_uri, ["gan.lr_g", "gan.lr_d", "gan.beta1"],
+                                      "val_fid_domain")
+    assert parent.data.params["tune.metric"] == "val_fid_domain"
+    for child in children:
+        assert child.data.metrics["val_fid_domain"] > 0
+
+
+class Lines(threading.Thread):
+    """Collects a pipe's lines while the process runs."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe, self.lines = pipe, []
+
+    def run(self):
+        for line in self.pipe:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.2)
+        return False
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, workdir,
+                                                                      mlflow_uri):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env.pop("RAY_ADDRESS", None)  # the driver starts its own Ray, apart from this session's
+    cmd = [sys.executable, "-m", "pipeline.cli", "tune", "--model", "vae", "--samples", "4",
+           "--steps", "40", "--scheduler", "fifo", *TINY_VAE]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    err = Lines(proc.stderr)
+    err.start()
+    try:
+        assert err.wait_for("completed at step", timeout=300), "".join(err.lines)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C on the driver
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err.join(timeout=5)
+    assert proc.returncode == 130, "".join(err.lines)
+    assert any("genbench tune --resume" in line for line in err.lines)
+
+    c = MlflowClient(mlflow_uri)
+    parent, children = sweep_runs(mlflow_uri)
+    assert parent.info.status == "KILLED"
+    done_before = {ch.info.run_id: len(c.get_metric_history(ch.info.run_id, "val_bpd"))
+                   for ch in children if ch.data.tags["genbench.trial_status"] == "completed"}
+    assert 1 <= len(done_before) < 4
+
+    rc = main(["tune", "--resume", parent.data.tags["genbench.tune_path"]])
+    assert rc == 0
+    parent, children = sweep_runs(mlflow_uri)
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert all(ch.data.tags["genbench.trial_status"] == "completed" for ch in children)
+    for child in children:
+        if child.info.run_id in done_before:  # not run again: one start, same history
+            assert child.data.tags["genbench.trial_starts"] == "1"
+            history = c.get_metric_history(child.info.run_id, "val_bpd")
+            assert len(history) == done_before[child.info.run_id]
+    assert (Path(parent.data.tags["genbench.tune_path"]) / "best_config.yaml").is_file()
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("genbench: error: ")
+    return err[0]
+
+
+BAD_SPACES = {
+    "empty": ("tune: {}\n", "empty"),
+    "negative log bound": ("tune: {vae.beta: {loguniform: [-1, 10]}}\n", "above 0"),
+    "reversed bounds": ("tune: {vae.lr: {uniform: [0.1, 0.01]}}\n", "below upper"),
+    "unknown key": ("tune: {vae.depth: {uniform: [1, 4]}}\n", "unknown hyperparameter"),
+    "unknown primitive": ("tune: {vae.beta: {gaussian: [0, 1]}}\n", "unknown sampling"),
+    "not a primitive": ("tune: {vae.beta: 4}\n", "one sampling primitive"),
+    "invalid values": ("tune: {vae.likelihood: {choice: [logistic, gaussian]}}\n",
+                       "invalid config"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SPACES))
+def test_bad_search_space_is_one_line_exit_2(name, workdir, mlflow_uri, capsys):
+    text, words = BAD_SPACES[name]
+    (workdir / "sweep.yaml").write_text("model: vae\n" + text)
+    assert main(["tune", "--config", "sweep.yaml", "--samples", "2"]) == 2
+    assert words in one_line_error(capsys)
+    assert not (workdir / "mlflow.db").exists() or not all_runs(mlflow_uri)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--samples", "0"], "--samples must be positive"),
+    (["--samples", "-3"], "--samples must be positive"),
+    (["--metric", "val_nope"], "unknown metric 'val_nope'"),
+    (["--metric", "val_fid_domain"], "unknown metric"),       # a GAN metric on a VAE
+    (["--resume", "no/such/sweep"], "not a genbench sweep"),
+])
+def test_bad_arguments_are_one_line_exit_2(argv, words, workdir, mlflow_uri, capsys):
+    assert main(["tune", *argv]) == 2
+    assert words in one_line_error(capsys)
+
+
+def test_unsatisfiable_resources_are_one_line_exit_2(ray_local, workdir, mlflow_uri, capsys):
+    assert main(["tune", "--workers-per-trial", "64", "--samples", "2"]) == 2
+    assert "lower --workers-per-trial" in one_line_error(capsys)
+    assert not all_runs(mlflow_uri)  # refused before the parent run is opened
