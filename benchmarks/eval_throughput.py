@@ -93,7 +93,7 @@ def main() -> int:
     def add(name, n, fn, warm=None):
         seconds, rate = timed(fn, n, warm)
         rows.append((name, n, seconds, rate))
-        print(f"  {name:<44} {rate:10.1f} img/s", file=sys.stderr, flush=True)
+        print(f"  {name:<46} {rate:10.3g} img/s", file=sys.stderr, flush=True)
 
     images = test.images[:args.n]
     domain = DomainClassifier(10, test.image_shape[0]).to(device).eval()
@@ -137,10 +137,11 @@ def main() -> int:
     hw = torch.cuda.get_device_name(0) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"\neval throughput on {device.type} ({hw}); default family configs, batch {args.batch}")
-    print(f"| {'task':<44} | {'images':>6} | {'seconds':>8} | {'images/s':>9} |")
-    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 11}|")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'task':<{width}} | {'images':>6} | {'seconds':>8} | {'images/s':>9} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 8}|{'-' * 10}|{'-' * 11}|")
     for name, n, seconds, rate in rows:
-        print(f"| {name:<44} | {n:>6} | {seconds:>8.2f} | {rate:>9.1f} |")
+        print(f"| {name:<{width}} | {n:>6} | {seconds:>8.2f} | {rate:>9.3g} |")
     return 0
 
 

@@ -167,8 +167,10 @@ def accuracy(net: DomainClassifier, data: ImageData, batch_size: int = 1000,
 
 def train_domain_classifier(train: ImageData, test: ImageData, epochs: float = DOMAIN_EPOCHS,
                             width: int = 16, batch_size: int = 128, lr: float = 4e-3,
-                            seed: int = 0, device="cpu", quiet: bool = False):
-    """Adam with a one-cycle schedule and horizontal flips; returns (net, test accuracy)."""
+                            seed: int = 0, device="cpu", quiet: bool = False,
+                            hflip: bool = True):
+    """Adam with a one-cycle schedule (and horizontal flips where they keep the class: not for
+    digits); returns (net, test accuracy)."""
     from eval.progress import bar
 
     gen = torch.Generator().manual_seed(seed)
@@ -186,8 +188,10 @@ def train_domain_classifier(train: ImageData, test: ImageData, epochs: float = D
                 order = torch.randperm(len(train), generator=gen)
             idx = order[i * batch_size:(i + 1) * batch_size]
             x = to_rgb_uint8(train.images[idx])
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x).to(device)
+            if hflip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = x.to(device)
             loss = F.cross_entropy(net(x)[1], train.labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,11 +209,11 @@ def save_domain_classifier(net: DomainClassifier, meta: dict, pt_path: Path,
                "num_classes": net.head.out_features, "in_channels": net.in_channels,
                "width": net.body[0].out_channels,
                "arch_version": DOMAIN_ARCH_VERSION}
-    tmp = pt_path.with_suffix(".tmp")
+    tmp = pt_path.with_name(pt_path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, pt_path)
     meta = {**meta, "sha256": sha256_file(pt_path), "file": pt_path.name}
-    tmp = json_path.with_suffix(".tmp")
+    tmp = json_path.with_name(json_path.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, json_path)
     return meta
@@ -232,7 +236,7 @@ def train_and_cache_domain(dataset: str, root: str | None = None, image_size: in
         train = ImageData(train.images[idx], train.labels[idx], train.num_classes)
     t0 = time.time()
     net, acc = train_domain_classifier(train, test, epochs, width, seed=seed, device=device,
-                                       quiet=quiet)
+                                       quiet=quiet, hflip=dataset != "mnist")
     meta = {"dataset": dataset, "image_shape": list(train.image_shape),
             "num_classes": train.num_classes, "test_accuracy": acc, "epochs": epochs,
             "train_images": len(train), "width": width, "seed": seed,

@@ -40,6 +40,7 @@ ALL_METRICS = ("fid", "is", "kid", "prc", "bpd", "probe")
 DEFAULT_N = 10_000     # n_fake and n_real: 10,000 or the size of the reference split
 DEFAULT_K = 16         # VAE importance samples (k = 1 is the ELBO)
 GRID_IMAGES = 64
+MIN_SAMPLES = IS_SPLITS   # IS splits the samples in 10; PR needs 4 neighbours
 
 # (payload, k=, images=, batch_size=, seed=, workers=) -> NLLSums; the CLI passes a Ray runner
 NLLRunner = Callable[..., NLLSums]
@@ -231,6 +232,10 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
     if n_real > len(test):
         raise ConfigError(f"--n-real {n_real} exceeds the {len(test)} images of the test split; "
                           f"lower it")
+    if min(n_fake, n_real) < MIN_SAMPLES:
+        raise ConfigError(f"FID/IS/KID/PR need at least {MIN_SAMPLES} images per set (IS uses "
+                          f"{IS_SPLITS} splits), got n_fake={n_fake}, n_real={n_real}; raise "
+                          f"--n-fake/--n-real")
     n_floor = min(n_fake, len(train))
     if n_floor < n_fake:
         notes.append(f"the floor uses all {n_floor} train images (fewer than n_fake={n_fake})")

@@ -7,6 +7,8 @@ from evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 from pipeline import tracking
 from pipeline.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
+
 FIDELITY_KEYS = {"fid_domain", "is_domain", "kid_domain", "precision_domain", "recall_domain",
                  "floor_fid_domain", "floor_is_domain", "floor_kid_domain",
                  "floor_precision_domain", "floor_recall_domain"}
