@@ -39,6 +39,10 @@ def timed(fn, images: int, repeat_warmup=None) -> tuple[float, float]:
     return seconds, images / seconds
 
 
+def rate_text(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -93,7 +97,7 @@ def main() -> int:
     def add(name, n, fn, warm=None):
         seconds, rate = timed(fn, n, warm)
         rows.append((name, n, seconds, rate))
-        print(f"  {name:<46} {rate:10.3g} img/s", file=sys.stderr, flush=True)
+        print(f"  {name:<46} {rate_text(rate):>9} img/s", file=sys.stderr, flush=True)
 
     images = test.images[:args.n]
     domain = DomainClassifier(10, test.image_shape[0]).to(device).eval()
@@ -141,7 +145,7 @@ def main() -> int:
     print(f"| {'task':<{width}} | {'images':>6} | {'seconds':>8} | {'images/s':>9} |")
     print(f"|{'-' * (width + 2)}|{'-' * 8}|{'-' * 10}|{'-' * 11}|")
     for name, n, seconds, rate in rows:
-        print(f"| {name:<{width}} | {n:>6} | {seconds:>8.2f} | {rate:>9.3g} |")
+        print(f"| {name:<{width}} | {n:>6} | {seconds:>8.2f} | {rate_text(rate):>9} |")
     return 0
 
 

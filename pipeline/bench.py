@@ -34,7 +34,7 @@ PRESETS = {
                "vae": {"train": {"steps": 400}},
                "gan": {"train": {"steps": 600, "batch_size": 64}},
                "pixelcnn": {"train": {"steps": 200, "batch_size": 32}}},
-        n_fake={"vae": 2000, "gan": 2000, "pixelcnn": 250}, n_real=2000,
+        n_fake={"vae": 2000, "gan": 2000, "pixelcnn": 200}, n_real=2000,
         extractors=("domain",), k=8, bpd_images=2000, probe_images=10000,
         tune={"model": "vae", "samples": 4, "steps": 150}),
     # full: sized for a GPU cluster and numbers comparable with papers (50k samples for FID)

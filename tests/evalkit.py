@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import checkpoint as ckpt
@@ -58,3 +59,18 @@ def domain_cache(base: Path) -> Path:
         else:
             os.environ["GENBENCH_CACHE"] = old
     return cache
+
+
+def image_folder(root, size=16, per_class=6):
+    """A tiny ImageFolder dataset (train/ and test/, two classes of PNGs) the test makes."""
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, name in enumerate(("dark", "light")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = gen.integers(0, 128, (size, size, 3)) + 127 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return str(root)

@@ -144,7 +144,9 @@ def test_bad_eval_input_is_one_line_and_exit_2(env, tmp_path, capsys):
              (["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "fid,bogus"],
               "unknown metric"),
              (["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "kid", "--n-fake",
-               "50", "--kid-subset-size", "100"], "KID needs at least kid_subset_size=100")]
+               "50", "--kid-subset-size", "100"], "KID needs at least kid_subset_size=100"),
+             (["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "fid", "--n-fake",
+               "5"], "at least 10 images per set")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

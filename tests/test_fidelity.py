@@ -14,7 +14,8 @@ from eval import fidelity
 from eval.extractors import (DOMAIN_REGISTRY_NAME, cached_domain, domain_extractor,
                              domain_paths, to_rgb_uint8, train_and_cache_domain)
 from eval.fidelity import extract_features, fidelity_metrics
-from evalkit import domain_cache, fmnist_test
+from evalkit import domain_cache, fmnist_test, image_folder
+from pipeline.cli import main
 from pipeline.errors import ConfigError
 
 
@@ -149,29 +150,19 @@ def test_grey_images_become_three_identical_uint8_channels():
         to_rgb_uint8(grey.float())
 
 
-def image_folder(root, size=16, per_class=6):
-    """A tiny ImageFolder dataset (train/ and test/, two classes of PNGs) the test makes."""
-    from PIL import Image
-
-    gen = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c, name in enumerate(("dark", "light")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = gen.integers(0, 128, (size, size, 3)) + 127 * c
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    return str(root)
-
-
-def test_domain_classifier_cache_is_checked_and_never_silently_replaced(tmp_path, monkeypatch):
+def test_domain_classifier_cache_is_checked_and_never_silently_replaced(tmp_path, monkeypatch,
+                                                                        capsys):
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
     dataset = image_folder(tmp_path / "images")
-    meta = train_and_cache_domain(dataset, image_size=16, epochs=2, width=4, quiet=True)
+    train = ["eval", "train-classifier", "--dataset", dataset, "--image-size", "16",
+             "--epochs", "2", "--quiet"]
+    assert main(train) == 0
     pt, sidecar = domain_paths(dataset, 16)
-    assert json.loads(sidecar.read_text())["sha256"] == meta["sha256"]
+    meta = json.loads(sidecar.read_text())
+    assert meta["sha256"] in capsys.readouterr().out
     assert meta["num_classes"] == 2 and 0.0 <= meta["test_accuracy"] <= 1.0
     assert cached_domain(dataset, 16)[1]["test_accuracy"] == meta["test_accuracy"]
+    assert main(train) == 2 and "--force" in capsys.readouterr().err   # never replaced silently
     with pytest.raises(ConfigError, match="--force"):
         train_and_cache_domain(dataset, image_size=16, epochs=1, width=4, quiet=True)
     pt.write_bytes(pt.read_bytes() + b"tampered")
