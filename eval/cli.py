@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address for --workers > 1")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets "
                    "(default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward "
+                   "pass when sampling and extracting features (default 250)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if visible), cpu, cuda")
     p.add_argument("--experiment", default="genbench-eval", help="MLflow experiment for a "
                    "--checkpoint whose own run is not in this tracking store")
@@ -66,10 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageFolder images are resized to this (data.image_size)")
     c.add_argument("--epochs", type=float, default=None, help="epochs (default 5)")
     c.add_argument("--max-images", type=positive_int, help="train on a random subset")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto")
+    c.add_argument("--seed", type=int, default=0, help="seed for the subset and init (default 0)")
+    c.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda")
     c.add_argument("--force", action="store_true", help="replace a cached classifier")
-    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def options_from_args(args):

@@ -200,7 +200,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "trial; 1 runs the loop inside the trial, more start a TorchTrainer")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
                    help="asha (default) stops weak trials early; fifo runs every trial out")
-    p.add_argument("--search", choices=["random", "optuna"], default="random")
+    p.add_argument("--search", choices=["random", "optuna"], default="random",
+                   help="search algorithm: random sampling (default) or Optuna's TPE")
     p.add_argument("--metric", help="metric to optimise (default: val_bpd for vae and "
                    "pixelcnn, val_mse for ae, val_fid_domain for gan)")
     p.add_argument("--mode", choices=["min", "max"], help="default min")
