@@ -158,6 +158,30 @@ def test_resume_corrupt_checkpoint(finished, capsys):
     assert latest.read_bytes() == garbage  # reported, not overwritten
 
 
+def test_resume_checkpoint_whose_pickle_runs_code(finished, tmp_path, capsys):
+    from test_checkpoint import RunsCode
+
+    run, latest = finished
+    marker = tmp_path / "marker"
+    payload = ckpt.load(latest)
+    payload["extra"] = RunsCode(f"open({str(marker)!r}, 'w').write('pwned')")
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
+    code, err = run_cli(["eval", "--checkpoint", str(latest)], capsys)
+    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
+    assert not marker.exists()
+
+
+def test_resume_checkpoint_of_a_newer_format(finished, capsys):
+    run, latest = finished
+    payload = ckpt.load(latest)
+    payload["format"] = ckpt.FORMAT + 1
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"has format version {ckpt.FORMAT + 1}")
+
+
 def test_resume_checkpoint_of_another_run(finished, capsys):
     run, latest = finished
     payload = ckpt.load(latest)
