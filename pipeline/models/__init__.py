@@ -10,6 +10,11 @@
 from pipeline.models import ae, gan, pixelcnn, vae
 
 FAMILIES = {"ae": ae, "vae": vae, "gan": gan, "pixelcnn": pixelcnn}
+DEFAULT_FAMILY = "vae"
+
+
+def names() -> list[str]:
+    return list(FAMILIES)
 
 
 def can(family, capability: str) -> bool:
