@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 from pipeline import tracking
 from genbench.cli import main
+from testing.evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from eval.likelihood import NLLSums, nll_sums, reconstruction_metrics
-from evalkit import fmnist_test, tiny_config, tiny_model
 from pipeline import checkpoint as ckpt
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES
+from testing.evalkit import fmnist_test, tiny_config, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 
