@@ -10,7 +10,8 @@ from pipeline.models import FAMILIES, can, gan, pixelcnn, vae
 TINY = {"ae": {"latent_dim": 4, "width": 4},
         "vae": {"latent_dim": 4, "width": 4},
         "gan": {"latent_dim": 4, "width": 4},
-        "pixelcnn": {"channels": 8, "layers": 2, "kernel": 3, "head_channels": 8}}
+        "pixelcnn": {"channels": 8, "layers": 2, "kernel": 3, "head_channels": 8},
+        "transformer": {"d_model": 16, "layers": 1, "heads": 2, "mlp_ratio": 1}}
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 NUM_CLASSES = 10
 
@@ -75,6 +76,7 @@ def test_every_family_meets_the_contract():
             assert hasattr(family, attr), f"{name} lacks {attr}"
     assert not can(FAMILIES["ae"], "sample")  # an AE has no prior to sample from
     assert can(FAMILIES["vae"], "nll") and can(FAMILIES["pixelcnn"], "nll")
+    assert can(FAMILIES["transformer"], "nll") and can(FAMILIES["transformer"], "sample")
 
 
 def test_pixelcnn_full_size_sample_is_uint8():
