@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config
-from pipeline.data import ImageData, ShardedBatches, load_split
+from pipeline.data import ImageData, ShardedBatches, load_config_split
 from pipeline.faults import Fault
 from pipeline.grids import grid_png, recon_pairs
 from pipeline.models import FAMILIES, can
@@ -81,10 +81,9 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     """
     family = FAMILIES[cfg.model]
     d, t = cfg.data, cfg.train
-    data = data or load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed,
-                              d.image_size)
+    data = data or load_config_split(d, "train")
     if val is None and d.val_fraction > 0:
-        val = load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+        val = load_config_split(d, "val")
     batches = ShardedBatches(data, t.batch_size, ctx.rank, ctx.world, t.seed)
     steps = total_steps(cfg, batches.steps_per_epoch)
     nets, opts = build_nets(cfg, data, ctx.device, ctx.world)
