@@ -190,8 +190,7 @@ def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: 
     for net in nets.values():
         net.eval()
     if can(family, "sample"):
-        kwargs = {"image_shape": data.image_shape} if cfg.model == "pixelcnn" else {}
-        images = family.sample(cfg.family, nets, n, labels, device=ctx.device, **kwargs)
+        images = family.sample(cfg.family, nets, n, labels, device=ctx.device)
         logger.figure_png(grid_png(images), f"samples/step_{step:07d}.png")
     if can(family, "reconstruct"):
         real = data.images[idx[:32]].to(ctx.device)

@@ -11,6 +11,11 @@ from pipeline.models import ae, gan, pixelcnn, transformer, vae
 
 FAMILIES = {"ae": ae, "vae": vae, "gan": gan, "pixelcnn": pixelcnn,
             "transformer": transformer}
+DEFAULT_FAMILY = "vae"
+
+
+def names() -> list[str]:
+    return list(FAMILIES)
 
 
 def can(family, capability: str) -> bool:
