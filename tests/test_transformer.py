@@ -91,11 +91,12 @@ def test_cached_sampling_equals_uncached(shape, conditional):
         model.head.weight.mul_(200.0)
     nets = {"model": model}
     labels = torch.arange(4) % NUM_CLASSES if conditional else None
-    out = []
-    for use_cache in (True, False):
+    out, pixels_done = [], []
+    for draw in (transformer.sample, transformer.sample_reference):
         torch.manual_seed(7)
-        out.append(transformer.sample(TINY, nets, 4, labels, use_cache=use_cache))
+        out.append(draw(TINY, nets, 4, labels, progress=pixels_done.append))
     cached, uncached = out
+    assert len(pixels_done) == 2 * shape[1] * shape[2]  # progress: once per pixel position
     assert cached.dtype == torch.uint8 and cached.shape == (4, *shape)
     assert torch.equal(cached, uncached)
     assert len(cached.unique()) > 4  # not a constant image
