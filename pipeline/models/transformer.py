@@ -6,7 +6,7 @@ sequence is C*H*W tokens long (784 for 28x28 grey, 3072 for 32x32 colour).
 Input token t is sub-pixel t-1 (a learned start token first, or the class embedding as the start
 token when conditional), plus a learned position embedding; pre-LayerNorm blocks with causal
 self-attention; a 256-way softmax per sub-pixel, so the NLL is exact. Sampling keeps a key/value
-cache, so each of the C*H*W steps costs one token's work; `use_cache=False` is the slow
+cache, so each of the C*H*W steps costs one token's work; sample_reference (no cache) is the slow
 reference that reruns the whole prefix and must give the same samples for a seed.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.models.layers import unwrap
 
 @dataclass(frozen=True)
 class Config:
-    # Sized for CPUs: attention over 784 tokens dominates; the GPU presets widen it.
+    # Sized for CPUs: attention over 784 tokens dominates; widen it on GPUs (--set).
     d_model: int = 64
     layers: int = 3
     heads: int = 4
