@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
 from tune import metrics as sweep_metrics
 from tune import spaces
@@ -51,8 +51,8 @@ def trial_config(cfg: Config, steps: int, interval: int) -> Config:
 
 def load_data(cfg: Config) -> tuple[ImageData, ImageData | None]:
     d = cfg.data
-    train = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+    train = load_config_split(d, "train")
+    val = (load_config_split(d, "val")
            if d.val_fraction > 0 else None)
     if cfg.train.batch_size > len(train):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(train)} "
