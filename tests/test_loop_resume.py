@@ -51,8 +51,7 @@ def run_fit(uri, run_id, data, val, keep, start=None, stop_at=None):
     try:
         fit(CFG, ctx, report, start=start, logger=logger, data=data, val=val)
     finally:
-        if hasattr(logger, "close"):
-            logger.close()
+        logger.close()  # flush the writer thread
 
 
 def history(uri, run_id) -> dict:
