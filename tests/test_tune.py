@@ -18,6 +18,7 @@ from genbench.options import build_config
 
 TINY_VAE = ["--set", "vae.width=8", "--set", "vae.latent_dim=4", "--set", "train.batch_size=32"]
 TINY_GAN = ["--set", "gan.width=8", "--set", "gan.latent_dim=8", "--set", "train.batch_size=32"]
+TINY_AE = ["--set", "ae.width=8", "--set", "ae.latent_dim=4", "--set", "train.batch_size=32"]
 
 
 def all_runs(uri: str) -> list:
@@ -81,6 +82,21 @@ def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, m
     assert yaml.safe_load(best.read_text())["vae"]["width"] == 8  # the sweep's fixed settings
     for child in children:
         assert 0.1 <= float(child.data.params["vae.beta"]) <= 10
+
+
+@pytest.mark.slow
+def test_two_worker_trials_searched_by_optuna(ray_local, workdir, mlflow_uri):
+    """--workers-per-trial 2: each trial is a 2-worker TorchTrainer (DDP) reporting through
+    Tune; --search optuna: Optuna's TPE proposes the values."""
+    rc = main(["tune", "--model", "ae", "--samples", "2", "--steps", "20", "--scheduler", "fifo",
+               "--workers-per-trial", "2", "--search", "optuna", *TINY_AE])
+    assert rc == 0
+    parent, children, _ = check_sweep(mlflow_uri, ["ae.lr"], "val_mse", samples=2)
+    assert parent.data.params["tune.search"] == "optuna"
+    for child in children:
+        assert child.data.params["train.workers"] == "2"
+        assert child.data.tags["genbench.trial_status"] == "completed"   # fifo: all run out
+        assert 1e-4 <= float(child.data.params["ae.lr"]) <= 3e-3          # AE's TUNE_SPACE
 
 
 @pytest.fixture
