@@ -350,7 +350,9 @@ def fill_cells(rows: list[FamilyRow], columns: list[Column]) -> None:
             if col.group == "training" or col.key not in row.metrics:
                 continue
             n_fake, n_real = protocol_n(row, col.key)
-            for ref in references.matching(row.family, row.dataset, col.key, n_fake, n_real):
+            split = protocol_stamp(row, col.key, "reference_split")
+            for ref in references.matching(row.family, row.dataset, col.key, n_fake, n_real,
+                                           reference_split=split, params=row.params):
                 row.refs.append((col.key, ref))
 
 
@@ -384,23 +386,25 @@ def cell(row: FamilyRow, col: Column) -> Cell:
     return Cell(text, key, v, "; ".join(s for s in stamp if s))
 
 
-def protocol_n(row: FamilyRow, metric: str) -> tuple[int | None, int | None]:
-    """n_fake and n_real recorded for this metric's extractor (params/tags ending in n_fake,
-    n_real; the one naming the extractor wins)."""
+def protocol_stamp(row: FamilyRow, metric: str, name: str) -> str | None:
+    """The protocol param/tag ending in `name` for this metric's extractor (eval.<ext>.<name>;
+    one naming the extractor wins), None when none was recorded."""
     ext = references.extractor_of(metric) or ""
     stamps = {**row.params, **row.tags}
+    keys = [k for k in stamps if k.endswith(name) and k.startswith(PROTOCOL_PREFIXES)]
+    keys.sort(key=lambda k: ext not in k)
+    return stamps[keys[0]] if keys else None
 
-    def find(name: str) -> int | None:
-        keys = [k for k in stamps if k.endswith(name) and k.startswith(PROTOCOL_PREFIXES)]
-        keys.sort(key=lambda k: ext not in k)
-        for k in keys:
-            try:
-                return int(float(stamps[k]))
-            except ValueError:
-                continue
-        return None
 
-    return find("n_fake"), find("n_real")
+def protocol_n(row: FamilyRow, metric: str) -> tuple[int | None, int | None]:
+    """n_fake and n_real recorded for this metric's extractor."""
+    def number(name: str) -> int | None:
+        try:
+            return int(float(protocol_stamp(row, metric, name)))
+        except (TypeError, ValueError):
+            return None
+
+    return number("n_fake"), number("n_real")
 
 
 def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:

@@ -33,13 +33,16 @@ def random_grid(n: int = 16, seed: int = 0) -> bytes:
 def logged_run(experiment: str, family: str, metrics_by_step: dict[int, dict],
                eval_metrics: dict | None = None, eval_tags: dict | None = None,
                status: str = "FINISHED", grid: str | None = "samples",
-               dataset: str = "fashion-mnist", workers: int = 1) -> str:
+               dataset: str = "fashion-mnist", workers: int = 1,
+               params: dict | None = None) -> str:
     """A train run as launch.train leaves it, with metrics logged here instead of trained."""
     tags = {"genbench.kind": "train", "genbench.model": family, "genbench.dataset": dataset,
             "hardware.cpu": "x86_64", "hardware.cpus": "2", "torch.version": torch.__version__,
             "genbench.version": "0.1.0"}
     params = {"model": family, "data.dataset": dataset, "train.workers": workers,
-              "train.batch_size": 64, "train.total_steps": max(metrics_by_step, default=0)}
+              "train.conditional": False,
+              "train.batch_size": 64, "train.total_steps": max(metrics_by_step, default=0),
+              **(params or {})}
     run_id = tracking.start_run(experiment, f"{family}-{dataset}", params, tags)
     logger = tracking.RunLogger(run_id, tracking.tracking_uri())
     for step, values in sorted(metrics_by_step.items()):
@@ -353,17 +356,52 @@ def test_references_only_on_exact_protocol():
     ref = references.Reference("gan", "Some GAN", "cifar10", "fid_inception", 30.0, "paper",
                                "arxiv.org/abs/0000.00000", n_fake=50000, n_real=50000)
     refs = (ref,)
-    assert references.matching("gan", "cifar10", "fid_inception", 50000, 50000, refs) == [ref]
-    assert references.matching("gan", "cifar10", "fid_inception", 10000, 50000, refs) == []
-    assert references.matching("gan", "cifar10", "fid_inception", None, None, refs) == []
-    assert references.matching("gan", "fashion-mnist", "fid_inception", 50000, 50000,
-                               refs) == []
+
+    def match(*args, split="test", **kwargs):
+        return references.matching(*args, references=refs, reference_split=split, **kwargs)
+
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000) == [ref]
+    assert match("gan", "cifar10", "fid_inception", 10000, 50000) == []
+    assert match("gan", "cifar10", "fid_inception", None, None) == []
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000, split="train") == []
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000, split=None) == []
+    assert match("gan", "fashion-mnist", "fid_inception", 50000, 50000) == []
     domain = references.Reference("gan", "x", "cifar10", "fid_domain", 1.0, "s", "u", 50000)
-    assert references.matching("gan", "cifar10", "fid_domain", 50000, None, (domain,)) == []
-    # likelihoods carry no extractor and no n: dataset, split and metric must match
-    assert [r.model for r in references.matching("pixelcnn", "cifar10", "bpd_test")] == \
+    assert references.matching("gan", "cifar10", "fid_domain", 50000, None, (domain,),
+                               "test") == []
+    # likelihoods carry no extractor and no n: dataset, split, metric and config must match
+    unconditional = {"train.conditional": "False"}
+    assert [r.model for r in references.matching("pixelcnn", "cifar10", "bpd_test",
+                                                 params=unconditional)] == \
         ["PixelCNN", "Gated PixelCNN"]
-    assert references.matching("vae", "cifar10", "bpd_test") == []
+    assert references.matching("pixelcnn", "cifar10", "bpd_test",
+                               params={"train.conditional": "True"}) == []  # log p(x|y)
+    assert references.matching("vae", "cifar10", "bpd_test", params=unconditional) == []
+
+
+LUCIC_RUN = {"gan.g_loss": "non-saturating", "train.conditional": "False"}
+
+
+@pytest.mark.parametrize("dataset, value, spread", [("fashion-mnist", 26.5, 1.6),
+                                                    ("mnist", 6.8, 0.5)])
+def test_lucic_ns_gan_fid_only_under_its_protocol(dataset, value, spread):
+    """Lucic et al. 2018 (as tabulated by Dai & Wipf 2019, Table 1): 10k samples against the
+    10k test images, Inception features, an unconditional non-saturating GAN."""
+    def match(n_fake=10000, n_real=10000, split="test", metric="fid_inception", params=None):
+        return references.matching("gan", dataset, metric, n_fake, n_real, reference_split=split,
+                                   params=LUCIC_RUN if params is None else params)
+
+    [ref] = match()
+    assert (ref.model, ref.value, ref.spread) == ("NS-GAN", value, spread)
+    assert ref.shown == f"{value:g} ± {spread:g}"
+    assert "10,000 generated" in ref.protocol and "test" in ref.protocol
+    assert "Dai & Wipf 2019" in ref.source and "Table 1" in ref.source
+    assert match(n_fake=5000) == [] and match(n_real=2000) == []      # FID is biased by n
+    assert match(split="train") == [] and match(split=None) == []
+    assert match(metric="fid_domain") == []                          # another extractor
+    assert match(params={**LUCIC_RUN, "gan.g_loss": "minimax"}) == []  # not an NS-GAN
+    assert match(params={**LUCIC_RUN, "train.conditional": "True"}) == []
+    assert match(params={}) == []
 
 
 @pytest.mark.slow
@@ -380,6 +418,20 @@ def test_references_shown_only_where_protocol_matches(store, tmp_path, report):
     assert "Gated PixelCNN" in page_html and "3.03" in page_html
     section = page_html.split("Published numbers", 1)[1].split("</table>", 1)[0]
     assert "fid_inception" not in section  # no FID reference with n_fake = 5000
+
+    exp = "report-lucic"
+    inception = {"eval.inception.n_fake": "10000", "eval.inception.n_real": "10000",
+                 "eval.inception.reference_split": "test"}
+    logged_run(exp, "gan", gan_history((10,)), {"fid_inception": 30.0}, inception,
+               params={"gan.g_loss": "non-saturating"})
+    page_html = write_report(exp, tmp_path / "lucic", quiet=True).read_text()
+    section = page_html.split("Published numbers", 1)[1].split("</table>", 1)[0]
+    assert "NS-GAN" in section and "26.5 ± 1.6" in section and "10,000 generated" in section
+    exp = "report-lucic-n2000"
+    logged_run(exp, "gan", gan_history((10,)), {"fid_inception": 30.0},
+               {**inception, "eval.inception.n_fake": "2000"},
+               params={"gan.g_loss": "non-saturating"})
+    assert "NS-GAN" not in write_report(exp, tmp_path / "n2000", quiet=True).read_text()
 
 
 # --- a real browser ------------------------------------------------------------------------------
