@@ -32,7 +32,7 @@ from eval.load import LoadedModel, load_model
 from eval.probe import encode_all, probe_accuracy
 from eval.samples import generate
 from pipeline import VERSION, tracking
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
 from pipeline.models import FAMILIES, can
@@ -194,8 +194,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
                   for name in opts.extractors] if fidelity else []
 
     need_train = bool(fidelity) or "probe" in wanted
-    train = (load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-             if need_train else None)
+    train = load_config_split(d, "train") if need_train else None
     fake = None
     if fidelity:
         fake = _fidelity(opts, model, train, extractors, fidelity, device, metrics, tags, notes)

@@ -98,6 +98,15 @@ def _load_idx_dataset(name: str, root: Path | None, train: bool) -> ImageData | 
     return None
 
 
+def find_idx_dataset(name: str, roots: list[Path], train: bool) -> ImageData | None:
+    """An MNIST-format dataset from the first root that holds its IDX files; never downloads."""
+    for root in roots:
+        found = _load_idx_dataset(name, root, train)
+        if found is not None:
+            return found
+    return None
+
+
 def _torchvision_dataset(name: str, root: Path, train: bool) -> ImageData:
     import torchvision
 
@@ -263,6 +272,40 @@ def load_split(name: str, split: str, root: str | None = None, val_fraction: flo
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(split_seed))
     idx = (order[:n_val] if split == "val" else order[n_val:]).sort().values
     return ImageData(full.images[idx].contiguous(), full.labels[idx], full.num_classes)
+
+
+def without_classes(data: ImageData, classes) -> ImageData:
+    """data less the images of the given classes (labels and num_classes unchanged)."""
+    if not classes:
+        return data
+    keep = ~torch.isin(data.labels, torch.as_tensor(list(classes), dtype=torch.long))
+    return ImageData(data.images[keep].contiguous(), data.labels[keep], data.num_classes)
+
+
+def only_classes(data: ImageData, classes) -> ImageData:
+    """The images of the given classes."""
+    keep = torch.isin(data.labels, torch.as_tensor(list(classes), dtype=torch.long))
+    return ImageData(data.images[keep].contiguous(), data.labels[keep], data.num_classes)
+
+
+def check_excluded(classes, num_classes: int, dataset: str) -> None:
+    bad = [k for k in classes if not 0 <= k < num_classes]
+    if bad:
+        raise ConfigError(f"data.exclude_classes {list(bad)} outside the {num_classes} classes "
+                          f"of {dataset} (0..{num_classes - 1})")
+    if len(set(classes)) >= num_classes:
+        raise ConfigError(f"data.exclude_classes leaves no class of {dataset} to train on")
+
+
+def load_config_split(d, split: str) -> ImageData:
+    """A split as a run's data config (a DataConfig) defines it: train and val never hold the
+    excluded classes (data.exclude_classes), and test is the in-distribution test split, also
+    without them (eval scores those separately, as out-of-distribution)."""
+    data = load_split(d.dataset, split, d.root, d.val_fraction, d.split_seed, d.image_size)
+    excluded = tuple(getattr(d, "exclude_classes", ()) or ())
+    if excluded:
+        check_excluded(excluded, data.num_classes, d.dataset)
+    return without_classes(data, excluded)
 
 
 class ShardedBatches:

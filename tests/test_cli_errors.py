@@ -11,12 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
 
-GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
-            if (Path(sys.executable).parent / "genbench").is_file()
-            else [sys.executable, "-m", "pipeline.cli"])
+GENBENCH = [sys.executable, "-m", "genbench"]
 TRAIN = ["train", "--experiment", "E", "--steps", "2"]
 
 

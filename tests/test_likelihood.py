@@ -80,7 +80,7 @@ def test_sums_do_not_depend_on_how_the_batches_are_shared(family, test_images):
 
 
 def test_bits_per_dim_is_the_same_with_1_and_2_ray_workers(ray_local, test_images, tmp_path):
-    from pipeline.eval_workers import ray_nll_sums
+    from genbench.eval_workers import ray_nll_sums
 
     for family in ("pixelcnn", "vae"):
         cfg, nets, opts = tiny_model(family)
@@ -114,7 +114,7 @@ def test_gan_has_no_likelihood_and_ae_reports_reconstruction_error(test_images):
 
 
 def test_eval_never_imports_ray():
-    code = ("import sys, eval.run, eval.cli, eval.load, eval.likelihood, eval.fidelity, "
+    code = ("import sys, eval.run, eval.report, eval.load, eval.likelihood, eval.fidelity, "
             "eval.probe, eval.extractors, eval.samples; "
             "assert 'ray' not in sys.modules, 'eval imported ray'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,7 +18,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
 
@@ -77,7 +77,12 @@ class Reporter:
             metrics["train_seconds"] = self.seconds_before + time.perf_counter() - self.t0
             self.logger.metrics({k: v for k, v in metrics.items() if k != "step"},
                                 int(metrics["step"]))
+            self.logger.flush()  # every report holds a checkpoint: its metrics are stored first
         self.send(metrics, checkpoint_dir)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 def _seconds_before(run_id: str, uri: str) -> float:
@@ -112,8 +117,11 @@ def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: Ima
         tune.report(metrics, checkpoint=checkpoint)
 
     seconds = _seconds_before(run_id, ctx.tracking_uri) if start else 0.0
-    fit(cfg, ctx, Reporter(cfg, ctx, val_data, spec, send, seconds), start=start, logger=None,
-        data=train_data, val=val_data)
+    reporter = Reporter(cfg, ctx, val_data, spec, send, seconds)
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=train_data, val=val_data)
+    finally:
+        reporter.close()
 
 
 def distributed_trial(sampled: dict, spec: dict) -> None:
@@ -168,8 +176,8 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         with restored.as_directory() as directory:
             start = ckpt.load(directory)
     d = cfg.data
-    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+    data = load_config_split(d, "train")
+    val = (load_config_split(d, "val")
            if d.val_fraction > 0 else None)
 
     group = ray.util.get_current_placement_group()
@@ -182,9 +190,11 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
 
-    fit(cfg, ctx, Reporter(cfg, ctx, val, loop_config["spec"], send,
-                           loop_config["seconds_before"]),
-        start=start, logger=None, data=data, val=val)
+    reporter = Reporter(cfg, ctx, val, loop_config["spec"], send, loop_config["seconds_before"])
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=data, val=val)
+    finally:
+        reporter.close()
 
 
 def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None) -> Any:
