@@ -23,9 +23,9 @@ from typing import Callable
 import torch
 
 from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_extractor
-from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
-                           PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
-                           fidelity_metrics)
+from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
+                           KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
+                           check_kid_samples, extract_features, fidelity_metrics)
 from eval.likelihood import (NOT_APPLICABLE, NLLSums, bpd_key, data_description, nll_sums,
                              pixel_bits, reconstruction_metrics)
 from eval.load import LoadedModel, load_model
@@ -62,6 +62,13 @@ class EvalOptions:
     batch_size: int = 250
     bpd_images: int | None = None        # default: the whole test split
     probe_images: int | None = None      # train images the probe is fitted on; default: all
+    bootstrap: int | None = None         # resamples for FID/KID confidence intervals
+    # --samples DIR: a folder of anyone's samples instead of a model (eval/external.py)
+    samples: str | None = None
+    dataset: str = "fashion-mnist"       # ... the dataset whose test split is the reference
+    root: str | None = None
+    image_size: int = 32
+    name: str | None = None              # ... the report row's name (default: the folder's)
     inception_weights: str | None = None
     device: str = "auto"
     experiment: str = "genbench"         # for a checkpoint whose run is not in this store
@@ -77,7 +84,7 @@ class EvalOptions:
             raise ConfigError(f"unknown extractor(s) {', '.join(unknown) or '(none given)'}; "
                               f"use {' or '.join(EXTRACTORS)}")
         for name in ("n_fake", "n_real", "kid_subset_size", "k", "workers", "batch_size",
-                     "bpd_images", "probe_images"):
+                     "bpd_images", "probe_images", "bootstrap"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -225,11 +232,18 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
                       time.time() - t0)
 
 
-def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extractor],
-              fidelity: list[str], device, metrics, tags, notes) -> torch.Tensor:
-    cfg, test = model.cfg, model.test
+@dataclass(frozen=True)
+class FidelityPlan:
+    """How many images each set holds: checked before any slow sampling."""
+    n_fake: int
+    n_real: int
+    n_floor: int
+    kid_size: int | None
+
+
+def plan_fidelity(opts, n_fake: int, test: ImageData, train: ImageData, fidelity: list[str],
+                  notes: list[str]) -> FidelityPlan:
     n_real = opts.n_real or min(DEFAULT_N, len(test))
-    n_fake = opts.n_fake or min(DEFAULT_N, len(test))
     if n_real > len(test):
         raise ConfigError(f"--n-real {n_real} exceeds the {len(test)} images of the test split; "
                           f"lower it")
@@ -247,17 +261,32 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
             if kid_size < KID_SUBSET_SIZE:
                 notes.append(f"KID subset size lowered from {KID_SUBSET_SIZE} to {kid_size}: "
                              f"only {min(n_fake, n_real, n_floor)} samples per set")
-        check_kid_samples(min(n_fake, n_floor), n_real, kid_size)  # before the slow sampling
-    reference = subset(test, n_real, opts.seed)
-    floor_set = subset(train, n_floor, opts.seed + 1)
-    freqs = train.class_frequencies() if cfg.train.conditional else None
-    fake, _ = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
-                       opts.batch_size, device, opts.quiet)
-    key = dataset_key(cfg.data.dataset, cfg.data.image_size)
-    ref_key = f"{key}-test-n{n_real}-seed{opts.seed}"
-    floor_key = (f"{key}-train-val{cfg.data.val_fraction}-split{cfg.data.split_seed}"
-                 f"-n{n_floor}-seed{opts.seed + 1}")
+        check_kid_samples(min(n_fake, n_floor), n_real, kid_size)
+    return FidelityPlan(n_fake, n_real, n_floor, kid_size)
+
+
+def real_sets(opts, d, test: ImageData, train: ImageData, plan: FidelityPlan):
+    """The reference (n_real test images) and floor (n_floor train images) sets with their
+    feature-cache keys: the same for a model's samples and for a folder of anyone's samples."""
+    excluded = tuple(getattr(d, "exclude_classes", ()) or ())
+    # the cache key names everything that picks the images (classes left out included)
+    key = dataset_key(d.dataset, d.image_size) + (
+        f"-without{'_'.join(map(str, excluded))}" if excluded else "")
+    reference = subset(test, plan.n_real, opts.seed)
+    floor_set = subset(train, plan.n_floor, opts.seed + 1)
+    ref_key = f"{key}-test-n{plan.n_real}-seed{opts.seed}"
+    floor_key = (f"{key}-train-val{d.val_fraction}-split{d.split_seed}"
+                 f"-n{plan.n_floor}-seed{opts.seed + 1}")
+    return (reference, ref_key), (floor_set, floor_key)
+
+
+def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tensor,
+                   extractors: list[Extractor], fidelity: list[str], plan: FidelityPlan,
+                   labels: str, metrics, tags, notes) -> None:
+    """Metrics of `fake` against the reference set, the floor, and their protocol stamps."""
+    (reference, ref_key), (floor_set, floor_key) = real_sets(opts, d, test, train, plan)
     channels = test.image_shape[0]
+    kid_size = plan.kid_size
     for ext in extractors:
         f_fake = extract_features(ext, fake, opts.batch_size, "features of samples", opts.quiet)
         f_real = reference_features(ext, reference, ref_key, opts.batch_size, opts.quiet)
@@ -266,18 +295,38 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
         floor = fidelity_metrics(f_floor, f_real, ext, fidelity, kid_size or 0, prefix="floor_")
         metrics.update({k: v for k, v in floor.items() if not k.endswith("_std")})
         p = f"eval.{ext.name}"
-        tags.update({f"{p}.n_fake": str(n_fake), f"{p}.n_real": str(n_real),
+        if opts.bootstrap:
+            metrics.update(bootstrap_intervals(f_fake, f_real, ext, fidelity, kid_size or 0,
+                                               opts.bootstrap, opts.seed))
+            tags.update({f"{p}.bootstrap": f"{BOOTSTRAP_LEVEL:.0%} interval from "
+                         f"{opts.bootstrap} resamples of both feature sets with replacement "
+                         f"(seed {opts.seed}): percentiles shifted by the bootstrap bias"})
+        tags.update({f"{p}.n_fake": str(plan.n_fake), f"{p}.n_real": str(plan.n_real),
                      f"{p}.reference_split": "test",
-                     f"{p}.floor": f"{n_floor} real train images vs the reference",
+                     f"{p}.floor": f"{plan.n_floor} real train images vs the reference",
                      f"{p}.input": "uint8 3x{}x{}{}".format(
                          *test.image_shape[1:], " (1 channel repeated)" if channels == 1 else ""),
                      f"{p}.seed": str(opts.seed), f"{p}.rng_seed": str(RNG_SEED),
                      f"{p}.is_splits": str(IS_SPLITS), f"{p}.prc_neighborhood":
-                     str(PRC_NEIGHBORHOOD), f"{p}.labels": "drawn from train class frequencies"
-                     if cfg.train.conditional else "unconditional"})
+                     str(PRC_NEIGHBORHOOD), f"{p}.labels": labels})
         if "kid" in fidelity:
-            tags.update({f"{p}.kid_subset_size": str(kid_size), f"{p}.kid_subsets": str(KID_SUBSETS)})
+            tags.update({f"{p}.kid_subset_size": str(kid_size),
+                         f"{p}.kid_subsets": str(KID_SUBSETS)})
         tags.update({f"{p}.{k}": v for k, v in ext.protocol().items()})
+
+
+def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extractor],
+              fidelity: list[str], device, metrics, tags, notes) -> torch.Tensor:
+    cfg, test = model.cfg, model.test
+    plan = plan_fidelity(opts, opts.n_fake or min(DEFAULT_N, len(test)), test, train, fidelity,
+                         notes)  # before the slow sampling
+    freqs = train.class_frequencies() if cfg.train.conditional else None
+    fake, _ = generate(cfg, model.nets, plan.n_fake, test.image_shape, freqs, opts.seed,
+                       opts.batch_size, device, opts.quiet)
+    labels = ("drawn from train class frequencies" if cfg.train.conditional
+              else "unconditional")
+    score_fidelity(opts, cfg.data, test, train, fake, extractors, fidelity, plan, labels,
+                   metrics, tags, notes)
     return fake
 
 

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from genbench.options import DATASET_HELP
+from genbench.options import DATASET_HELP, positive_int
 from pipeline.config import Config
 
 
@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default="quick",
                    help="quick: minutes on 2 CPU cores; full: sized for a GPU cluster")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--seeds", type=positive_int, default=1, help="train (and evaluate) each "
+                   "family N times, with train.seed 0..N-1 (in the MLflow params and run "
+                   "names); the report shows mean ± std and each seed's value (default 1)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -90,33 +93,37 @@ def run(args) -> int:
     preset = PRESETS[args.preset]
     experiment = args.experiment or f"bench-{args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
     families = list(preset.train)
-    stages = Stages(2 * len(families) + (1 if preset.tune else 0) + 1)
-    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}; "
+    seeds = list(range(getattr(args, "seeds", 1) or 1))
+    stages = Stages(2 * len(families) * len(seeds) + (1 if preset.tune else 0) + 1)
+    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
+          f"{f', seeds {seeds[0]}..{seeds[-1]}' if len(seeds) > 1 else ''}; "
           f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
     init_ray(args.address, args.verbose)
 
-    runs: dict[str, str] = {}
+    runs: dict[tuple[str, int], str] = {}   # (family, seed) -> MLflow run id
     for family in families:
-        overrides = preset.train[family]
-        raw = {"model": family, "data": {"dataset": args.dataset}, **overrides,
-               "train": {"eval_every": 10**9, **overrides.get("train", {})}}
+        for seed in seeds:
+            overrides = preset.train[family]
+            raw = {"model": family, "data": {"dataset": args.dataset}, **overrides,
+                   "train": {"eval_every": 10**9, **overrides.get("train", {}), "seed": seed}}
 
-        def train_one(raw=raw):
-            result = train(Config.from_dict(raw), experiment=experiment,
-                           address=args.address, verbose=args.verbose)
-            print_summary(result)
-            return result.run_id
+            def train_one(raw=raw):
+                result = train(Config.from_dict(raw), experiment=experiment,
+                               address=args.address, verbose=args.verbose)
+                print_summary(result)
+                return result.run_id
 
-        run_id = stages.run(f"train {family}", train_one)
-        if run_id:
-            runs[family] = run_id
+            run_id = stages.run(f"train {family}{seed_text(seed, seeds)}", train_one)
+            if run_id:
+                runs[family, seed] = run_id
 
     for family in families:
-        if family not in runs:
-            stages.run(f"eval {family}", lambda family=family: _missing(f"no trained {family}"))
-            continue
-        stages.run(f"eval {family}", lambda family=family: _evaluate(runs[family], family,
-                                                                      preset))
+        for seed in seeds:
+            name = f"eval {family}{seed_text(seed, seeds)}"
+            if (family, seed) not in runs:
+                stages.run(name, lambda family=family: _missing(f"no trained {family}"))
+                continue
+            stages.run(name, lambda key=(family, seed): _evaluate(runs[key], key[0], preset))
 
     if preset.tune:
         t = preset.tune
@@ -142,8 +149,8 @@ def run(args) -> int:
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")
-    for family, run_id in runs.items():
-        print(f"  {family:<9} {run_id}")
+    for (family, seed), run_id in runs.items():
+        print(f"  {family + seed_text(seed, seeds):<18} {run_id}")
     if html:
         print(f"  report    {html}")
     if stages.failed:
@@ -151,6 +158,10 @@ def run(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def seed_text(seed: int, seeds: list[int]) -> str:
+    return f" (seed {seed})" if len(seeds) > 1 else ""
 
 
 def _missing(why: str):

@@ -16,6 +16,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--run-id", help="MLflow run of `genbench train` (its checkpoint "
                         "artifact is evaluated; results are logged into the same run)")
     source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt or its directory")
+    source.add_argument("--samples", metavar="DIR", help="a folder of PNG/JPEG samples from any "
+                        "model, scored under the same protocol (extractor, reference set, n) as "
+                        "a genbench run; they must have the dataset's size and mode (e.g. 28x28 "
+                        "grey for Fashion-MNIST); logged into a new run tagged external")
+    p.add_argument("--dataset", default="fashion-mnist", help="with --samples: the dataset "
+                   "whose test split is the reference (fashion-mnist default, mnist, cifar10 or "
+                   "an ImageFolder path)")
+    p.add_argument("--root", help="with --samples: where the dataset's files are (data.root)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="with --samples and an "
+                   "ImageFolder dataset: its data.image_size (default 32)")
+    p.add_argument("--name", help="with --samples: the name of the row in the report (default: "
+                   "the folder's name)")
+    p.add_argument("--bootstrap", type=positive_int, metavar="B", help="add a 95%% bootstrap "
+                   "confidence interval for FID and KID from B resamples of the feature sets "
+                   "(fid_<extractor>_ci_low/_ci_high)")
     p.add_argument("--metrics", type=comma_list, default=None,
                    help="comma list of fid,is,kid,prc,bpd,probe (default: all that apply: "
                    "FID/IS/KID/PR need a sampler (not AE); bpd: VAE (IWAE bound), PixelCNN "
@@ -72,10 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args):
+    from eval.fidelity import FIDELITY_METRICS
     from eval.run import ALL_METRICS, EvalOptions
 
-    return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint,
-                       metrics=args.metrics or ALL_METRICS, extractors=args.extractor,
+    default = FIDELITY_METRICS if args.samples else ALL_METRICS
+    return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint, samples=args.samples,
+                       dataset=args.dataset, root=args.root, image_size=args.image_size,
+                       name=args.name, bootstrap=args.bootstrap,
+                       metrics=args.metrics or default, extractors=args.extractor,
                        n_fake=args.n_fake, n_real=args.n_real,
                        kid_subset_size=args.kid_subset_size, k=args.k, workers=args.workers,
                        seed=args.seed, batch_size=args.batch_size, bpd_images=args.bpd_images,
@@ -89,9 +108,14 @@ def run(args) -> int:
 
     if args.eval_command == "train-classifier":
         return train_classifier(args)
-    if not args.run_id and not args.checkpoint:
-        raise ConfigError("give --run-id ID or --checkpoint PATH")
+    if not args.run_id and not args.checkpoint and not args.samples:
+        raise ConfigError("give --run-id ID, --checkpoint PATH or --samples DIR")
     from eval.run import evaluate, print_report
+
+    if args.samples:
+        from eval.external import evaluate_samples
+        print_report(evaluate_samples(options_from_args(args)))
+        return 0
 
     nll_runner = None
     if args.workers > 1:

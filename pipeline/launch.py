@@ -209,7 +209,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
                      "genbench.kind": "train", **(extra_tags or {})})
-        run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
+        run_id = tracking.start_run(experiment,
+                                    f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
         tracking.set_tags(run_id, {RUN_DIR_TAG: f"{storage_path(cfg)}/{name}"})

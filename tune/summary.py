@@ -166,8 +166,8 @@ def write_all(rows: list[Row], spec: dict, base: Config, out_dir: Path) -> dict:
         logger.artifact(path, "plots" if path.parent == plots else None)
     if best_row is not None:
         logger.metrics({f"best_{metric}": best_row.value(metric)}, 0)
-    logger.close()  # the writer is asynchronous: everything is written when this returns
         tracking.set_tags(spec["parent_run_id"], {"genbench.best_trial": best_row.trial,
                                                   "genbench.best_run_id": best_row.run_id},
                           spec["tracking_uri"])
+    logger.close()  # the writer is asynchronous: everything is written when this returns
     return {"best": best_row, "best_config": best_path, "files": files}
