@@ -18,6 +18,7 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.errors import ConfigError
+from pipeline.models import FAMILIES
 
 RUN_DIR_TAG = "genbench.ray_run_dir"
 
@@ -187,10 +188,6 @@ class ProgressPrinter(threading.Thread):
         self.stop_event.set()
 
 
-PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
-                 "gan": ("d_loss", "g_loss", "d_real", "d_fake"), "pixelcnn": ("bpd",)}
-
-
 def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
           resume: str | None = None, verbose: bool = False, quiet: bool = False,
           extra_tags: dict | None = None) -> TrainResult:
@@ -259,7 +256,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
               f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",
               file=sys.stderr, flush=True)
-    progress = None if quiet else ProgressPrinter(run_id, steps, PROGRESS_KEYS[cfg.model])
+    progress = None if quiet else ProgressPrinter(run_id, steps,
+                                                   FAMILIES[cfg.model].PROGRESS_KEYS)
     if progress:
         progress.start()
     t0 = time.time()

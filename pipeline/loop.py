@@ -51,10 +51,7 @@ def build_nets(cfg: Config, data: ImageData, device, world: int):
                                                      num_classes).items()}
     if world > 1:
         ids = [device] if device.type == "cuda" else None
-        # A discriminator with BatchNorm must not broadcast buffers: its forward would rewrite
-        # them in place between the real and fake passes (pytorch #175024).
-        nets = {k: DistributedDataParallel(v, device_ids=ids,
-                                           broadcast_buffers=(k != "discriminator"))
+        nets = {k: DistributedDataParallel(v, device_ids=ids, **family.DDP_OPTIONS.get(k, {}))
                 for k, v in nets.items()}
     return nets, family.make_optimizers(cfg.family, nets)
 
@@ -154,9 +151,10 @@ def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:
 def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context,
                        autocast) -> dict[str, float]:
     """Validation losses (val_*) on this rank's shard of the first VAL_IMAGES, averaged over ranks.
-    The GAN has no validation loss (a FID needs an extractor; tune computes it)."""
+    A family without a validation loss (SWEEP_METRIC None, e.g. a GAN) gets none: tune computes a
+    small-sample FID for it instead."""
     family = FAMILIES[cfg.model]
-    if val is None or len(family.PHASES) > 1:
+    if val is None or family.SWEEP_METRIC is None:
         return {}
     n = min(len(val), VAL_IMAGES)
     idx = torch.arange(ctx.rank, n, ctx.world)
@@ -176,22 +174,18 @@ def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context,
     return {f"val_{k}": v for k, v in _reduce(sums, batches, ctx).items()}
 
 
-GRID_SIZE = {"pixelcnn": 16}  # autoregressive sampling costs H*W*C forward passes
-
-
 @torch.no_grad()
 def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: int) -> None:
     """Rank 0: a sample grid (and reconstructions for AE/VAE) as MLflow image artifacts."""
     family = FAMILIES[cfg.model]
-    n = GRID_SIZE.get(cfg.model, 64)
+    n = family.GRID_SIZE
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data), generator=gen)[:n]
     labels = data.labels[idx].to(ctx.device) if cfg.train.conditional else None
     for net in nets.values():
         net.eval()
     if can(family, "sample"):
-        kwargs = {"image_shape": data.image_shape} if cfg.model == "pixelcnn" else {}
-        images = family.sample(cfg.family, nets, n, labels, device=ctx.device, **kwargs)
+        images = family.sample(cfg.family, nets, n, labels, device=ctx.device)
         logger.figure_png(grid_png(images), f"samples/step_{step:07d}.png")
     if can(family, "reconstruct"):
         real = data.images[idx[:32]].to(ctx.device)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.models import FAMILIES, can, gan, pixelcnn, vae
+from pipeline.models import FAMILIES, REQUIRED, can, gan, pixelcnn, vae
 
 # Small enough that the whole file runs in seconds on 2 cores.
 TINY = {"ae": {"latent_dim": 4, "width": 4},
@@ -26,10 +26,6 @@ def random_batch(shape, n=4, seed=0):
     x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
     return x, y
-
-
-def sample_kwargs(model, shape):
-    return {"image_shape": shape} if model == "pixelcnn" else {}
 
 
 @pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
@@ -63,10 +59,12 @@ def test_loss_backward_and_sample(model, shape, conditional):
     for net in nets.values():
         net.eval()
     if can(family, "sample"):
-        # PixelCNN sampling costs H*W*C forward passes: full size is tested once, below.
-        small = (shape[0], 8, 8) if model == "pixelcnn" else shape
-        images = family.sample(cfg, nets, n, labels[:n] if conditional else None,
-                               device="cpu", **sample_kwargs(model, small))
+        # Slow (autoregressive) samplers cost H*W*C forward passes: an 8x8 net here; the
+        # PixelCNN's full size is tested once, below. sample() reads the shape from the net.
+        small = (shape[0], 8, 8) if family.GRID_SIZE < 64 else shape
+        sampler = nets if small == shape else family.build(cfg, small, num_classes)
+        images = family.sample(cfg, sampler, n, labels[:n] if conditional else None,
+                               device="cpu")
         assert images.dtype == torch.uint8 and images.shape == (n, *small)
     if can(family, "reconstruct"):
         recon = family.reconstruct(cfg, nets, x, labels)
@@ -78,8 +76,12 @@ def test_loss_backward_and_sample(model, shape, conditional):
 
 def test_every_family_meets_the_contract():
     for name, family in FAMILIES.items():
-        for attr in ("Config", "PHASES", "build", "make_optimizers", "loss"):
+        for attr in REQUIRED:
             assert hasattr(family, attr), f"{name} lacks {attr}"
+        assert family.LIKELIHOOD in ("exact", "bound", None)
+        assert (family.LIKELIHOOD is None) != can(family, "nll"), name
+        assert set(family.TUNE_SPACE) <= {f.name for f in
+                                          __import__("dataclasses").fields(family.Config)}
     assert not can(FAMILIES["ae"], "sample")  # an AE has no prior to sample from
     assert can(FAMILIES["vae"], "nll") and can(FAMILIES["pixelcnn"], "nll")
 
@@ -89,7 +91,7 @@ def test_pixelcnn_full_size_sample_is_uint8():
     torch.manual_seed(0)
     cfg = tiny("pixelcnn")
     nets = pixelcnn.build(cfg, (1, 28, 28), 0)
-    images = pixelcnn.sample(cfg, nets, 2, None, device="cpu", image_shape=(1, 28, 28))
+    images = pixelcnn.sample(cfg, nets, 2, None, device="cpu")
     assert images.dtype == torch.uint8 and images.shape == (2, 1, 28, 28)
     assert images.float().std() > 0  # not a constant image
 

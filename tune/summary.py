@@ -105,8 +105,9 @@ def plot_metric_vs(rows: list[Row], key: str, metric: str, log_x: bool, best_row
     return fig
 
 
-def plot_rate_distortion(rows: list[Row]):
-    """Final KL (rate) against reconstruction NLL (distortion) per beta, nats per image."""
+def plot_rate_distortion(rows: list[Row], beta_key: str):
+    """Final KL (rate) against reconstruction NLL (distortion) per beta, nats per image; None
+    when the trials report no kl and recon."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +116,7 @@ def plot_rate_distortion(rows: list[Row]):
     for r in rows:
         kl = r.metrics.get("val_kl", r.metrics.get("kl"))
         recon = r.metrics.get("val_recon", r.metrics.get("recon"))
-        beta = r.sampled.get("vae.beta")
+        beta = r.sampled.get(beta_key)
         if isinstance(kl, (int, float)) and isinstance(recon, (int, float)) and beta:
             pts.append((float(kl), float(recon), float(beta), r.status))
     if not pts:
@@ -154,8 +155,9 @@ def write_all(rows: list[Row], spec: dict, base: Config, out_dir: Path) -> dict:
     plots.mkdir(exist_ok=True)
     figures = [(plot_metric_vs(rows, k, metric, spaces.is_log(space, k), best_row),
                 plots / f"{metric}_vs_{k}.png") for k in keys]
-    if base.model == "vae" and "vae.beta" in keys:
-        figures.append((plot_rate_distortion(rows), plots / "rate_distortion.png"))
+    beta = f"{base.model}.beta"
+    if beta in keys:  # a beta sweep: rate-distortion, where trials report kl and recon
+        figures.append((plot_rate_distortion(rows, beta), plots / "rate_distortion.png"))
     for fig, path in figures:
         if fig is not None:
             path.write_bytes(tracking.png_bytes(fig))

@@ -21,7 +21,7 @@ from tune import spaces
 
 SPEC_FILE = "genbench_sweep.json"  # in the Tune experiment directory: what --resume needs
 REPORTS_PER_TRIAL = 10             # metric (and checkpoint) interval = steps / this, at most
-GAN_FID_SAMPLES = 500              # images per small-sample FID (fake and real each)
+FID_SAMPLES = 500              # images per small-sample FID (fake and real each)
 
 
 # --- building the sweep ------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def plan(cfg: Config, options: SweepOptions) -> tuple[dict, ImageData, ImageData
             "metric": metric, "mode": mode, "scheduler": options.scheduler,
             "search": options.search, "samples": options.samples, "steps": steps,
             "interval": interval, "workers": cfg.train.workers, "seed": cfg.train.seed,
-            "fid_samples": GAN_FID_SAMPLES, **sweep_metrics.prepare(trial_cfg)}
+            "fid_samples": FID_SAMPLES, **sweep_metrics.prepare(trial_cfg)}
     return spec, train_data, val_data
 
 

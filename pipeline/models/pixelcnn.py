@@ -33,6 +33,24 @@ class Config:
 
 
 PHASES = ("model",)
+PROGRESS_KEYS = ("bpd",)
+TUNE_SPACE = {"lr": {"loguniform": [1e-4, 3e-3]}}
+SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"
+LIKELIHOOD = "exact"
+LIKELIHOOD_NOTE = "exact: autoregressive, 256-way softmax per sub-pixel"
+GRID_SIZE = 16   # sampling costs H * W * C forward passes
+DDP_OPTIONS: dict[str, dict] = {}
+# Published numbers the report shows beside ours, only under the same protocol (see
+# eval/references.py): test NLL on CIFAR-10, 8-bit pixels, 256-way softmax.
+REFERENCES = (
+    {"model": "PixelCNN", "dataset": "cifar10", "metric": "bpd_test", "value": 3.14,
+     "source": "van den Oord et al. 2016, Pixel Recurrent Neural Networks, Table 5",
+     "url": "arxiv.org/abs/1601.06759", "note": "test NLL, bits/dim"},
+    {"model": "Gated PixelCNN", "dataset": "cifar10", "metric": "bpd_test", "value": 3.03,
+     "source": "van den Oord et al. 2016, Conditional Image Generation with PixelCNN "
+               "Decoders, Table 1", "url": "arxiv.org/abs/1606.05328",
+     "note": "test NLL, bits/dim"},
+)
 
 
 class GatedLayer(nn.Module):
@@ -71,7 +89,7 @@ class PixelCNN(nn.Module):
     def __init__(self, cfg: Config, image_shape, num_classes: int):
         super().__init__()
         c = image_shape[0]
-        self.c = c
+        self.c, self.image_shape = c, tuple(image_shape)   # sample() reads the shape here
         self.layers = nn.ModuleList(
             GatedLayer(c if i == 0 else cfg.channels, cfg.channels, cfg.kernel, i == 0,
                        num_classes) for i in range(cfg.layers))
@@ -123,13 +141,12 @@ def nll(cfg: Config, nets, x: torch.Tensor, y=None, k: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(cfg: Config, nets, n: int, labels=None, device="cpu", image_shape=None,
-           progress=None) -> torch.Tensor:
+def sample(cfg: Config, nets, n: int, labels=None, device="cpu", progress=None) -> torch.Tensor:
     """Ancestral sampling, one sub-pixel at a time: H * W * C forward passes. Row i depends only
     on rows <= i (convolutions pad at the top and left only), so each pass sees rows 0..i: exact,
     and about half the work of full-image passes."""
     model = unwrap(nets["model"])
-    c, h, w = image_shape
+    c, h, w = model.image_shape
     x = torch.zeros(n, c, h, w, dtype=torch.uint8, device=device)
     for i in range(h):
         for j in range(w):
