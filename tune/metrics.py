@@ -70,10 +70,10 @@ def prepare(cfg: Config) -> dict:
     return {}
 
 
-def extra_metric_fn(cfg: Config, val: ImageData | None, device, spec: dict):
+def extra_metric_fn(cfg: Config, val: ImageData | None, device, spec):
     """Rank 0 of a trial: a function payload -> {metric: value} computed from the checkpoint
     of each report, or None when the loop's own metrics are all there is."""
     if val is None or not uses_sample_fid(cfg):
         return None
     from tune.sample_fid import SmallSampleFID
-    return SmallSampleFID(cfg, val, device, spec["fid_samples"], spec.get("domain_cache"))
+    return SmallSampleFID(cfg, val, device, spec.fid_samples, spec.domain_cache)

@@ -13,6 +13,7 @@ import yaml
 from pipeline import tracking
 from pipeline.config import Config
 from tune import spaces
+from tune.spec import SweepSpec
 from tune.trial import STATUS_TAG, TRIAL_ID_TAG
 
 
@@ -137,19 +138,19 @@ def plot_rate_distortion(rows: list[Row], beta_key: str):
     return fig
 
 
-def write_all(rows: list[Row], spec: dict, base: Config, out_dir: Path) -> dict:
+def write_all(rows: list[Row], spec: SweepSpec, out_dir: Path) -> dict:
     """Write the sweep's artifacts under out_dir and log them to the parent run; returns
     {'best': Row | None, 'best_config': Path | None, 'files': [...]}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric, mode, keys = spec["metric"], spec["mode"], spec["keys"]
-    space = spec["space"]
+    metric, mode, keys, space = spec.metric, spec.mode, spec.keys, spec.space
+    base = spec.user()
     files = [out_dir / "results.csv"]
     write_csv(rows, keys, metric, files[0])
     best_row = best(rows, metric, mode)
     best_path = None
     if best_row is not None:
         best_path = out_dir / "best_config.yaml"
-        write_best_config(base, best_row, metric, spec["parent_run_id"], best_path)
+        write_best_config(base, best_row, metric, spec.parent_run_id, best_path)
         files.append(best_path)
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -163,12 +164,12 @@ def write_all(rows: list[Row], spec: dict, base: Config, out_dir: Path) -> dict:
             path.write_bytes(tracking.png_bytes(fig))
             __import__("matplotlib.pyplot").pyplot.close(fig)
             files.append(path)
-    logger = tracking.RunLogger(spec["parent_run_id"], spec["tracking_uri"])
+    logger = tracking.RunLogger(spec.parent_run_id, spec.tracking_uri)
     for path in files:
         logger.artifact(path, "plots" if path.parent == plots else None)
     if best_row is not None:
         logger.metrics({f"best_{metric}": best_row.value(metric)}, 0)
-        tracking.set_tags(spec["parent_run_id"], {"genbench.best_trial": best_row.trial,
-                                                  "genbench.best_run_id": best_row.run_id},
-                          spec["tracking_uri"])
+        tracking.set_tags(spec.parent_run_id, {"genbench.best_trial": best_row.trial,
+                                               "genbench.best_run_id": best_row.run_id},
+                          spec.tracking_uri)
     return {"best": best_row, "best_config": best_path, "files": files}

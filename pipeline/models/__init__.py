@@ -25,13 +25,18 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
   optional, for the report: REFERENCES (published numbers, plain dicts), CURVE_PANELS.
 
-A family defined elsewhere registers with `register(name, "importable.module")`. Its Config
-then carries the module path (`family_module`), so Ray workers and trial processes, which never
-ran that line, import it when they rebuild the config.
+A family defined elsewhere registers with `register(name, "importable.module")` or
+`register(name, "/path/to/family.py")` (e.g. `register("wgan", __file__)` in a script). Its
+Config then carries that string (`family_module`), so Ray workers and trial processes, which
+never ran the registration, import the family when they rebuild the config. A config can thus
+name code to import, as a checkpoint's config can: load configs and checkpoints you trust.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 
@@ -47,7 +52,9 @@ LIKELIHOODS = ("exact", "bound", None)
 
 def register(name: str, module: str) -> None:
     """Add a family: `name` is its config section and --model value; `module` an importable
-    module path. Registering the same pair again is a no-op."""
+    module path or a .py file. Registering the same pair again is a no-op."""
+    if module.endswith(".py"):
+        module = os.path.abspath(module)
     known = _REGISTRY.get(name)
     if known is not None and known != module:
         raise ValueError(f"family {name!r} is already registered as {known}; pick another name")
@@ -79,10 +86,26 @@ def get(name: str) -> ModuleType:
     """The family's module, imported and checked against the contract on first use."""
     if name not in _REGISTRY:
         raise KeyError(name)
-    module = importlib.import_module(_REGISTRY[name])
+    module = _import(_REGISTRY[name])
     if not getattr(module, "_genbench_checked", False):
         check(name, module)
         module._genbench_checked = True
+    return module
+
+
+def _import(target: str) -> ModuleType:
+    if not target.endswith(".py"):
+        return importlib.import_module(target)
+    for module in list(sys.modules.values()):  # already imported, e.g. the registering script
+        if os.path.abspath(getattr(module, "__file__", None) or "") == target:
+            return module
+    if not os.path.isfile(target):
+        raise ImportError(f"no file {target}")
+    name = f"genbench_family_{os.path.splitext(os.path.basename(target))[0]}"
+    spec = importlib.util.spec_from_file_location(name, target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
     return module
 
 
