@@ -18,7 +18,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
 from tune.spec import SweepSpec
@@ -78,7 +78,12 @@ class Reporter:
             metrics["train_seconds"] = self.seconds_before + time.perf_counter() - self.t0
             self.logger.metrics({k: v for k, v in metrics.items() if k != "step"},
                                 int(metrics["step"]))
+            self.logger.flush()  # every report holds a checkpoint: its metrics are stored first
         self.send(metrics, checkpoint_dir)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 def _seconds_before(run_id: str, uri: str) -> float:
@@ -113,8 +118,11 @@ def direct_trial(sampled: dict, spec: SweepSpec, train_data: ImageData, val_data
         tune.report(metrics, checkpoint=checkpoint)
 
     seconds = _seconds_before(run_id, ctx.tracking_uri) if start else 0.0
-    fit(cfg, ctx, Reporter(cfg, ctx, val_data, spec, send, seconds), start=start, logger=None,
-        data=train_data, val=val_data)
+    reporter = Reporter(cfg, ctx, val_data, spec, send, seconds)
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=train_data, val=val_data)
+    finally:
+        reporter.close()
 
 
 def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
@@ -163,8 +171,8 @@ def tune_loop_per_worker(loop_config: dict) -> None:
     elif loop_config.get("resume_from"):  # a resumed sweep: the trial's last checkpoint
         start = ckpt.load(loop_config["resume_from"])
     d = cfg.data
-    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+    data = load_config_split(d, "train")
+    val = (load_config_split(d, "val")
            if d.val_fraction > 0 else None)
 
     group = ray.util.get_current_placement_group()
@@ -177,9 +185,11 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
 
-    fit(cfg, ctx, Reporter(cfg, ctx, val, loop_config["spec"], send,
-                           loop_config["seconds_before"]),
-        start=start, logger=None, data=data, val=val)
+    reporter = Reporter(cfg, ctx, val, loop_config["spec"], send, loop_config["seconds_before"])
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=data, val=val)
+    finally:
+        reporter.close()
 
 
 def make_trainable(spec: SweepSpec, train_data: ImageData, val_data: ImageData | None) -> Any:

@@ -65,6 +65,7 @@ register("ae", "pipeline.models.ae")
 register("vae", "pipeline.models.vae")
 register("gan", "pipeline.models.gan")
 register("pixelcnn", "pipeline.models.pixelcnn")
+register("transformer", "pipeline.models.transformer")
 
 _BUILT_IN.update(_REGISTRY)
 DEFAULT_FAMILY = "vae"   # the model of a config that names none
