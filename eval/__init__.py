@@ -5,7 +5,7 @@
     samples.py      batched sampling (labels from class frequencies for conditional models)
     extractors.py   feature extractors: `domain` (trained here) and `inception` (torch-fidelity)
     fidelity.py     FID, IS, KID, precision/recall on features (torch-fidelity's functions)
-    likelihood.py   bits/dim (PixelCNN exact, VAE IWAE bound), AE reconstruction error
+    likelihood.py   bits/dim (exact or a bound, as the family declares), reconstruction error
     probe.py        linear-probe accuracy of a frozen encoder
 
 eval never imports Ray: `genbench eval --workers N` runs through genbench/eval_workers.py.

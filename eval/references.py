@@ -6,9 +6,10 @@ InceptionV3) and the same number of generated and real images. A row here is sho
 only on an exact match (`matching`); a FID from the offline `domain` extractor, or from another
 n, never gets a published number beside it.
 
-Add a row only from a source you have read, with the protocol it states. Sample-quality
-(FID/IS/KID) rows for Fashion-MNIST are deliberately absent: the papers we could check do not
-state an InceptionV3 protocol that genbench reproduces.
+The rows are declared by the families (a module's REFERENCES: dicts with the fields of
+Reference except `family`). Add a row only from a source you have read, with the protocol it
+states. Sample-quality (FID/IS/KID) rows for Fashion-MNIST are deliberately absent: the papers
+we could check do not state an InceptionV3 protocol that genbench reproduces.
 """
 from __future__ import annotations
 
@@ -29,15 +30,11 @@ class Reference:
     note: str = ""
 
 
-REFERENCES: tuple[Reference, ...] = (
-    # Likelihoods on the CIFAR-10 test split, 8-bit pixels, 256-way softmax (bits per dimension).
-    Reference("pixelcnn", "PixelCNN", "cifar10", "bpd_test", 3.14,
-              "van den Oord et al. 2016, Pixel Recurrent Neural Networks, Table 5",
-              "arxiv.org/abs/1601.06759", note="test NLL, bits/dim"),
-    Reference("pixelcnn", "Gated PixelCNN", "cifar10", "bpd_test", 3.03,
-              "van den Oord et al. 2016, Conditional Image Generation with PixelCNN Decoders, "
-              "Table 1", "arxiv.org/abs/1606.05328", note="test NLL, bits/dim"),
-)
+def declared_references() -> tuple[Reference, ...]:
+    """Every registered family's REFERENCES."""
+    from pipeline.models import FAMILIES
+    return tuple(Reference(family=name, **row) for name in FAMILIES
+                 for row in getattr(FAMILIES[name], "REFERENCES", ()))
 
 EXTRACTOR_OF_SUFFIX = "inception"  # only this extractor's numbers are comparable with papers
 
@@ -49,8 +46,10 @@ def extractor_of(metric: str) -> str | None:
 
 
 def matching(family: str, dataset: str, metric: str, n_fake: int | None = None,
-             n_real: int | None = None, references=REFERENCES) -> list[Reference]:
+             n_real: int | None = None, references=None) -> list[Reference]:
     """References whose protocol equals ours exactly; an empty list otherwise."""
+    if references is None:
+        references = declared_references()
     ext = extractor_of(metric)
     if ext is not None and ext != EXTRACTOR_OF_SUFFIX:
         return []

@@ -254,11 +254,20 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
         row.grid = latest_grid(rid, fam, uri)
         if row.grid is None:
             row.notes.append("no sample grid logged")
-        png = training_curves_png(f"{fam} ({rid[:8]})", hist)
-        row.curves = Image(f"curves_{fam}.png", png, f"{fam}: training curves") if png else None
+        declared = curve_panels(fam)
+        png = training_curves_png(f"{fam} ({rid[:8]})", hist, declared)
+        notes = "; ".join(p["note"] for p in declared.values() if p.get("note"))
+        row.curves = (Image(f"curves_{fam}.png", png, f"{fam}: training curves"
+                            + (f": {notes}" if notes else "")) if png else None)
         if row.curves is None:
             row.notes.append("no training curves logged")
     return row
+
+
+def curve_panels(fam: str) -> dict:
+    """The panels the family declares for its training curves (none for an unknown family)."""
+    from pipeline.models import FAMILIES
+    return getattr(FAMILIES[fam], "CURVE_PANELS", {}) if fam in FAMILIES else {}
 
 
 def eval_metric(key: str) -> bool:

@@ -26,8 +26,8 @@ from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_e
 from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
                            PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
                            fidelity_metrics)
-from eval.likelihood import (NOT_APPLICABLE, NLLSums, bpd_key, data_description, nll_sums,
-                             pixel_bits, reconstruction_metrics)
+from eval.likelihood import (NLLSums, bpd_key, data_description, nll_sums, pixel_bits,
+                             reconstruction_metrics)
 from eval.load import LoadedModel, load_model
 from eval.probe import encode_all, probe_accuracy
 from eval.samples import generate
@@ -181,7 +181,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     wanted = set(opts.metrics)
     fidelity = [m for m in FIDELITY_METRICS if m in wanted]
     if fidelity and not can(family, "sample"):
-        reason = f"not applicable: {cfg.model} has no prior to sample from"
+        reason = f"not applicable: {cfg.model} has no sampler"
         notes.append(f"FID/IS/KID/PR {reason}")
         tags["eval.fidelity"] = reason
         fidelity = []
@@ -286,13 +286,14 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
     n = min(opts.bpd_images or len(test), len(test))
     data = test if n == len(test) else ImageData(test.images[:n], test.labels[:n],
                                                  test.num_classes)
-    if cfg.model == "ae":
+    family = FAMILIES[cfg.model]
+    if can(family, "reconstruct") and not can(family, "nll"):  # a stand-in for a likelihood
         metrics.update(reconstruction_metrics(cfg, model.nets, data, opts.batch_size, device,
                                               opts.quiet))
         tags.update({"eval.recon.split": "test", "eval.recon.images": str(n),
                      "eval.recon.scale": "mse on [-1, 1] pixels; psnr for [0, 1] pixels"})
-    if cfg.model in NOT_APPLICABLE:
-        reason = f"not applicable: {NOT_APPLICABLE[cfg.model]}"
+    if not can(family, "nll"):
+        reason = f"not applicable: {family.LIKELIHOOD_NOTE}"
         notes.append(f"bpd {reason}")
         tags["eval.bpd"] = reason
         return
@@ -304,9 +305,9 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
                         device=device, quiet=opts.quiet)
     bits = pixel_bits(family, cfg.family)
     metrics[bpd_key(bits)] = sums.bits_per_dim
-    bound = ("exact (autoregressive, 256-way softmax)" if cfg.model == "pixelcnn" else
-             f"IWAE upper bound on -log p(x) with k={opts.k} (k=1 is the ELBO), beta=1")
-    tags.update({"eval.bpd": bound, "eval.bpd.k": str(opts.k if cfg.model == "vae" else 1),
+    k = opts.k if family.LIKELIHOOD == "bound" else 1  # exact likelihoods ignore k
+    what = family.LIKELIHOOD_NOTE + (f"; k={k}" if family.LIKELIHOOD == "bound" else "")
+    tags.update({"eval.bpd": what, "eval.bpd.k": str(k),
                  "eval.bpd.split": "test", "eval.bpd.images": str(sums.images),
                  "eval.bpd.data": data_description(bits),
                  "eval.bpd.workers": str(opts.workers), "eval.bpd.seed": str(opts.seed),
