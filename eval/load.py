@@ -11,7 +11,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
 from pipeline.loop import build_nets
 
@@ -49,7 +49,7 @@ def model_from_payload(payload: dict, device="cpu", source: str = "checkpoint") 
         raise ConfigError(f"{source} has no usable config ({exc}); is it a genbench "
                           f"checkpoint?") from None
     d = cfg.data
-    test = load_split(d.dataset, "test", d.root, d.val_fraction, d.split_seed, d.image_size)
+    test = load_config_split(d, "test")  # in-distribution: without data.exclude_classes
     nets, opts = build_nets(cfg, test, torch.device(device), 1)
     step = ckpt.restore(payload, nets, opts, source=source)
     for net in nets.values():

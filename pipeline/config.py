@@ -25,6 +25,7 @@ class DataConfig:
     val_fraction: float = 0.1        # cut from the train split with split_seed; test is for eval
     split_seed: int = 0
     image_size: int = 32             # ImageFolder images are resized and centre-cropped to this
+    exclude_classes: tuple[int, ...] = ()  # never trained or validated on; eval's "unseen" OOD set
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class Config:
         return cfg
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train),
-                self.model: dataclasses.asdict(self.family)}
+        """Plain data (lists, not tuples): YAML, JSON and checkpoints take it as it is."""
+        return {"model": self.model, "data": _plain(self.data), "train": _plain(self.train),
+                self.model: _plain(self.family)}
 
     def flat(self) -> dict[str, Any]:
         """{'train.batch_size': 128, 'vae.beta': 1.0, ...}: MLflow params."""
@@ -122,11 +123,20 @@ class Config:
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.data.val_fraction}")
         check_dataset_name(self.data.dataset)
+        excluded = self.data.exclude_classes
+        if any(k < 0 for k in excluded) or len(set(excluded)) != len(excluded):
+            raise ConfigError(f"data.exclude_classes must be distinct class indices >= 0, "
+                              f"got {list(excluded)}")
         if hasattr(self.family, "validate"):
             try:
                 self.family.validate()
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+
+
+def _plain(section) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(section).items()}
 
 
 def _build(dc, values: dict | None, section: str):
@@ -150,6 +160,15 @@ def _coerce(f: dataclasses.Field, value, name: str):
         if "None" in kind:
             return None
         raise ConfigError(f"{name} cannot be empty")
+    if kind.startswith("tuple[int"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            if any(isinstance(v, bool) or float(v) != int(v) for v in items):
+                raise ValueError
+            return tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a list of integers, e.g. [3], got {value!r}") \
+                from None
     try:
         if kind.startswith("bool") or isinstance(default, bool):
             if isinstance(value, str):

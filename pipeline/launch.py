@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline import checkpoint as ckpt
 from pipeline import faults, tracking
 from pipeline.config import Config
-from pipeline.data import load_split
+from pipeline.data import load_config_split, load_split
 from pipeline.errors import ConfigError
 
 RUN_DIR_TAG = "genbench.ray_run_dir"
@@ -178,7 +178,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         _validate_checkpoint_shapes(cfg, start_payload, f"checkpoint {latest}")
     # Data first: a missing dataset is a one-line error before Ray starts.
     d = cfg.data
-    train_data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
+    train_data = load_config_split(d, "train")
     if cfg.train.batch_size > len(train_data):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the "
                           f"{len(train_data)} training images; lower it")

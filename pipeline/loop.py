@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config
-from pipeline.data import ImageData, ShardedBatches, load_split
+from pipeline.data import ImageData, ShardedBatches, load_config_split
 from pipeline.faults import Fault
 from pipeline.grids import grid_png, recon_pairs
 from pipeline.models import FAMILIES, can
@@ -81,10 +81,9 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     """
     family = FAMILIES[cfg.model]
     d, t = cfg.data, cfg.train
-    data = data or load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed,
-                              d.image_size)
+    data = data or load_config_split(d, "train")
     if val is None and d.val_fraction > 0:
-        val = load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+        val = load_config_split(d, "val")
     batches = ShardedBatches(data, t.batch_size, ctx.rank, ctx.world, t.seed)
     steps = total_steps(cfg, batches.steps_per_epoch)
     nets, opts = build_nets(cfg, data, ctx.device, ctx.world)
@@ -235,8 +234,7 @@ def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: 
     for net in nets.values():
         net.eval()
     if can(family, "sample"):
-        kwargs = {"image_shape": data.image_shape} if cfg.model == "pixelcnn" else {}
-        images = family.sample(cfg.family, nets, n, labels, device=ctx.device, **kwargs)
+        images = family.sample(cfg.family, nets, n, labels, device=ctx.device)
         logger.figure_png(grid_png(images), f"samples/step_{step:07d}.png")
     if can(family, "reconstruct"):
         real = data.images[idx[:32]].to(ctx.device)

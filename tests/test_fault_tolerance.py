@@ -14,16 +14,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.faults import ENV
 from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
 from pipeline.train import FAULT_TAG, RESUMED_TAG
 
 pytestmark = pytest.mark.slow
 
-GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
-            if (Path(sys.executable).parent / "genbench").is_file()
-            else [sys.executable, "-m", "pipeline.cli"])
+GENBENCH = [sys.executable, "-m", "genbench"]
 TINY = ["--model", "ae", "--workers", "2", "--set", "ae.width=8", "--set", "ae.latent_dim=8",
         "--set", "train.batch_size=16", "--set", "train.log_every=10",
         "--set", "train.eval_every=1000"]

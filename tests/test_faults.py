@@ -2,7 +2,7 @@
 tests/test_fault_tolerance.py."""
 import pytest
 
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.errors import ConfigError
 from pipeline.faults import ENV, Fault, parse
 

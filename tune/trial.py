@@ -18,7 +18,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_split
+from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
 
@@ -176,8 +176,8 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         with restored.as_directory() as directory:
             start = ckpt.load(directory)
     d = cfg.data
-    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-    val = (load_split(d.dataset, "val", d.root, d.val_fraction, d.split_seed, d.image_size)
+    data = load_config_split(d, "train")
+    val = (load_config_split(d, "val")
            if d.val_fraction > 0 else None)
 
     group = ray.util.get_current_placement_group()

@@ -112,3 +112,9 @@ def loss(cfg: Config, nets, x: torch.Tensor, y, phase: str) -> dict[str, torch.T
 def sample(cfg: Config, nets, n: int, labels=None, device="cpu") -> torch.Tensor:
     g = unwrap(nets["generator"])
     return to_uint8(g(torch.randn(n, cfg.latent_dim, device=device), labels))
+
+
+@torch.no_grad()
+def discriminate(cfg: Config, nets, x: torch.Tensor, y=None) -> torch.Tensor:
+    """D's logits (B,) for uint8 images: log D(x) = logsigmoid(logit), a "real data?" score."""
+    return unwrap(nets["discriminator"])(to_float(x), y).float()

@@ -1,0 +1,97 @@
+"""The discriminative baseline: the domain classifier (eval/extractors.py) as a classifier.
+
+Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
+and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
+for a run trained without some classes (data.exclude_classes) a classifier is trained on the same
+train images, without them, and cached beside the domain classifier; its softmax covers only the
+classes it was trained on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from eval.extractors import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier, cache_dir,
+                             cached_domain, dataset_key, save_domain_classifier, sha256_file,
+                             to_rgb_uint8, train_and_cache_domain, train_domain_classifier)
+from pipeline.data import load_raw, without_classes
+
+
+@dataclass
+class Classifier:
+    net: DomainClassifier
+    classes: list[int]    # the classes its softmax covers
+    sha256: str
+    test_accuracy: float  # on the dataset's test split (less excluded classes)
+    trained_on: str
+
+    @torch.no_grad()
+    def log_probs(self, images: torch.Tensor, batch_size: int = 500,
+                  device="cpu") -> torch.Tensor:
+        """log p(y|x) (N, K) float64 over all K classes; -inf for classes it does not know."""
+        self.net.eval()
+        parts = []
+        for start in range(0, len(images), batch_size):
+            x = to_rgb_uint8(images[start:start + batch_size]).to(device)
+            logits = self.net(x)[1].double().cpu()
+            out = torch.full_like(logits, -torch.inf)
+            out[:, self.classes] = torch.log_softmax(logits[:, self.classes], dim=1)
+            parts.append(out)
+        return torch.cat(parts)
+
+    def msp_score(self, images: torch.Tensor, batch_size: int = 500, device="cpu"):
+        """1 - max softmax probability (N,): higher = more out of distribution."""
+        return 1.0 - self.log_probs(images, batch_size, device).exp().max(1).values
+
+
+def _load(path, meta: dict, classes: list[int], device) -> Classifier:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    net = DomainClassifier(payload["num_classes"], payload["in_channels"], payload["width"])
+    net.load_state_dict(payload["state_dict"])
+    excluded = meta.get("excluded_classes") or []
+    trained_on = (f"{meta.get('dataset', '?')} train split"
+                  + (f" without classes {excluded}" if excluded else ""))
+    return Classifier(net.to(device).eval(), classes, meta["sha256"],
+                      float(meta.get("test_accuracy", float("nan"))), trained_on)
+
+
+def baseline_classifier(dataset: str, root: str | None, image_size: int, excluded=(),
+                        device="cpu", quiet: bool = False) -> Classifier:
+    """The cached domain classifier, or (classes excluded) one trained without those classes."""
+    excluded = sorted(set(excluded))
+    if not excluded:
+        found = cached_domain(dataset, image_size)
+        if found is None:
+            if not quiet:
+                print(f"genbench: training the domain classifier for {dataset} once; it is "
+                      f"cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
+            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet)
+            found = cached_domain(dataset, image_size)
+        path, meta = found
+        return _load(path, meta, list(range(meta["num_classes"])), device)
+
+    stem = (f"{dataset_key(dataset, image_size)}-without{'-'.join(map(str, excluded))}"
+            f"-v{DOMAIN_ARCH_VERSION}")
+    pt_path, json_path = cache_dir() / "domain" / f"{stem}.pt", cache_dir() / "domain" / f"{stem}.json"
+    if pt_path.is_file() and json_path.is_file():
+        meta = json.loads(json_path.read_text())
+        if meta.get("sha256") == sha256_file(pt_path):
+            return _load(pt_path, meta, meta["classes"], device)
+    train = without_classes(load_raw(dataset, True, root, image_size), excluded)
+    test = without_classes(load_raw(dataset, False, root, image_size), excluded)
+    if not quiet:
+        print(f"genbench: training a classifier for {dataset} without classes {excluded} once; "
+              f"it is cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
+    net, acc = train_domain_classifier(train, test, DOMAIN_EPOCHS, device=device, quiet=quiet,
+                                       hflip=dataset != "mnist")
+    classes = [c for c in range(train.num_classes) if c not in excluded]
+    meta = {"dataset": dataset, "image_shape": list(train.image_shape),
+            "num_classes": train.num_classes, "classes": classes, "excluded_classes": excluded,
+            "test_accuracy": acc, "epochs": DOMAIN_EPOCHS, "train_images": len(train),
+            "arch_version": DOMAIN_ARCH_VERSION}
+    meta = save_domain_classifier(net.cpu(), meta, pt_path, json_path)
+    return _load(pt_path, meta, classes, device)
+

@@ -1,0 +1,152 @@
+"""`genbench eval --metrics ood`: can the model reject inputs it has never seen?
+
+The in-distribution test split (less data.exclude_classes) is scored against each OOD set
+(eval/ood_sets.py) with every score that applies to the family (eval/ood_scores.py) and with the
+domain classifier's max softmax probability, the discriminative baseline. Each (score, set) gives
+AUROC, AUPR and FPR at 95% TPR (eval/ood_metrics.py), logged as ood_<metric>_<set>_<score>; the
+protocol goes into eval.ood.* tags, and the score histograms into one PNG.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from eval import ood_metrics
+from eval.background import MUTATION_RATE, recipe, train_background
+from eval.baseline import Classifier
+from eval.bayes import log_prior
+from eval.ood_plots import score_histograms_png
+from eval.ood_scores import DESCRIPTIONS, ModelScorer, family_scores, png_bits_per_dim
+from eval.ood_sets import DESCRIPTIONS as SET_DESCRIPTIONS
+from eval.ood_sets import SETS, build_sets, subset
+from pipeline.data import ImageData, load_split, only_classes
+from pipeline.models import FAMILIES
+
+DEFAULT_IMAGES = 1000          # per set, and in-distribution test images
+DEFAULT_BACKGROUND_STEPS = 300
+
+
+@dataclass
+class OODResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    histograms: bytes | None = None
+    means: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> set -> mean
+
+
+def metric_name(metric: str, set_name: str, score: str) -> str:
+    return f"ood_{metric}_{set_name}_{score}"
+
+
+def unseen_test(cfg) -> ImageData | None:
+    """The test images of the classes the run never trained on, or None."""
+    d = cfg.data
+    if not d.exclude_classes:
+        return None
+    test = load_split(d.dataset, "test", d.root, d.val_fraction, d.split_seed, d.image_size)
+    return only_classes(test, d.exclude_classes)
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(f"genbench: ood: {text}", file=sys.stderr, flush=True)
+
+
+def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
+                 sets=SETS, images: int = DEFAULT_IMAGES, k: int = 1,
+                 background_steps: int = DEFAULT_BACKGROUND_STEPS, batch_size: int = 250,
+                 seed: int = 0, device="cpu", quiet: bool = True) -> OODResult:
+    """model: an eval.load.LoadedModel; train: its train split (class prior, background model)."""
+    cfg = model.cfg
+    family = FAMILIES[cfg.model]
+    out = OODResult()
+    in_dist = subset(model.test.images, images, seed)
+    ood_sets, skipped = build_sets(model.test, unseen_test(cfg), sets, images, seed,
+                                   cfg.data.dataset, cfg.data.root)
+    for name, why in skipped.items():
+        out.notes.append(f"ood set {name} skipped: {why}")
+        out.tags[f"eval.ood.set.{name}"] = f"skipped: {why}"
+    if not ood_sets:
+        out.notes.append("ood: no OOD set could be built")
+        return out
+
+    prior = log_prior(train.labels, train.num_classes) if cfg.train.conditional else None
+    scorer = ModelScorer(cfg.model, cfg.family, model.nets, prior, k, batch_size, device, seed)
+    names = list(family_scores(family))
+    if "ratio" in names and background_steps <= 0:
+        names.remove("ratio")
+        out.notes.append("ood score ratio skipped: --ood-background-steps 0")
+    if classifier is not None:
+        names.append("msp")
+    groups = {"in": in_dist, **{n: s.images for n, s in ood_sets.items()}}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    t0 = time.time()
+
+    def score_all(fn, label):
+        _say(quiet, f"{label} on {len(groups)} sets of <= {images} images")
+        return {g: fn(x) for g, x in groups.items()}
+
+    if "bpd" in names:
+        scores["bpd"] = score_all(scorer.bits_per_dim, "bits/dim")
+        if "complexity" in names:
+            scores["complexity"] = {g: scores["bpd"][g] - png_bits_per_dim(x)
+                                    for g, x in groups.items()}
+        if "ratio" in names:
+            _say(quiet, f"training the background model ({background_steps} steps)")
+            with torch.random.fork_rng(devices=[]):
+                bg_nets = train_background(cfg, train, background_steps, device, seed)
+            bg = ModelScorer(cfg.model, cfg.family, bg_nets, None, k, batch_size, device, seed)
+            bg_bpd = score_all(bg.bits_per_dim, "background bits/dim")
+            scores["ratio"] = {g: scores["bpd"][g] - bg_bpd[g] for g in groups}
+    if "recon" in names:
+        scores["recon"] = score_all(scorer.reconstruction_error, "reconstruction error")
+    if "neglogd" in names:
+        scores["neglogd"] = score_all(scorer.neg_log_d, "-log D(x)")
+    if "msp" in names:
+        scores["msp"] = score_all(lambda x: classifier.msp_score(x, batch_size, device),
+                                  "classifier max softmax")
+
+    for score, per_group in scores.items():
+        out.means[score] = {g: float(v.mean()) for g, v in per_group.items()}
+        for name in ood_sets:
+            for metric, value in ood_metrics.detection_metrics(per_group["in"],
+                                                               per_group[name]).items():
+                out.metrics[metric_name(metric, name, score)] = value
+
+    out.histograms = score_histograms_png(f"{cfg.model}: OOD scores", scores)
+    out.tags.update(protocol_tags(cfg, ood_sets, list(scores), len(in_dist), images, k,
+                                  background_steps if "ratio" in scores else 0, seed,
+                                  classifier, time.time() - t0))
+    return out
+
+
+def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed,
+                  classifier, seconds) -> dict[str, str]:
+    tags = {"eval.ood": "AUROC, AUPR (average precision, OOD positive) and FPR at 95% TPR; "
+                        "higher score = more out of distribution; ties count half (AUROC) "
+                        "and are flagged together",
+            "eval.ood.in_distribution": f"{n_in} test images"
+                                        + (f" without classes {list(cfg.data.exclude_classes)}"
+                                           if cfg.data.exclude_classes else ""),
+            "eval.ood.images_per_set": str(images), "eval.ood.seed": str(seed),
+            "eval.ood.sets": ",".join(ood_sets), "eval.ood.scores": ",".join(scores),
+            "eval.ood.seconds": f"{seconds:.0f}"}
+    for name, s in ood_sets.items():
+        tags[f"eval.ood.set.{name}"] = f"{len(s)} images: {SET_DESCRIPTIONS[name]}"
+    for score in scores:
+        tags[f"eval.ood.score.{score}"] = DESCRIPTIONS[score]
+    if "bpd" in scores:
+        tags["eval.ood.score.bpd.k"] = str(k)
+    if background_steps:
+        tags["eval.ood.background"] = recipe(background_steps, MUTATION_RATE)
+    if cfg.data.exclude_classes:
+        tags["eval.ood.exclude_classes"] = ",".join(map(str, cfg.data.exclude_classes))
+    if classifier is not None:
+        tags["eval.ood.classifier"] = (f"domain classifier sha256 {classifier.sha256[:16]}, "
+                                       f"trained on the {classifier.trained_on}, test accuracy "
+                                       f"{classifier.test_accuracy:.4f}")
+    return tags
