@@ -218,6 +218,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
               "protocol": tags, "notes": notes}
     # figure_png logs any bytes as a file artifact
     logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
+    logger.close()  # the writer is asynchronous: everything is written when evaluate returns
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, notes, artifact_dir,
