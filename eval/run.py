@@ -218,6 +218,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
               "protocol": tags, "notes": notes}
     # figure_png logs any bytes as a file artifact
     logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
+    logger.close()  # the writer is asynchronous: everything is written when evaluate returns
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, notes, artifact_dir,
@@ -250,8 +251,11 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
     reference = subset(test, n_real, opts.seed)
     floor_set = subset(train, n_floor, opts.seed + 1)
     freqs = train.class_frequencies() if cfg.train.conditional else None
-    fake, _ = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
-                       opts.batch_size, device, opts.quiet)
+    fake, labels = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
+                            opts.batch_size, device, opts.quiet)
+    if labels is not None:  # the class mix the samples were drawn with, class 0 first
+        counts = torch.bincount(labels, minlength=train.num_classes).tolist()
+        tags["eval.sample_label_counts"] = ",".join(map(str, counts))
     key = dataset_key(cfg.data.dataset, cfg.data.image_size)
     ref_key = f"{key}-test-n{n_real}-seed{opts.seed}"
     floor_key = (f"{key}-train-val{cfg.data.val_fraction}-split{cfg.data.split_seed}"

@@ -16,7 +16,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import faults, tracking
 from pipeline.config import Config
 from pipeline.data import load_config_split, load_split
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunStopped
 from pipeline.models import FAMILIES
 
 RUN_DIR_TAG = "genbench.ray_run_dir"
@@ -30,6 +30,46 @@ class TrainResult:
     metrics: dict
     seconds: float
     checkpoint: str | None
+
+
+def check_ray_address(address: str | None = None, timeout: float = 5.0, tries: int = 2) -> None:
+    """A one-line ConfigError when --address / RAY_ADDRESS names a cluster that does not accept
+    a connection: ray.init would otherwise wait for its GCS for minutes. Each try waits at most
+    `timeout` s. No address (or "local") starts a local Ray: nothing to check."""
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given == "local":
+        return
+    target = given
+    if given == "auto":  # the cluster `ray start` left on this machine, if any
+        from ray._private.services import canonicalize_bootstrap_address
+        try:
+            target = canonicalize_bootstrap_address("auto", None)
+        except ConnectionError:
+            raise ConfigError("no running Ray cluster on this machine for address 'auto'; "
+                              "start one (ray start --head) or drop --address / RAY_ADDRESS "
+                              "to use a local Ray") from None
+        if not target:
+            return
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {given!r} is not HOST:PORT (or ray://HOST:PORT, auto); "
+                          f"fix --address / RAY_ADDRESS")
+    reason = None
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+            return
+        except socket.timeout:
+            reason = f"no answer within {timeout:.0f} s"
+        except OSError as exc:
+            reason = exc.strerror.lower() if exc.strerror else type(exc).__name__
+    raise ConfigError(f"cannot reach the Ray cluster at {given} ({reason}, {tries} tries); "
+                      f"start it (ray start --head --port {port}) or fix --address / "
+                      f"RAY_ADDRESS (none: a local Ray)")
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
@@ -241,7 +281,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
-        tracking.set_tags(run_id, {RUN_DIR_TAG: f"{storage_path(cfg)}/{name}"})
+        run_dir = f"{storage_path(cfg)}/{name}"
+        tracking.set_tags(run_id, {RUN_DIR_TAG: run_dir})
         resume_from = None
 
     progress = None if quiet else ProgressPrinter(steps, FAMILIES[cfg.model].PROGRESS_KEYS)
@@ -253,16 +294,24 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         cfg, name, storage_path(cfg), cfg.train.keep_checkpoints)
     if not quiet:
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
-              f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",
-              file=sys.stderr, flush=True)
+              f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id} (if it "
+              f"stops: genbench train --resume {run_id})", file=sys.stderr, flush=True)
     if progress:
         progress.start()
     t0 = time.time()
     try:
         result = trainer.fit()
-    except BaseException:
-        tracking.end_run(run_id, "FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt)
-                         else "KILLED")
+    except KeyboardInterrupt:
+        _close_quietly(run_id, "KILLED")
+        raise RunStopped(f"interrupted; {resume_hint(run_id, run_dir)}", 130) from None
+    except Exception:
+        lost = tracking.unreachable(tracking.tracking_uri())
+        _close_quietly(run_id, "FAILED")
+        if lost:
+            raise RunStopped(f"lost the MLflow tracking server at {tracking.tracking_uri()} "
+                             f"({lost}); when it is back, "
+                             f"{resume_hint(run_id, run_dir)}") from None
+        print(f"genbench: training failed; {resume_hint(run_id, run_dir)}", file=sys.stderr)
         raise
     finally:
         if progress:
@@ -271,6 +320,26 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     tracking.end_run(run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainResult(run_id, experiment, steps, dict(result.metrics or {}), seconds, checkpoint)
+
+
+def resume_hint(run_id: str, run_dir: str) -> str:
+    """How to continue a stopped run: from its newest checkpoint, or from scratch if none."""
+    if "://" not in run_dir:  # local storage: say which step the checkpoint holds
+        latest = find_latest_checkpoint(run_dir)
+        if latest is None:
+            return "it stopped before its first checkpoint: start it again"
+        step = int(latest.name.rsplit("_", 1)[-1])
+        return f"its checkpoint of step {step} is kept: genbench train --resume {run_id}"
+    return f"continue from its last checkpoint: genbench train --resume {run_id}"
+
+
+def _close_quietly(run_id: str, status: str) -> None:
+    """Mark the MLflow run stopped, if the tracking server still answers (it may be what
+    failed); --resume reopens it either way."""
+    try:
+        tracking.end_run(run_id, status)
+    except Exception:
+        pass
 
 
 def _multi_node() -> bool:

@@ -137,8 +137,10 @@ class SweepMonitor(Callback):
                 tags = {STATUS_TAG: status}
                 if trial.trial_id in self.started:
                     seconds = time.time() - self.started[trial.trial_id]
-                    tracking.RunLogger(run.info.run_id, uri).metrics(
-                        {"trial_seconds": seconds}, int((trial.last_result or {}).get("step", 0)))
+                    logger = tracking.RunLogger(run.info.run_id, uri)
+                    logger.metrics({"trial_seconds": seconds},
+                                   int((trial.last_result or {}).get("step", 0)))
+                    logger.close()  # the writer is asynchronous: written before the run ends
                 tracking.set_tags(run.info.run_id, tags, uri)
                 tracking.end_run(run.info.run_id, mlflow_status, uri)
 

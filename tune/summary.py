@@ -172,4 +172,5 @@ def write_all(rows: list[Row], spec: SweepSpec, out_dir: Path) -> dict:
         tracking.set_tags(spec.parent_run_id, {"genbench.best_trial": best_row.trial,
                                                "genbench.best_run_id": best_row.run_id},
                           spec.tracking_uri)
+    logger.close()  # the writer is asynchronous: everything is written when this returns
     return {"best": best_row, "best_config": best_path, "files": files}

@@ -23,7 +23,7 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
         take progress=callable, called with the number of pixel positions just finished
     nll(cfg, nets, x, y=None, k=1) -> nats per image (B,)
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
-  optional, for the report: REFERENCES (published numbers, plain dicts), CURVE_PANELS.
+  optional, for the report: PUBLISHED (published numbers, plain dicts; see eval/references.py), CURVE_PANELS.
 
 A family defined elsewhere registers with `register(name, "importable.module")` or
 `register(name, "/path/to/family.py")` (e.g. `register("wgan", __file__)` in a script). Its
