@@ -100,7 +100,7 @@ def test_the_registry_knows_the_toy_only_through_this_file():
 
 def test_toy_family_trains_evaluates_sweeps_and_is_reported(ray_local, tmp_path, monkeypatch,
                                                             tmp_path_factory, capsys):
-    from evalkit import domain_cache
+    from testing.evalkit import domain_cache
 
     from genbench.cli import main
     from pipeline import tracking
