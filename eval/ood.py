@@ -42,6 +42,32 @@ def metric_name(metric: str, set_name: str, score: str) -> str:
     return f"ood_{metric}_{set_name}_{score}"
 
 
+def parse_metric(key: str) -> tuple[str, str, str] | None:
+    """"ood_auroc_noise_bpd" -> ("auroc", "noise", "bpd"); None for other keys."""
+    parts = key.split("_")
+    if len(parts) != 4 or parts[0] != "ood" or parts[1] not in ood_metrics.METRICS:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def auroc_lines(metrics: dict[str, float]) -> list[str]:
+    """The logged ood_auroc_* as a score x set table of text lines (empty when none)."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parsed = parse_metric(key)
+        if parsed and parsed[0] == "auroc":
+            table.setdefault(parsed[2], {})[parsed[1]] = value
+    if not table:
+        return []
+    sets = [s for s in SETS if any(s in row for row in table.values())]
+    lines = ["OOD AUROC (ood_auroc_<set>_<score>; 0.5 = chance, 1 = perfect rejection)",
+             f"{'score':<12}" + "".join(f"{s:>10}" for s in sets)]
+    for score in [s for s in DESCRIPTIONS if s in table]:
+        lines.append(f"{score:<12}" + "".join(
+            f"{table[score][s]:>10.3f}" if s in table[score] else f"{'—':>10}" for s in sets))
+    return lines
+
+
 def unseen_test(cfg) -> ImageData | None:
     """The test images of the classes the run never trained on, or None."""
     d = cfg.data
