@@ -36,7 +36,7 @@ def sweep(experiment: str, argv: list[str]) -> dict:
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
-    from pipeline.cli import main
+    from genbench.cli import main
 
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr):  # each sweep's own summary: stderr

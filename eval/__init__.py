@@ -7,7 +7,6 @@
     fidelity.py     FID, IS, KID, precision/recall on features (torch-fidelity's functions)
     likelihood.py   bits/dim (PixelCNN exact, VAE IWAE bound), AE reconstruction error
     probe.py        linear-probe accuracy of a frozen encoder
-    cli.py          the `genbench eval` arguments and actions
 
-eval never imports Ray: `--workers N` runs through pipeline/eval_workers.py.
+eval never imports Ray: `genbench eval --workers N` runs through genbench/eval_workers.py.
 """

@@ -1,8 +1,9 @@
 """Likelihood on the test split, in bits per dimension, and reconstruction error for the AE.
 
 bpd = sum of -log p(x) in nats / (images * sub-pixels * ln 2). The models' likelihoods are
-discrete over 8 bits (256-way softmax, discretized logistic, Bernoulli), so no dequantization
-offset is needed: a uniform model scores exactly 8 bits/dim.
+discrete (256-way softmax and discretized logistic over 8 bits), so no dequantization offset is
+needed: a uniform model scores exactly 8 bits/dim. A Bernoulli decoder models binarized data,
+where a uniform model scores 1: its number is bpd_binarized_test, never bpd_test.
 
 - PixelCNN: exact.
 - VAE: the importance-weighted bound with k samples (k = 1 is the ELBO), always at beta = 1.
@@ -27,6 +28,26 @@ from pipeline.models.layers import to_float
 
 NOT_APPLICABLE = {"gan": "a GAN has no likelihood",
                   "ae": "an autoencoder has no likelihood (see mse_test, psnr_test)"}
+
+
+def pixel_bits(family, family_cfg) -> int:
+    """Bits per sub-pixel of what the family's likelihood models (8 unless it says otherwise)."""
+    return family.pixel_bits(family_cfg) if hasattr(family, "pixel_bits") else 8
+
+
+def bpd_key(bits: int, split: str = "test") -> str:
+    """The metric name of bits/dim over `bits`-bit data: bpd_test for 8-bit pixels (comparable
+    with the literature), bpd_binarized_test for 1-bit data, where a uniform model scores 1."""
+    return {8: f"bpd_{split}", 1: f"bpd_binarized_{split}"}.get(bits, f"bpd_{bits}bit_{split}")
+
+
+def data_description(bits: int) -> str:
+    if bits == 8:
+        return "8-bit pixels (256 levels per sub-pixel; a uniform model scores 8 bits/dim)"
+    if bits == 1:
+        return ("binarized pixels (x > 127, 1 bit per sub-pixel; a uniform model scores 1 "
+                "bit/dim): not comparable with 8-bit bits/dim")
+    return f"{bits}-bit pixels (a uniform model scores {bits} bits/dim)"
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,15 @@ from pipeline import tracking
 KIND_TAG = "genbench.kind"
 FIDELITY = ("fid", "is", "kid", "precision", "recall", "f_score", "density", "coverage")
 FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
-LIKELIHOOD_ORDER = ("bpd_test", "nll_test", "mse_test", "psnr_test", "probe_accuracy")
-LABELS = {"bpd_test": "bits/dim", "nll_test": "NLL nats", "mse_test": "MSE", "psnr_test":
+LIKELIHOOD_ORDER = ("bpd_test", "bpd_binarized_test", "nll_test", "mse_test", "psnr_test",
+                    "probe_accuracy")
+# bpd_binarized_test: a Bernoulli decoder on 1-bit data (uniform = 1.0), never beside 8-bit bpd
+LABELS = {"bpd_test": "bits/dim", "bpd_binarized_test": "bits/dim, binarized data (1-bit)",
+          "nll_test": "NLL nats", "mse_test": "MSE", "psnr_test":
           "PSNR dB", "probe_accuracy": "probe acc.", "fid": "FID", "is": "IS", "kid": "KID",
           "precision": "precision", "recall": "recall", "f_score": "F", "density": "density",
           "coverage": "coverage"}
-LOWER_IS_BETTER = {"fid", "kid", "bpd_test", "nll_test", "mse_test"}
+LOWER_IS_BETTER = {"fid", "kid", "bpd_test", "bpd_binarized_test", "nll_test", "mse_test"}
 # Params and tags that stamp how a metric was measured (eval writes them).
 PROTOCOL_PREFIXES = ("eval.", "protocol.", "fidelity.", "likelihood.", "probe.", "floor.")
 VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version",
@@ -298,7 +301,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
                         key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
                                        else len(LIKELIHOOD_ORDER), k))
     cols = [Column(k, LABELS.get(k, k), "likelihood & encoder") for k in likelihood]
-    if not any(k.startswith("bpd") for k in likelihood):  # always show the bits/dim column
+    if "bpd_test" not in likelihood:  # always show the (8-bit) bits/dim column
         cols.insert(0, Column("bpd_test", "bits/dim", "likelihood & encoder"))
     extractors: dict[str, list[str]] = {}
     for k in keys:
@@ -375,7 +378,10 @@ def cell(row: FamilyRow, col: Column) -> Cell:
     std = std_of(row.metrics, key)
     text = fmt(v) + (f" ± {std:.2g}" if std is not None else "")
     # eval's own description of how it was measured, e.g. eval.bpd = "IWAE bound, k=16"
-    return Cell(text, key, v, row.tags.get(f"eval.{key.split('_')[0]}", ""))
+    stamp = [row.tags.get(f"eval.{key.split('_')[0]}", "")]
+    if key.startswith("bpd"):
+        stamp.append(row.tags.get("eval.bpd.data", ""))
+    return Cell(text, key, v, "; ".join(s for s in stamp if s))
 
 
 def protocol_n(row: FamilyRow, metric: str) -> tuple[int | None, int | None]:

@@ -26,7 +26,8 @@ from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_e
 from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
                            PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
                            fidelity_metrics)
-from eval.likelihood import NOT_APPLICABLE, NLLSums, nll_sums, reconstruction_metrics
+from eval.likelihood import (NOT_APPLICABLE, NLLSums, bpd_key, data_description, nll_sums,
+                             pixel_bits, reconstruction_metrics)
 from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
 from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
 from eval.ood_sets import SETS as OOD_SETS
@@ -307,6 +308,7 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
 
 def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, notes) -> None:
     cfg, test = model.cfg, model.test
+    family = FAMILIES[cfg.model]
     n = min(opts.bpd_images or len(test), len(test))
     data = test if n == len(test) else ImageData(test.images[:n], test.labels[:n],
                                                  test.num_classes)
@@ -326,11 +328,13 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
     else:
         sums = nll_sums(cfg, model.nets, data, opts.k, opts.batch_size, seed=opts.seed,
                         device=device, quiet=opts.quiet)
-    metrics["bpd_test"] = sums.bits_per_dim
+    bits = pixel_bits(family, cfg.family)
+    metrics[bpd_key(bits)] = sums.bits_per_dim
     bound = ("exact (autoregressive, 256-way softmax)" if cfg.model == "pixelcnn" else
              f"IWAE upper bound on -log p(x) with k={opts.k} (k=1 is the ELBO), beta=1")
     tags.update({"eval.bpd": bound, "eval.bpd.k": str(opts.k if cfg.model == "vae" else 1),
                  "eval.bpd.split": "test", "eval.bpd.images": str(sums.images),
+                 "eval.bpd.data": data_description(bits),
                  "eval.bpd.workers": str(opts.workers), "eval.bpd.seed": str(opts.seed),
                  "eval.bpd.conditional": str(cfg.train.conditional).lower()})
 

@@ -25,7 +25,6 @@ def generate(cfg, nets, n: int, image_shape, class_frequencies: torch.Tensor | N
         labels = sample_labels(class_frequencies, n, seed)
     for net in nets.values():
         net.eval()
-    pixels = image_shape[1] * image_shape[2]
     out = []
     with bar(n, f"sampling {cfg.model}", "img", quiet) as progress, \
             torch.random.fork_rng(devices=[]):
@@ -35,12 +34,7 @@ def generate(cfg, nets, n: int, image_shape, class_frequencies: torch.Tensor | N
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             y = labels[start:start + m].to(device) if labels is not None else None
-            kwargs = {}
-            if cfg.model == "pixelcnn":  # H * W forward passes: show progress per pixel
-                kwargs = {"image_shape": image_shape, "progress": lambda _: progress.update(
-                    m / pixels)}
-            images = family.sample(cfg.family, nets, m, y, device=device, **kwargs)
+            images = family.sample(cfg.family, nets, m, y, device=device)
             out.append(images.cpu())
-            if cfg.model != "pixelcnn":
-                progress.update(m)
+            progress.update(m)
     return torch.cat(out), labels

@@ -6,8 +6,10 @@ The train split is cut into train/validation by a fixed seed; the test split is 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +44,28 @@ class ImageData:
 
 
 def _read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST. A truncated
+    or corrupt file is a one-line error that names it."""
+    def corrupt(why: str) -> ConfigError:
+        return ConfigError(f"{path} is truncated or corrupt ({why}); delete it and download "
+                           f"the dataset again")
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise corrupt(str(exc) or type(exc).__name__) from None
+    if len(raw) < 4:
+        raise corrupt(f"{len(raw)} bytes")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ConfigError(f"{path} is not a uint8 IDX file; re-download the dataset")
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
+        raise ConfigError(f"{path} is not a uint8 IDX file; delete it and download the "
+                          f"dataset again")
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    expected = math.prod(shape)
+    if len(raw) - 4 - 4 * ndim != expected:
+        raise corrupt(f"{len(raw) - 4 - 4 * ndim} bytes of pixels, the header says {expected}")
     data = torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8)
     return data.reshape(shape)
 
@@ -70,6 +86,11 @@ def _load_idx_dataset(name: str, root: Path | None, train: bool) -> ImageData | 
     for r in roots:
         images_path = _find_idx(r, f"{prefix}-images-idx3-ubyte")
         labels_path = _find_idx(r, f"{prefix}-labels-idx1-ubyte")
+        if bool(images_path) != bool(labels_path):  # half a dataset: never fall back silently
+            have, lack = (("images", "labels") if images_path else ("labels", "images"))
+            raise ConfigError(f"{r} has the {prefix} {have} ({(images_path or labels_path).name}) "
+                              f"but not its {lack} ({prefix}-{lack}-idx"
+                              f"{3 if lack == 'images' else 1}-ubyte[.gz]); add that file")
         if images_path and labels_path:
             images = _read_idx(images_path).unsqueeze(1)  # (N, 1, 28, 28)
             labels = _read_idx(labels_path).long()
@@ -107,18 +128,82 @@ def _torchvision_dataset(name: str, root: Path, train: bool) -> ImageData:
     return ImageData(images.contiguous(), labels, len(ds.classes))
 
 
-def _image_folder(path: Path, image_size: int) -> ImageData:
-    import torchvision
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+GREY_MODES = {"1": "L", "L": "L", "LA": "L"}                      # PIL mode -> what it loads as
+COLOUR_MODES = {m: "RGB" for m in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB",
+                                   "HSV")}
+SPLIT_DIRS = ("train", "test")
+
+
+def _class_folders(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and p.name not in exclude
+                  and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file())
+
+
+def _idx_hint(path: Path) -> str | None:
+    """A folder of MNIST-format IDX files passed where an ImageFolder was expected."""
+    names = [p.name for depth in ("", "*/", "*/*/") for p in path.glob(f"{depth}*idx[0-9]-ubyte*")]
+    if not names:
+        return None
+    guess = "fashion-mnist" if "fashion" in str(path).lower() else "mnist"
+    return (f"{path} holds IDX files ({names[0]}), not an ImageFolder; pass --dataset {guess} "
+            f"(or mnist / fashion-mnist) --set data.root={path}")
+
+
+def _folder_classes(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The class sub-folders of an ImageFolder split, or a one-line error saying what it holds."""
+    classes = [c for c in _class_folders(path, exclude) if _image_files(c)]
+    if not classes:
+        raise ConfigError(_idx_hint(path) or f"no images found under {path}; an ImageFolder dataset needs one "
+                          f"sub-folder of images per class (e.g. {path}/cats/1.png), optionally "
+                          f"inside train/ and test/")
+    return classes
+
+
+def _load_image(file: Path):
+    """A PIL image in 'L' (grey) or 'RGB', keeping grey images grey (torchvision's default loader
+    converts everything to RGB: 3 identical channels that a likelihood model gets for free)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(file)
+        img.load()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ConfigError(f"cannot read image {file} ({type(exc).__name__}); remove or "
+                          f"re-save it") from None
+    mode = GREY_MODES.get(img.mode) or COLOUR_MODES.get(img.mode)
+    if mode is None:
+        raise ConfigError(f"image {file} has PIL mode {img.mode!r} (16-bit or float pixels); "
+                          f"save the dataset as 8-bit grey or RGB images")
+    return img.convert(mode)
+
+
+def _image_folder(folders: list[Path], image_size: int) -> ImageData:
+    """Images under <class folder>/..., resized (shorter side) and centre-cropped to image_size,
+    as uint8 (N, 1, H, W) when every image is grey and (N, 3, H, W) when every one is colour;
+    label i is folders[i]."""
     from torchvision.transforms import v2
 
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size), v2.CenterCrop(image_size)])
-    ds = torchvision.datasets.ImageFolder(str(path), transform=transform)
-    if len(ds) == 0:
-        raise ConfigError(f"no images found under {path}; it needs one sub-folder per class")
-    images = torch.stack([ds[i][0][:3] if ds[i][0].shape[0] >= 3 else ds[i][0].expand(3, -1, -1)
-                          for i in range(len(ds))])
-    labels = torch.as_tensor(ds.targets).long()
-    return ImageData(images.contiguous(), labels, len(ds.classes))
+    images, labels, first_of_mode = [], [], {}
+    for label, folder in enumerate(folders):
+        for file in _image_files(folder):
+            img = _load_image(file)
+            first_of_mode.setdefault(img.mode, file)
+            if len(first_of_mode) > 1:
+                raise ConfigError(f"{folder.parent} mixes grey and colour images (e.g. "
+                                  f"{first_of_mode['L']} is grey, {first_of_mode['RGB']} is "
+                                  f"colour); convert them all to one mode")
+            images.append(transform(img))
+            labels.append(label)
+    return ImageData(torch.stack(images).contiguous(), torch.tensor(labels, dtype=torch.long),
+                     len(folders))
 
 
 def default_root() -> Path:
@@ -134,22 +219,45 @@ def check_dataset_name(name: str) -> None:
 def load_raw(name: str, train: bool, root: str | None = None, image_size: int = 32) -> ImageData:
     """The dataset's own train (train=True) or test split."""
     check_dataset_name(name)
-    if name not in BUILTIN:  # ImageFolder: DIR/train and DIR/test, or DIR itself as train
-        folder = Path(name)
-        if (folder / "train").is_dir():
-            folder = folder / ("train" if train else "test")
-        elif not train:
-            folder = folder / "test"
-        if not folder.is_dir():
-            raise ConfigError(f"ImageFolder {name} has no {folder.name}/ split; give it "
-                              f"train/ and test/ sub-folders, one folder per class in each")
-        return _image_folder(folder, image_size)
+    if name not in BUILTIN:
+        return _image_folder_split(Path(name), train, image_size)
     root_path = Path(root).absolute() if root else None
     if name in ("fashion-mnist", "mnist"):
         found = _load_idx_dataset(name, root_path, train)
         if found is not None:
             return found
     return _torchvision_dataset(name, root_path or default_root(), train)
+
+
+def _image_folder_split(root: Path, train: bool, image_size: int) -> ImageData:
+    """ImageFolder: root/train/<class>/ and root/test/<class>/, or root/<class>/ as the train split
+    beside root/test/<class>/. In the second layout test/ is never read as a class of the train
+    split (that would train on every test image), and test labels follow the train split's class
+    names, so label k is the same class in both splits."""
+    nested = (root / "train").is_dir()
+    train_classes = _folder_classes(root / "train" if nested else root,
+                                    () if nested else SPLIT_DIRS)
+    if train:
+        return _image_folder(train_classes, image_size)
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise ConfigError(f"ImageFolder {root} has no test/ split; give it train/ and test/ "
+                          f"sub-folders (or class folders beside test/), one folder per class")
+    test_classes = _folder_classes(test_dir)
+    names, expected = [c.name for c in test_classes], [c.name for c in train_classes]
+    if names != expected:
+        extra, lacking = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
+        what = "; ".join(part for part in (f"extra: {', '.join(extra)}" if extra else "",
+                                           f"missing: {', '.join(lacking)}" if lacking else "")
+                         if part)
+        raise ConfigError(f"the class folders of {test_dir} differ from the train split's "
+                          f"({what}); give both splits the same class folders")
+    test = _image_folder(test_classes, image_size)
+    train_mode = _load_image(_image_files(train_classes[0])[0]).mode
+    if test.image_shape[0] != (1 if train_mode == "L" else 3):
+        raise ConfigError(f"{test_dir} and the train split differ in colour mode (one grey, one "
+                          f"colour); convert both to one mode")
+    return test
 
 
 def load_split(name: str, split: str, root: str | None = None, val_fraction: float = 0.1,

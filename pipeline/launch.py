@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
-from pipeline import tracking
+from pipeline import faults, tracking
 from pipeline.config import Config
 from pipeline.data import load_config_split, load_split
 from pipeline.errors import ConfigError
@@ -155,38 +154,6 @@ def _validate_checkpoint_shapes(cfg: Config, payload: dict, source: str) -> None
     ckpt.restore(payload, nets, opts, source=source)
 
 
-class ProgressPrinter(threading.Thread):
-    """Prints a line per new logged step, read from MLflow: the driver's view of rank 0's logs."""
-
-    def __init__(self, run_id: str, total: int, keys: tuple[str, ...], stream=sys.stderr,
-                 every: float = 2.0):
-        super().__init__(daemon=True)
-        self.run_id, self.total, self.keys, self.stream, self.every = run_id, total, keys, stream, every
-        self.stop_event, self.last_step, self.t0 = threading.Event(), -1, time.time()
-
-    def run(self) -> None:
-        c = tracking.client()
-        while not self.stop_event.wait(self.every):
-            try:
-                metrics = c.get_run(self.run_id).data.metrics
-                history = c.get_metric_history(self.run_id, "images_per_s")
-            except Exception:  # a busy sqlite file: try again at the next tick
-                continue
-            step = max((m.step for m in history), default=-1)
-            if step > self.last_step:
-                self.last_step = step
-                parts = [f"step {step}/{self.total}"]
-                parts += [f"{k} {metrics[k]:.4g}" for k in self.keys if k in metrics]
-                if "images_per_s" in metrics:
-                    parts.append(f"{metrics['images_per_s']:.0f} img/s")
-                elapsed = time.time() - self.t0
-                parts.append(f"{elapsed:.0f}s")
-                print("  " + " | ".join(parts), file=self.stream, flush=True)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-
 PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
                  "gan": ("d_loss", "g_loss", "d_real", "d_fake"), "pixelcnn": ("bpd",)}
 
@@ -199,8 +166,11 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     from ray.train.torch import TorchTrainer
 
     from pipeline.loop import total_steps
+    from pipeline.progress import ProgressPrinter
     from pipeline.train import train_loop_per_worker
 
+    fault = os.environ.get(faults.ENV)  # tests: a deterministic worker fault
+    faults.parse(fault)
     start_payload = None
     if resume:
         cfg_saved, start_payload, latest = prepare_resume(resume)
@@ -245,10 +215,13 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         tracking.set_tags(run_id, {RUN_DIR_TAG: f"{storage_path(cfg)}/{name}"})
         resume_from = None
 
+    progress = None if quiet else ProgressPrinter(steps, PROGRESS_KEYS[cfg.model])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from},
+                           "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from,
+                           "progress_board": progress.board if progress else None,
+                           "fault": fault},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage_path(cfg),
@@ -259,7 +232,6 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
               f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",
               file=sys.stderr, flush=True)
-    progress = None if quiet else ProgressPrinter(run_id, steps, PROGRESS_KEYS[cfg.model])
     if progress:
         progress.start()
     t0 = time.time()

@@ -3,8 +3,9 @@ tune runs it directly in single-worker trials), passing in a `report` function a
 
 Per step, for each phase of the family (GAN: D then G): zero grads, loss under bf16 autocast on
 GPU, backward (DDP all-reduces gradients), optimizer step. Every log interval the metric sums are
-all-reduced across ranks, and rank 0 logs them; every eval interval rank 0 logs a sample grid and
-all ranks compute validation metrics on their shard of the validation split.
+all-reduced across ranks, and rank 0 queues them for MLflow (written by a background thread);
+every eval interval all ranks compute validation metrics on their shard of the validation split
+and rank 0 logs a sample grid. Ray hears from the loop only at checkpoints.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config
 from pipeline.data import ImageData, ShardedBatches, load_config_split
+from pipeline.faults import Fault
 from pipeline.grids import grid_png, recon_pairs
 from pipeline.models import FAMILIES, can
 
 VAL_IMAGES = 2000  # validation metrics use at most this many images (cheap, fixed per run)
+VAL_CHUNK = 500    # images per validation forward pass
 
 
 @dataclass
@@ -61,10 +64,20 @@ def build_nets(cfg: Config, data: ImageData, device, world: int):
 
 def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         start: dict | None = None, logger=None, data: ImageData | None = None,
-        val: ImageData | None = None) -> dict:
-    """Train until the configured step count; returns the last logged metrics.
+        val: ImageData | None = None, progress: Callable[[dict], None] | None = None,
+        fault: Fault | None = None) -> dict:
+    """Train until the configured step count; returns the metrics of the last step.
 
-    report(metrics, checkpoint_dir_or_None) is called by every rank at the same steps.
+    Between two log points nothing leaves the device: metric sums stay tensors, and nothing
+    waits for Ray or MLflow. At a log point the sums are all-reduced and read once (the only
+    host sync), then queued:
+      logger (rank 0, or None): metrics(values, step, timestamp), figure_png, artifact, flush,
+          e.g. pipeline.tracking.RunLogger, which writes on its own thread;
+      progress(metrics) (rank 0, optional): the driver's progress line.
+    report(metrics, checkpoint_dir_or_None) is called by every rank at the checkpoint steps
+    only (the same steps on every rank); rank 0's directory holds the checkpoint. The logger
+    is flushed first, so a registered checkpoint never runs ahead of the logged metrics.
+    fault: an injected fault for this rank (tests; see pipeline.faults), fired after its step.
     """
     family = FAMILIES[cfg.model]
     d, t = cfg.data, cfg.train
@@ -79,7 +92,10 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     use_bf16 = t.bf16 and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     sums: dict[str, torch.Tensor] = {}
-    count, tic, last = 0, time.perf_counter(), {}
+    count, last = 0, {}
+    # The previous log point's time. images_per_s is wall-clock: this clock never restarts around
+    # logging, validation or checkpoints, so their cost lands in the interval that follows.
+    tic = time.perf_counter()
     while step < steps:
         x, y = batches.batch(step)
         x = x.to(ctx.device, non_blocking=True)
@@ -92,40 +108,50 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             opts[phase].step()
             for k, v in out.items():
                 if k != "loss":
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()  # device op, no sync
         step, count = step + 1, count + 1
+        if fault is not None and step == fault.step:
+            fault.fire()
         is_last = step == steps
-        do_log = step % t.log_every == 0 or is_last
-        do_eval = step % t.eval_every == 0 or is_last
         do_ckpt = step % t.checkpoint_every == 0 or is_last
-        if not (do_log or do_ckpt):
+        do_log = step % t.log_every == 0 or do_ckpt
+        do_eval = step % t.eval_every == 0 or is_last
+        if not (do_log or do_eval):
             continue
-        metrics = _reduce(sums, count, ctx)
-        elapsed = time.perf_counter() - tic
-        metrics["images_per_s"] = count * t.batch_size / elapsed
-        for phase, opt in opts.items():
-            name = "lr" if len(opts) == 1 else f"lr_{phase}"
-            metrics[name] = opt.param_groups[0]["lr"]
+        metrics: dict[str, float] = {}
+        if do_log:
+            metrics = _reduce(sums, count, ctx)  # all-reduce, then the one read to the host
+            now, wall = time.perf_counter(), time.time()
+            metrics["images_per_s"] = count * t.batch_size / (now - tic)
+            tic = now
+            for phase, opt in opts.items():
+                metrics["lr" if len(opts) == 1 else f"lr_{phase}"] = opt.param_groups[0]["lr"]
+            metrics["peak_memory_mb"] = peak_memory_mb(ctx.device)
+            metrics["epoch"] = step / batches.steps_per_epoch
+            if logger is not None:
+                logger.metrics(metrics, step, wall)
+            sums, count = {}, 0
         if do_eval:
-            metrics.update(validation_metrics(cfg, nets, val, ctx, autocast))
-            if ctx.rank == 0 and logger is not None:
+            scores = validation_metrics(cfg, nets, val, ctx, autocast)
+            if logger is not None:
+                if scores:
+                    logger.metrics(scores, step)
                 log_samples(cfg, nets, data, ctx, logger, step)
-        metrics["peak_memory_mb"] = peak_memory_mb(ctx.device)
+            metrics.update(scores)
         metrics["step"] = step
-        metrics["epoch"] = step / batches.steps_per_epoch
-        if ctx.rank == 0 and logger is not None:
-            logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
         last = metrics
+        if progress is not None:
+            progress(metrics)
         if do_ckpt:
+            if logger is not None:
+                logger.flush()  # every point up to this step is stored before Ray holds it
             with tempfile.TemporaryDirectory() as tmp:
                 if ctx.rank == 0:
                     ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id)
                     if is_last and logger is not None:
                         logger.artifact(f"{tmp}/{ckpt.FILENAME}", "checkpoint")
+                        logger.flush()
                 report(metrics, tmp if ctx.rank == 0 else None)
-        else:
-            report(metrics, None)
-        sums, count, tic = {}, 0, time.perf_counter()
     return last
 
 
@@ -138,7 +164,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:
-    """Mean of each metric over the interval and over ranks."""
+    """Mean of each metric over the interval's steps and over ranks (equal batches per rank)."""
     if not sums:
         return {}
     keys = sorted(sums)
@@ -149,30 +175,49 @@ def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:
     return dict(zip(keys, vec.tolist()))
 
 
+def mean_per_image(sums: dict[str, torch.Tensor], images: int, ctx: Context) -> dict[str, float]:
+    """sums[k] is the sum over this rank's images of a per-image value: the mean over every
+    rank's images, however unevenly they are split (sum of sums / sum of counts)."""
+    keys = sorted(sums)
+    vec = torch.stack([sums[k].to(ctx.device, torch.float64) for k in keys]
+                      + [torch.tensor(float(images), dtype=torch.float64, device=ctx.device)])
+    if ctx.world > 1:
+        dist.all_reduce(vec)
+    return dict(zip(keys, (vec[:-1] / vec[-1]).tolist()))
+
+
 @torch.no_grad()
-def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context,
-                       autocast) -> dict[str, float]:
-    """Validation losses (val_*) on this rank's shard of the first VAL_IMAGES, averaged over ranks.
+def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context, autocast,
+                       chunk: int = VAL_CHUNK) -> dict[str, float]:
+    """Validation losses (val_*) over the first VAL_IMAGES of the validation split, each rank
+    taking every world-th image, in chunks: a mean per image across chunks and ranks (a loss
+    term is a mean over its batch's images, so batch mean x batch size sums them).
     The GAN has no validation loss (a FID needs an extractor; tune computes it)."""
     family = FAMILIES[cfg.model]
     if val is None or len(family.PHASES) > 1:
         return {}
     n = min(len(val), VAL_IMAGES)
+    if n == 0:
+        return {}
     idx = torch.arange(ctx.rank, n, ctx.world)
+    # A rank without images (fewer than `world`) still joins the all-reduce, with weight 0.
+    weight = 1.0 if len(idx) else 0.0
+    if not len(idx):
+        idx = torch.arange(1)
     for net in nets.values():
         net.eval()
-    sums, batches = {}, 0
-    for chunk in idx.split(500):
-        x = val.images[chunk].to(ctx.device)
-        y = val.labels[chunk].to(ctx.device) if cfg.train.conditional else None
+    sums: dict[str, torch.Tensor] = {}
+    for part in idx.split(chunk):
+        x = val.images[part].to(ctx.device)
+        y = val.labels[part].to(ctx.device) if cfg.train.conditional else None
         with autocast():
             out = family.loss(cfg.family, nets, x, y, family.PHASES[0])
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        batches += 1
+            sums[k] = sums.get(k, 0.0) + v.detach().double() * len(part) * weight
     for net in nets.values():
         net.train()
-    return {f"val_{k}": v for k, v in _reduce(sums, batches, ctx).items()}
+    images = len(idx) if weight else 0
+    return {f"val_{k}": v for k, v in mean_per_image(sums, images, ctx).items()}
 
 
 GRID_SIZE = {"pixelcnn": 16}  # autoregressive sampling costs H*W*C forward passes
@@ -189,8 +234,7 @@ def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: 
     for net in nets.values():
         net.eval()
     if can(family, "sample"):
-        kwargs = {"image_shape": data.image_shape} if cfg.model == "pixelcnn" else {}
-        images = family.sample(cfg.family, nets, n, labels, device=ctx.device, **kwargs)
+        images = family.sample(cfg.family, nets, n, labels, device=ctx.device)
         logger.figure_png(grid_png(images), f"samples/step_{step:07d}.png")
     if can(family, "reconstruct"):
         real = data.images[idx[:32]].to(ctx.device)

@@ -9,6 +9,9 @@ import io
 import os
 import platform
 import subprocess
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -111,26 +114,141 @@ def get_run(run_id: str):
 
 
 class RunLogger:
-    """Rank 0's handle on one MLflow run."""
+    """Rank 0's handle on one MLflow run. Calls only queue the record: a background thread writes
+    them in batches, so the training loop never waits for the tracking store. flush() waits
+    until everything queued is written (before a checkpoint is handed to Ray); close() flushes
+    and stops the thread.
 
-    def __init__(self, run_id: str, uri: str):
+    A write that fails after retries is raised by the next call from the loop (the worker then
+    fails and Ray restarts it from its last checkpoint; nothing is lost, see below).
+
+    Exactly once after a restart: a worker group restarted from a checkpoint at step k repeats
+    the steps after k, whose metric points the failed group may already have written. The
+    thread reads the run's logged (key, step) pairs before its first write and skips those;
+    the loop flushes before every checkpoint, so every point up to k is already there.
+    """
+
+    BATCH = 1000      # MLflow's limit of metrics per log_batch
+    LINGER_S = 1.0    # gather records for this long between writes (fewer, larger writes)
+    RETRIES = 3
+
+    def __init__(self, run_id: str, uri: str, restarted: bool = False):
         self.run_id, self.client = run_id, MlflowClient(tracking_uri=uri)
+        self._restarted = restarted
+        self._cond = threading.Condition()
+        self._queue: list = []        # ("metrics", [Metric]) | ("file", bytes, artifact path)
+        self._queued = self._written = 0
+        self._urgent = self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
+        self._thread.start()
 
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        import time
-        ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in values.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+    # --- the loop's side: cheap, never touches the store ---------------------------------------
+    def metrics(self, values: dict[str, float], step: int, timestamp: float | None = None) -> None:
+        """Queue one point per key at `step`; timestamp (seconds, default now) is when the values
+        were measured, not when the thread writes them."""
+        ts = int((time.time() if timestamp is None else timestamp) * 1000)
+        self._put(("metrics", [Metric(k, float(v), ts, step) for k, v in values.items()]))
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Queue a copy of a file (read now, so the caller may delete it)."""
+        path = Path(path)
+        name = f"{artifact_path}/{path.name}" if artifact_path else path.name
+        self._put(("file", path.read_bytes(), name))
 
     def figure_png(self, png_bytes: bytes, artifact_file: str) -> None:
-        import tempfile
+        self._put(("file", png_bytes, artifact_file))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        with self._cond:
+            target, self._urgent = self._queued, True
+            self._cond.notify_all()
+            while self._written < target and self._error is None:
+                self._cond.wait()
+            self._raise_error()
+
+    def close(self) -> None:
+        """Flush and stop the thread; safe to call twice."""
+        try:
+            self.flush()
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join()
+
+    def _put(self, item) -> None:
+        with self._cond:
+            self._raise_error()
+            self._queue.append(item)
+            self._queued += 1
+            self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"logging to MLflow run {self.run_id} failed: {error}") from error
+
+    # --- the writer thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        skip: set[tuple[str, int]] | None = None
+        last_write = 0.0
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                deadline = last_write + self.LINGER_S
+                while not (self._urgent or self._closing) and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                items, self._queue, self._urgent = self._queue, [], False
+            try:
+                if skip is None:
+                    skip = self._logged_points() if self._restarted else set()
+                self._write(items, skip)
+            except Exception as exc:  # handed to the loop at its next call
+                with self._cond:
+                    self._error = exc
+            last_write = time.monotonic()
+            with self._cond:
+                self._written += len(items)
+                self._cond.notify_all()
+
+    def _logged_points(self) -> set[tuple[str, int]]:
+        """(key, step) of every point this run already holds."""
+        run = self._retry(self.client.get_run, self.run_id)
+        return {(key, m.step) for key in run.data.metrics
+                for m in self._retry(self.client.get_metric_history, self.run_id, key)}
+
+    def _write(self, items: list, skip: set[tuple[str, int]]) -> None:
+        metrics: list[Metric] = []
+        for item in items + [("end",)]:
+            if item[0] == "metrics":
+                metrics += [m for m in item[1] if (m.key, m.step) not in skip]
+                continue
+            for i in range(0, len(metrics), self.BATCH):  # keep the queue's order around files
+                self._retry(self.client.log_batch, self.run_id, metrics=metrics[i:i + self.BATCH])
+            metrics = []
+            if item[0] == "file":
+                self._retry(self._log_file, item[1], item[2])
+
+    def _log_file(self, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(artifact_file).name
-            target.write_bytes(png_bytes)
-            self.artifact(target, str(Path(artifact_file).parent) or None)
+            target.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(target), None if parent == "." else parent)
+
+    def _retry(self, fn, *args, **kwargs):
+        for attempt in range(self.RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except Exception:  # e.g. a busy sqlite file; the last failure is raised
+                if attempt == self.RETRIES - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
 
 
 def latest_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:

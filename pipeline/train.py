@@ -2,22 +2,29 @@
 
 Ray owns the process group (gloo on CPU, nccl on GPU); this function reads its rank, restores
 the latest checkpoint (after a worker failure Ray restarts the group and get_checkpoint() returns
-the last one reported), and runs the Ray-free loop with a report function that forwards metrics
-and rank 0's checkpoint to ray.train.report.
+the last one reported), and runs the Ray-free loop. The loop reports to Ray at checkpoints only
+(every rank, the same steps); rank 0 logs to MLflow through a background writer and posts
+progress to the driver's board.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import time
 
 import ray.train
 import ray.train.torch
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import tracking
+from pipeline import faults, tracking
 from pipeline.config import Config
 from pipeline.loop import Context, fit
+from pipeline.progress import poster
 from pipeline.tracking import RunLogger
+
+FAULT_TAG = "genbench.fault_fired"  # set on the run when an injected fault fires
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -35,7 +42,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             start = ckpt.load(directory)
     elif loop_config.get("resume_from"):  # --resume: the interrupted run's last checkpoint
         start = ckpt.load(loop_config["resume_from"])
-    logger = RunLogger(ctx.run_id, ctx.tracking_uri) if ctx.rank == 0 else None
+    logger = None
+    if ctx.rank == 0:
+        # A group that starts from a checkpoint repeats steps the last one may have logged.
+        logger = RunLogger(ctx.run_id, ctx.tracking_uri, restarted=start is not None)
     if os.environ.get("GENBENCH_WORKER_PIDFILE") and ctx.rank == 0:
         # tests kill a worker by pid to exercise fault tolerance
         with open(os.environ["GENBENCH_WORKER_PIDFILE"], "a") as f:
@@ -49,7 +59,48 @@ def train_loop_per_worker(loop_config: dict) -> None:
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
 
     tag_placement(ctx)
-    fit(cfg, ctx, report, start=start, logger=logger)
+    board = loop_config.get("progress_board")
+    try:
+        fit(cfg, ctx, report, start=start, logger=logger,
+            progress=poster(board) if board is not None and ctx.rank == 0 else None,
+            fault=armed_fault(loop_config.get("fault"), ctx))
+    except BaseException:
+        if logger is not None:
+            with contextlib.suppress(Exception):  # the loop's error is the one to see
+                logger.close()
+        raise
+    if logger is not None:
+        logger.close()
+
+
+def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:
+    """The injected fault (GENBENCH_FAULT, read by the driver) if it is this rank's and has not
+    fired in this run yet: firing tags the MLflow run first, so a restarted group goes on."""
+    fault = faults.parse(text)
+    if fault is None or fault.rank != ctx.rank:
+        return None
+    if not ctx.run_id:
+        return fault
+    if FAULT_TAG in tracking.client(ctx.tracking_uri).get_run(ctx.run_id).data.tags:
+        return None
+
+    def prepare() -> None:
+        tracking.set_tags(ctx.run_id, {FAULT_TAG: text}, ctx.tracking_uri)
+        wait_until_reports_collected()
+
+    return dataclasses.replace(fault, prepare=prepare)
+
+
+def wait_until_reports_collected(timeout: float = 30.0) -> None:
+    """Wait until Ray Train's controller has taken this worker's last report (it polls every
+    few seconds). A fault fired before that would lose the checkpoint just reported, and where
+    the restarted group resumes would depend on timing."""
+    from ray.train.v2._internal.execution.context import get_train_context  # no public API
+
+    queue = get_train_context().get_result_queue()
+    deadline = time.monotonic() + timeout
+    while not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def tag_placement(ctx: Context) -> None:

@@ -91,7 +91,7 @@ def ae_run(ray_local, tmp_path_factory, fast_sets):
     Ray), with checkpoints at steps 15 and 30. Tests that tamper with its files restore them."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.cli import main
+    from genbench.cli import main
 
     workdir = tmp_path_factory.mktemp("ae_run")
     uri = f"sqlite:///{workdir / 'm.db'}"

@@ -11,12 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
 
-GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
-            if (Path(sys.executable).parent / "genbench").is_file()
-            else [sys.executable, "-m", "pipeline.cli"])
+GENBENCH = [sys.executable, "-m", "genbench"]
 TRAIN = ["train", "--experiment", "E", "--steps", "2"]
 
 
@@ -217,3 +215,40 @@ def test_real_exit_code(args, needle, tmp_path):
     assert_one_line_error(proc.returncode, proc.stderr, needle)
     assert proc.stdout == ""
     assert_nothing_created(tmp_path, uri)
+
+
+# --- data that is not what it claims to be (issue 13) ---------------------------------------
+
+def test_empty_folder_as_dataset(clean, capsys):
+    (clean / "imgs").mkdir()
+    code, err = run_cli([*TRAIN, "--model", "ae", "--dataset", str(clean / "imgs")], capsys)
+    assert_one_line_error(code, err, f"no images found under {clean / 'imgs'}",
+                          "one sub-folder of images per class")
+
+
+def write_idx_dataset(folder: Path, n: int = 64) -> None:
+    import gzip
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
+            header = struct.pack(">HBB", 0, 8, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + bytes(int(torch.tensor(shape).prod())))
+
+
+def test_folder_of_idx_files_as_dataset(clean, capsys):
+    """A user pointing --dataset at their MNIST copy is told to use --set data.root."""
+    write_idx_dataset(clean / "mnist")
+    code, err = run_cli([*TRAIN, "--model", "ae", "--dataset", str(clean / "mnist")], capsys)
+    assert_one_line_error(code, err, "holds IDX files", "--dataset mnist",
+                          f"--set data.root={clean / 'mnist'}")
+
+
+def test_truncated_idx_file_under_data_root(clean, capsys):
+    write_idx_dataset(clean / "fm")
+    images = clean / "fm" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:100])
+    code, err = run_cli([*TRAIN, "--model", "ae", "--set", f"data.root={clean / 'fm'}"], capsys)
+    assert_one_line_error(code, err, f"{images} is truncated or corrupt", "download")

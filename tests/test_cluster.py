@@ -280,7 +280,7 @@ def _healthy(url: str) -> bool:
 
 
 def genbench(cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "genbench"), "train", *args], env=cluster.env,
+    return subprocess.run([str(BIN / "python"), "-m", "genbench", "train", *args], env=cluster.env,
                           cwd=cluster.tmp, capture_output=True, text=True, timeout=timeout)
 
 
@@ -327,7 +327,7 @@ def test_ray_job_submit_runs_genbench_train(cluster):
     out = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
          "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
-         "genbench", "train", *TRAIN, "--workers", "1", "--storage-path",
+         str(BIN / "python"), "-m", "genbench", "train", *TRAIN, "--workers", "1", "--storage-path",
          str(cluster.tmp / "job-storage"), "--experiment", "cluster-job"],
         env=cluster.env, cwd=cluster.tmp, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]

@@ -94,19 +94,103 @@ def test_missing_data_offline_is_a_config_error(tmp_path, offline_torchvision):
         load_raw("mnist", train=False, root=str(tmp_path / "empty"))
 
 
-def test_image_folder(tmp_path):
+def write_pngs(folder, mode, colors, size=(40, 48)):
+    """One PNG per colour in folder (created), in PIL mode "L" (grey levels) or "RGB"."""
     from PIL import Image
 
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, color in enumerate(colors):
+        Image.new(mode, size, color).save(folder / f"{i}.png")
+
+
+def test_image_folder(tmp_path):
     for cls, color in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
         for split in ("train", "test"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (40, 48), color).save(tmp_path / split / cls / f"{i}.png")
+            write_pngs(tmp_path / split / cls, "RGB", [color] * 3)
     data = load_raw(str(tmp_path), train=True, image_size=16)
     assert data.images.shape == (6, 3, 16, 16) and data.images.dtype == torch.uint8
     assert data.num_classes == 2 and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.images[0, 0].float().mean() == 255 and data.images[-1, 2].float().mean() == 255
     assert len(load_raw(str(tmp_path), train=False, image_size=16)) == 6
+
+
+def test_image_folder_without_train_dir_never_trains_on_test_images(tmp_path):
+    """DIR/<class>/ beside DIR/test/<class>/: test/ is not a class of the train split (it was:
+    torchvision's ImageFolder(DIR) trained on every test image, with K+1 classes)."""
+    write_pngs(tmp_path / "cats", "L", [10, 11, 12])
+    write_pngs(tmp_path / "dogs", "L", [20, 21])
+    write_pngs(tmp_path / "test" / "cats", "L", [110])     # grey levels no train image has
+    write_pngs(tmp_path / "test" / "dogs", "L", [120, 121])
+    train = load_split(str(tmp_path), "train", val_fraction=0.0, image_size=8)
+    test = load_split(str(tmp_path), "test", image_size=8)
+    train_levels = sorted(train.images[:, 0, 0, 0].tolist())
+    assert train_levels == [10, 11, 12, 20, 21]                  # only the train images
+    assert not set(train_levels) & set(test.images[:, 0, 0, 0].tolist())
+    assert train.num_classes == test.num_classes == 2
+    assert test.labels.tolist() == [0, 1, 1]                     # cats = 0, dogs = 1 in both
+    assert train.labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_image_folder_splits_must_have_the_same_classes(tmp_path):
+    write_pngs(tmp_path / "train" / "cats", "L", [1])
+    write_pngs(tmp_path / "train" / "dogs", "L", [2])
+    write_pngs(tmp_path / "test" / "cats", "L", [3])
+    write_pngs(tmp_path / "test" / "birds", "L", [4])
+    assert len(load_raw(str(tmp_path), train=True, image_size=8)) == 2
+    with pytest.raises(ConfigError, match="extra: birds; missing: dogs") as err:
+        load_raw(str(tmp_path), train=False, image_size=8)
+    assert "\n" not in str(err.value)
+
+
+def test_grey_png_folder_loads_as_one_channel(tmp_path):
+    """Grey PNGs stay grey: 3 repeated channels would let a likelihood model predict G and B
+    from R for free (about a third of the true bits/dim)."""
+    for split in ("train", "test"):
+        write_pngs(tmp_path / split / "a", "L", [0, 77, 255])
+    data = load_raw(str(tmp_path), train=True, image_size=16)
+    assert data.images.shape == (3, 1, 16, 16)
+    assert data.images[:, 0, 0, 0].tolist() == [0, 77, 255]
+    assert load_raw(str(tmp_path), train=False, image_size=16).images.shape == (3, 1, 16, 16)
+
+
+def test_mixed_grey_and_colour_folder_is_a_config_error(tmp_path):
+    write_pngs(tmp_path / "train" / "a", "L", [5, 6])
+    write_pngs(tmp_path / "train" / "b", "RGB", [(1, 2, 3)])
+    with pytest.raises(ConfigError, match="mixes grey and colour images.*convert them all"):
+        load_raw(str(tmp_path), train=True, image_size=8)
+
+
+def test_grey_train_and_colour_test_is_a_config_error(tmp_path):
+    write_pngs(tmp_path / "train" / "a", "L", [5])
+    write_pngs(tmp_path / "test" / "a", "RGB", [(1, 2, 3)])
+    with pytest.raises(ConfigError, match="differ in colour mode"):
+        load_raw(str(tmp_path), train=False, image_size=8)
+
+
+def test_empty_folder_and_idx_folder_as_dataset(tmp_path, numbered_idx):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no images found under .*empty.*one sub-folder"):
+        load_raw(str(tmp_path / "empty"), train=True)
+    with pytest.raises(ConfigError, match="holds IDX files .*--set data.root="):
+        load_raw(str(numbered_idx), train=True)
+
+
+def test_truncated_idx_file_is_named(numbered_idx):
+    path = numbered_idx / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ConfigError, match=f"{path} is truncated or corrupt.*download"):
+        load_raw("mnist", train=True, root=str(numbered_idx))
+
+
+def test_idx_file_shorter_than_its_header_says(numbered_idx):
+    """A file cut at a gzip member boundary decompresses cleanly but holds too few pixels."""
+    path = numbered_idx / "train-labels-idx1-ubyte.gz"
+    with gzip.open(path) as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(ConfigError, match="truncated or corrupt .*493 bytes .*says 500"):
+        load_raw("mnist", train=True, root=str(numbered_idx))
 
 
 # --- sharding ------------------------------------------------------------------------------
@@ -160,3 +244,10 @@ def test_batch_size_not_divisible_by_workers():
 def test_batch_larger_than_dataset():
     with pytest.raises(ConfigError, match="larger than the dataset"):
         ShardedBatches(numbered(10), 16, rank=0, world=1, seed=0)
+
+
+def test_half_an_idx_dataset_under_root_is_not_silently_replaced(numbered_idx):
+    """data.root holds the images but not the labels: an error, not the Debian copy instead."""
+    (numbered_idx / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError, match="has the train images .* but not its labels"):
+        load_raw("fashion-mnist", train=True, root=str(numbered_idx))

@@ -5,7 +5,7 @@ import pytest
 
 from evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 from pipeline import tracking
-from pipeline.cli import main
+from genbench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 

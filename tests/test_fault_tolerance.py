@@ -14,15 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
 STEPS = 60
-GENBENCH = ([str(Path(sys.executable).parent / "genbench")]
-            if (Path(sys.executable).parent / "genbench").is_file()
-            else [sys.executable, "-m", "pipeline.cli"])
+GENBENCH = [sys.executable, "-m", "genbench"]
 # A metric point every 10 steps, a checkpoint every 20; batches of 256 keep the run going for
 # some seconds after the first checkpoint, so the kill lands mid-run.
 ARGS = ["train", "--model", "ae", "--workers", "2", "--steps", str(STEPS),

@@ -15,7 +15,7 @@ from eval.extractors import (DOMAIN_REGISTRY_NAME, cached_domain, domain_extract
                              domain_paths, to_rgb_uint8, train_and_cache_domain)
 from eval.fidelity import extract_features, fidelity_metrics
 from evalkit import domain_cache, fmnist_test, image_folder
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.errors import ConfigError
 
 

@@ -10,6 +10,7 @@ import torch
 from eval.likelihood import NLLSums, nll_sums, reconstruction_metrics
 from evalkit import fmnist_test, tiny_config, tiny_model
 from pipeline import checkpoint as ckpt
+from pipeline import tracking
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES
 
@@ -79,7 +80,7 @@ def test_sums_do_not_depend_on_how_the_batches_are_shared(family, test_images):
 
 
 def test_bits_per_dim_is_the_same_with_1_and_2_ray_workers(ray_local, test_images, tmp_path):
-    from pipeline.eval_workers import ray_nll_sums
+    from genbench.eval_workers import ray_nll_sums
 
     for family in ("pixelcnn", "vae"):
         cfg, nets, opts = tiny_model(family)
@@ -113,7 +114,45 @@ def test_gan_has_no_likelihood_and_ae_reports_reconstruction_error(test_images):
 
 
 def test_eval_never_imports_ray():
-    code = ("import sys, eval.run, eval.cli, eval.load, eval.likelihood, eval.fidelity, "
+    code = ("import sys, eval.run, eval.report, eval.load, eval.likelihood, eval.fidelity, "
             "eval.probe, eval.extractors, eval.samples; "
             "assert 'ray' not in sys.modules, 'eval imported ray'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def uniform_bernoulli_vae(image_shape):
+    """A Bernoulli VAE whose posterior is the prior (mu = 0, log sigma^2 = 0: KL = 0) and whose
+    decoder logits are all zero: p(x_t | z) = 1/2 for every binarized sub-pixel."""
+    raw = tiny_config("vae").to_dict()
+    cfg = type(tiny_config("vae")).from_dict({**raw, "vae": {**raw["vae"],
+                                                             "likelihood": "bernoulli"}})
+    nets = FAMILIES["vae"].build(cfg.family, image_shape, 0)
+    model = nets["model"]
+    with torch.no_grad():
+        for layer in (model.encoder.head, model.decoder.deconvs[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return cfg, nets
+
+
+def test_a_uniform_bernoulli_vae_scores_1_bit_per_dim_and_is_not_called_bpd_test(
+        test_images, mlflow_uri, workdir):
+    """1-bit data: a uniform model scores 1.000, not 8.000, so the number gets its own name
+    (bpd_binarized_test), its own stamp, and never lands in bpd_test beside 8-bit likelihoods."""
+    from evalkit import save_checkpoint
+    from eval.run import EvalOptions, evaluate
+
+    cfg, nets = uniform_bernoulli_vae(test_images.image_shape)
+    data = ImageData(test_images.images[:100], test_images.labels[:100], 10)
+    assert nll_sums(cfg, nets, data, k=4).bits_per_dim == pytest.approx(1.0, abs=1e-6)
+
+    opts = {"model": torch.optim.Adam(nets["model"].parameters())}
+    save_checkpoint(workdir / "ck", cfg, nets, opts)
+    result = evaluate(EvalOptions(checkpoint=str(workdir / "ck"), metrics=("bpd",), k=2,
+                                  bpd_images=100, quiet=True))
+    assert "bpd_test" not in result.metrics
+    assert result.metrics["bpd_binarized_test"] == pytest.approx(1.0, abs=1e-6)
+    assert "binarized" in result.tags["eval.bpd.data"]
+    logged = tracking.get_run(result.run_id).data
+    assert "bpd_test" not in logged.metrics and "bpd_binarized_test" in logged.metrics
+    assert "not comparable with 8-bit" in logged.tags["eval.bpd.data"]

@@ -16,7 +16,7 @@ from eval import references
 from eval.report import write_report
 from eval.report_data import fmt
 from pipeline import tracking
-from pipeline.cli import main
+from genbench.cli import main
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
 

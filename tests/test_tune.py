@@ -13,7 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import build_config, main, make_parser
+from genbench.cli import main, make_parser
+from genbench.options import build_config
 
 TINY_VAE = ["--set", "vae.width=8", "--set", "vae.latent_dim=4", "--set", "train.batch_size=32"]
 TINY_GAN = ["--set", "gan.width=8", "--set", "gan.latent_dim=8", "--set", "train.batch_size=32"]
@@ -127,7 +128,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
                                                                       mlflow_uri):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     env.pop("RAY_ADDRESS", None)  # the driver starts its own Ray, apart from this session's
-    cmd = [sys.executable, "-m", "pipeline.cli", "tune", "--model", "vae", "--samples", "4",
+    cmd = [sys.executable, "-m", "genbench", "tune", "--model", "vae", "--samples", "4",
            "--steps", "40", "--scheduler", "fifo", *TINY_VAE]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

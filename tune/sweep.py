@@ -1,4 +1,4 @@
-"""`genbench tune`: validate, open the sweep's parent MLflow run, run (or restore) a Tuner over the
+"""A sweep: validate, open the sweep's parent MLflow run, run (or restore) a Tuner over the
 training loop, then write the results table, best config and plots into the parent run.
 
 Everything that can be checked before trials start is checked first (config, search space,
@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from pipeline import tracking
 from pipeline.config import Config
@@ -26,17 +25,19 @@ GAN_FID_SAMPLES = 500              # images per small-sample FID (fake and real 
 
 
 # --- building the sweep ------------------------------------------------------------------------
-def read_space(args, cfg: Config) -> dict:
-    """The YAML file's `tune:` section if it has one, else the family's default space."""
-    section = None
-    if getattr(args, "config", None):
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        if isinstance(raw, dict) and "tune" in raw:
-            section = raw["tune"]
-            if section is None:
-                section = {}
-    return spaces.check_space(spaces.default_space(cfg.model) if section is None else section,
-                              cfg)
+@dataclass(frozen=True)
+class SweepOptions:
+    """How to search, beside the config every trial starts from (its train.steps and
+    train.workers are the trial length and the DDP workers per trial)."""
+    samples: int = 8
+    scheduler: str = "asha"                  # asha | fifo
+    search: str = "random"                   # random | optuna
+    metric: str | None = None                # default: the family's SWEEP_METRIC
+    mode: str | None = None                  # min | max; default from the metric
+    space: dict | None = None                # {dotted key: {primitive: args}}; default: family's
+    experiment: str = "genbench"
+    address: str | None = None
+    verbose: bool = False
 
 
 def trial_config(cfg: Config, steps: int, interval: int) -> Config:
@@ -108,23 +109,12 @@ def trial_dirname(trial) -> str:
 
 
 # --- the command -------------------------------------------------------------------------------
-def run(args) -> int:
-    if args.resume:
-        given = [f"--{n.replace('_', '-')}" for n in ("model", "dataset", "config", "set",
-                                                      "steps", "metric", "mode")
-                 if getattr(args, n, None)]
-        if given:
-            raise ConfigError(f"--resume continues a sweep with its saved settings; drop "
-                              f"{', '.join(given)}")
-        return resume(args.resume, args.address, args.verbose)
-    return start(args)
-
-
-def start(args) -> int:
+def sweep(cfg: Config, options: SweepOptions) -> int:
+    """Run a sweep of cfg's family; returns the exit code (0 when a best trial exists)."""
     from pipeline.launch import init_ray
 
-    spec, train_data, val_data = plan(args)
-    init_ray(args.address, args.verbose)
+    spec, train_data, val_data = plan(cfg, options)
+    init_ray(options.address, options.verbose)
     spec["max_concurrent"] = concurrency(Config.from_dict(spec["trial_config"]))
     open_sweep(spec)
 
@@ -160,28 +150,26 @@ def start(args) -> int:
     return finish(tuner, spec)
 
 
-def plan(args) -> tuple[dict, ImageData, ImageData | None]:
-    """Everything checkable before Ray starts and a run is opened: config, search space, data,
-    metric, step count; returns the sweep's spec (JSON-able) and the data splits."""
-    from pipeline.cli import build_config
+def plan(cfg: Config, options: SweepOptions) -> tuple[dict, ImageData, ImageData | None]:
+    """Everything checkable before Ray starts and a run is opened: search space, data, metric,
+    step count; returns the sweep's spec (JSON-able) and the data splits."""
     from pipeline.loop import total_steps
 
-    if args.samples <= 0:
-        raise ConfigError(f"--samples must be positive, got {args.samples}")
-    args.workers = args.workers_per_trial
-    cfg = build_config(args)
-    space = read_space(args, cfg)
+    if options.samples <= 0:
+        raise ConfigError(f"--samples must be positive, got {options.samples}")
+    space = spaces.check_space(spaces.default_space(cfg.model) if options.space is None
+                               else options.space, cfg)
     train_data, val_data = load_data(cfg)
-    metric, mode = sweep_metrics.choose(cfg, train_data, args.metric, args.mode)
+    metric, mode = sweep_metrics.choose(cfg, train_data, options.metric, options.mode)
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     interval = max(1, min(cfg.train.eval_every, steps // REPORTS_PER_TRIAL))
     trial_cfg = trial_config(cfg, steps, interval)
-    spec = {"model": cfg.model, "dataset": cfg.data.dataset, "experiment": args.experiment,
+    spec = {"model": cfg.model, "dataset": cfg.data.dataset, "experiment": options.experiment,
             "tracking_uri": tracking.tracking_uri(), "user_config": cfg.to_dict(),
             "trial_config": trial_cfg.to_dict(), "space": space, "keys": list(space),
-            "metric": metric, "mode": mode, "scheduler": args.scheduler, "search": args.search,
-            "samples": args.samples, "steps": steps, "interval": interval,
-            "workers": cfg.train.workers, "seed": cfg.train.seed,
+            "metric": metric, "mode": mode, "scheduler": options.scheduler,
+            "search": options.search, "samples": options.samples, "steps": steps,
+            "interval": interval, "workers": cfg.train.workers, "seed": cfg.train.seed,
             "fid_samples": GAN_FID_SAMPLES, **sweep_metrics.prepare(trial_cfg)}
     return spec, train_data, val_data
 
@@ -209,7 +197,8 @@ def open_sweep(spec: dict) -> None:
     tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
 
 
-def resume(path: str, address: str | None, verbose: bool) -> int:
+def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
+    """Continue an interrupted sweep from its directory, without re-running finished trials."""
     from ray import tune
 
     from pipeline.launch import init_ray

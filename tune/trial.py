@@ -77,7 +77,12 @@ class Reporter:
             metrics["train_seconds"] = self.seconds_before + time.perf_counter() - self.t0
             self.logger.metrics({k: v for k, v in metrics.items() if k != "step"},
                                 int(metrics["step"]))
+            self.logger.flush()  # every report holds a checkpoint: its metrics are stored first
         self.send(metrics, checkpoint_dir)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 def _seconds_before(run_id: str, uri: str) -> float:
@@ -112,8 +117,11 @@ def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: Ima
         tune.report(metrics, checkpoint=checkpoint)
 
     seconds = _seconds_before(run_id, ctx.tracking_uri) if start else 0.0
-    fit(cfg, ctx, Reporter(cfg, ctx, val_data, spec, send, seconds), start=start, logger=None,
-        data=train_data, val=val_data)
+    reporter = Reporter(cfg, ctx, val_data, spec, send, seconds)
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=train_data, val=val_data)
+    finally:
+        reporter.close()
 
 
 def distributed_trial(sampled: dict, spec: dict) -> None:
@@ -182,9 +190,11 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
 
-    fit(cfg, ctx, Reporter(cfg, ctx, val, loop_config["spec"], send,
-                           loop_config["seconds_before"]),
-        start=start, logger=None, data=data, val=val)
+    reporter = Reporter(cfg, ctx, val, loop_config["spec"], send, loop_config["seconds_before"])
+    try:
+        fit(cfg, ctx, reporter, start=start, logger=None, data=data, val=val)
+    finally:
+        reporter.close()
 
 
 def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None) -> Any:

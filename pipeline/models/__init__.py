@@ -7,9 +7,15 @@
     loss(cfg, nets, x_uint8, y, phase) -> {"loss": ..., other scalars to log}
     sample / reconstruct / encode / nll where the family has them
 """
-from pipeline.models import ae, gan, pixelcnn, vae
+from pipeline.models import ae, gan, pixelcnn, transformer, vae
 
-FAMILIES = {"ae": ae, "vae": vae, "gan": gan, "pixelcnn": pixelcnn}
+FAMILIES = {"ae": ae, "vae": vae, "gan": gan, "pixelcnn": pixelcnn,
+            "transformer": transformer}
+DEFAULT_FAMILY = "vae"
+
+
+def names() -> list[str]:
+    return list(FAMILIES)
 
 
 def can(family, capability: str) -> bool:

@@ -72,6 +72,7 @@ class PixelCNN(nn.Module):
         super().__init__()
         c = image_shape[0]
         self.c = c
+        self.image_shape = tuple(image_shape)   # what sample() draws
         self.layers = nn.ModuleList(
             GatedLayer(c if i == 0 else cfg.channels, cfg.channels, cfg.kernel, i == 0,
                        num_classes) for i in range(cfg.layers))
@@ -123,13 +124,21 @@ def nll(cfg: Config, nets, x: torch.Tensor, y=None, k: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(cfg: Config, nets, n: int, labels=None, device="cpu", image_shape=None,
-           progress=None) -> torch.Tensor:
-    """Ancestral sampling, one sub-pixel at a time: H * W * C forward passes. Row i depends only
-    on rows <= i (convolutions pad at the top and left only), so each pass sees rows 0..i: exact,
-    and about half the work of full-image passes."""
+def sample(cfg: Config, nets, n: int, labels=None, device="cpu") -> torch.Tensor:
+    """Exact ancestral sampling with cached stacks (Ramachandran et al. 2017): every layer's
+    vertical stack is computed once per row, the horizontal stack once per pixel over its k//2+1
+    wide window, and the head once per pixel; only the masked channel mix runs per channel.
+    Same draws as sample_reference() for the same seed: one torch.multinomial per sub-pixel on
+    (n, 256) probabilities, in the same order."""
+    return _CachedSampler(unwrap(nets["model"]), n, labels, device).run()
+
+
+@torch.no_grad()
+def sample_reference(cfg: Config, nets, n: int, labels=None, device="cpu") -> torch.Tensor:
+    """Slow reference for sample(): H * W * C full forward passes. Row i depends only on rows
+    <= i (convolutions pad at the top and left only), so each pass sees rows 0..i."""
     model = unwrap(nets["model"])
-    c, h, w = image_shape
+    c, h, w = model.image_shape
     x = torch.zeros(n, c, h, w, dtype=torch.uint8, device=device)
     for i in range(h):
         for j in range(w):
@@ -138,6 +147,91 @@ def sample(cfg: Config, nets, n: int, labels=None, device="cpu", image_shape=Non
                 logits = model(rows, labels)[:, :, ch, i, j].float()   # (n, 256)
                 x[:, ch, i, j] = torch.multinomial(F.softmax(logits, dim=1), 1).squeeze(1).to(
                     torch.uint8)
-            if progress is not None:
-                progress(1)
     return x
+
+
+class _CachedSampler:
+    """The network of PixelCNN.forward evaluated one pixel at a time, from cached states.
+
+    Logits at (i, j) need (a) every layer's vertical features of row i - 1, which see rows < i
+    only, and (b) the horizontal stack at (i, j), which sees columns j - k//2 .. j of the layer
+    below in row i, never the pixel (i, j) itself. So once row i - 1 is drawn, one convolution
+    per layer over its last k//2 + 1 rows gives the vertical state for all of row i; each pixel
+    then costs one small window per layer and the head, and each channel only the masked 1x1
+    channel mix. The sums and the order of additions follow forward(), so the probabilities
+    agree with the full passes to float32 rounding (about 1e-7)."""
+
+    def __init__(self, model: PixelCNN, n: int, labels, device):
+        self.model, self.n, self.device = model, n, device
+        self.c, self.h, self.w = model.image_shape
+        self.p = p = model.layers[0].k // 2
+        # Each layer's vertical input, rows i-1-p .. i-1 with p zero columns on either side: the
+        # window forward()'s padded convolution reads for row i - 1 (zero rows above the image).
+        self.v_rows = [torch.zeros(n, layer.v_conv.in_channels, p + 1, self.w + 2 * p,
+                                   device=device) for layer in model.layers]
+        self.v_to_h = [None] * len(model.layers)   # (n, W, 2ch): v_to_h of row i - 1
+        # The current row of every layer's horizontal input, channels last, with p zero columns
+        # on the left; the extra last entry holds the last layer's output.
+        widths = [layer.h_conv.in_channels for layer in model.layers]
+        widths.append(model.layers[-1].h_out.out_channels)
+        self.h_row = [torch.zeros(n, p + self.w, width, device=device) for width in widths]
+        self.cond = [layer.cond(labels) if layer.cond is not None else None
+                     for layer in model.layers]
+        # Convolution weights as matrices over the channels-last windows of h_row.
+        self.h_weight = [layer.h_conv.weight[:, :, 0].permute(0, 2, 1).flatten(1)
+                         for layer in model.layers]
+        self.h_out_weight = [layer.h_out.weight[:, :, 0, 0] for layer in model.layers]
+        self.head = [(conv.weight[:, :, 0, 0], conv.bias) for conv in model.head[1::2]]
+        if self.c > 1:
+            self.mix = (model.channel_mix.weight * model.channel_mask)[:, :, 0, 0]
+
+    def run(self) -> torch.Tensor:
+        n, c, p = self.n, self.c, self.p
+        x = torch.zeros(n, c, self.h, self.w, dtype=torch.uint8, device=self.device)
+        for i in range(self.h):
+            self.vertical_row(x, i)
+            for j in range(self.w):
+                head = self.horizontal_pixel(j)                              # (n, C * 256)
+                pixel = torch.full((n, c), -1.0, device=self.device)  # to_float(0): not drawn
+                for ch in range(c):
+                    logits = head[:, ch * 256:(ch + 1) * 256]
+                    if c > 1:   # channels < ch of this pixel (the mask zeroes the others)
+                        logits = logits + F.linear(pixel, self.mix[ch * 256:(ch + 1) * 256])
+                    drawn = torch.multinomial(F.softmax(logits, dim=1), 1).squeeze(1)
+                    x[:, ch, i, j] = drawn.to(torch.uint8)
+                    pixel[:, ch] = to_float(x[:, ch, i, j])
+                self.h_row[0][:, p + j] = pixel
+        return x
+
+    def vertical_row(self, x: torch.Tensor, i: int) -> None:
+        """Every layer's vertical features of row i - 1, and their v_to_h for row i."""
+        p, w = self.p, self.w
+        if i == 0:   # forward() shifts a zero row in above the image: v_to_h(0) is the bias
+            self.v_to_h = [layer.v_to_h.bias.expand(self.n, w, -1) for layer in self.model.layers]
+            return
+        row = to_float(x[:, :, i - 1])                                       # (n, C, W)
+        for l, layer in enumerate(self.model.layers):
+            rows = self.v_rows[l]
+            rows[:, :, :-1] = rows[:, :, 1:].clone()       # drop the oldest row
+            rows[:, :, -1, p:p + w] = row
+            v_feat = layer.v_conv(rows)                                      # (n, 2ch, 1, W)
+            self.v_to_h[l] = layer.v_to_h(v_feat)[:, :, 0].transpose(1, 2)
+            if self.cond[l] is not None:
+                v_feat = v_feat + self.cond[l][:, :, None, None]
+            row = layer.gate(v_feat)[:, :, 0]                # the next layer's input, row i - 1
+
+    def horizontal_pixel(self, j: int) -> torch.Tensor:
+        """Every layer's horizontal stack at column j of the current row, then the head."""
+        p = self.p
+        for l, layer in enumerate(self.model.layers):
+            width = p if layer.first else p + 1      # columns j-p .. j-1, or j-p .. j
+            window = self.h_row[l][:, j:j + width].flatten(1)
+            h_feat = F.linear(window, self.h_weight[l], layer.h_conv.bias) + self.v_to_h[l][:, j]
+            if self.cond[l] is not None:
+                h_feat = h_feat + self.cond[l]
+            h_new = F.linear(layer.gate(h_feat), self.h_out_weight[l], layer.h_out.bias)
+            if not layer.first:   # residual
+                h_new = self.h_row[l][:, p + j] + h_new
+            self.h_row[l + 1][:, p + j] = h_new
+        (w1, b1), (w2, b2) = self.head
+        return F.linear(F.relu(F.linear(F.relu(self.h_row[-1][:, p + j]), w1, b1)), w2, b2)

@@ -93,6 +93,13 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
+def pixel_bits(cfg: Config) -> int:
+    """Bits per sub-pixel of the data the likelihood is over: 8 (256 levels), or 1 for the
+    Bernoulli decoder, which models x > 127. A uniform model scores this many bits/dim, so a
+    Bernoulli number must never share a column with 8-bit likelihoods."""
+    return 8 if cfg.likelihood == "logistic" else 1
+
+
 def build(cfg: Config, image_shape, num_classes: int) -> dict[str, nn.Module]:
     return {"model": VAE(cfg, image_shape, num_classes)}
 

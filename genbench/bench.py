@@ -6,12 +6,14 @@ says what is missing; the exit code is then 1.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from genbench.options import DATASET_HELP
 from pipeline.config import Config
 
 
@@ -71,8 +73,18 @@ class Stages:
             return None
 
 
-def run_bench(args) -> int:
-    from pipeline.cli import make_parser, print_summary
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=list(PRESETS), default="quick",
+                   help="quick: minutes on 2 CPU cores; full: sized for a GPU cluster")
+    p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
+                   "bench-<preset>-<date-time>, so runs and reports are never mixed)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+
+def run(args) -> int:
+    from genbench.training import print_summary
     from pipeline.launch import init_ray, train
 
     preset = PRESETS[args.preset]
@@ -108,13 +120,17 @@ def run_bench(args) -> int:
 
     if preset.tune:
         t = preset.tune
-        argv = ["tune", "--model", t["model"], "--samples", str(t["samples"]), "--steps",
-                str(t["steps"]), "--dataset", args.dataset, "--experiment", experiment]
-        if args.address:
-            argv += ["--address", args.address]
-        tune_args = make_parser().parse_args(argv)
-        stages.run(f"sweep {t['model']} ({t['samples']} trials)",
-                   lambda: tune_args.func(tune_args))
+
+        def sweep_one():
+            from tune.sweep import SweepOptions, sweep
+            cfg = Config.from_dict({"model": t["model"], "data": {"dataset": args.dataset},
+                                    "train": {"steps": t["steps"]}})
+            code = sweep(cfg, SweepOptions(samples=t["samples"], experiment=experiment,
+                                           address=args.address, verbose=args.verbose))
+            if code != 0:
+                raise RuntimeError(f"the sweep ended with exit code {code}")
+
+        stages.run(f"sweep {t['model']} ({t['samples']} trials)", sweep_one)
 
     def report():
         from eval.report import write_report

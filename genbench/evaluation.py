@@ -1,20 +1,17 @@
-"""The `genbench eval` sub-command's arguments and actions (pipeline/cli.py wires them in).
+"""`genbench eval`: arguments and actions.
 
 Kept light: argparse only at import time; torch and the metrics load when a command runs.
+`--workers N` runs bits/dim on Ray tasks (genbench/eval_workers.py): eval/ itself has no Ray.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-
-def comma_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+from genbench.options import comma_list, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.cli import positive_int  # lazy: pipeline.cli imports this module
-
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-id", help="MLflow run of `genbench train` (its checkpoint "
                         "artifact is evaluated; results are logged into the same run)")
@@ -85,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda")
     c.add_argument("--force", action="store_true", help="replace a cached classifier")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own logs")
 
 
 def options_from_args(args):
@@ -102,8 +100,8 @@ def options_from_args(args):
                        device=args.device, experiment=args.experiment, quiet=args.quiet)
 
 
-def run_command(args, nll_runner=None) -> int:
-    """`genbench eval ...`; nll_runner: the Ray-parallel bits/dim runner for --workers > 1."""
+def run(args) -> int:
+    """`genbench eval ...`"""
     from pipeline.errors import ConfigError
 
     if args.eval_command == "train-classifier":
@@ -112,6 +110,12 @@ def run_command(args, nll_runner=None) -> int:
         raise ConfigError("give --run-id ID or --checkpoint PATH")
     from eval.run import evaluate, print_report
 
+    nll_runner = None
+    if args.workers > 1:
+        from functools import partial
+
+        from genbench.eval_workers import ray_nll_sums
+        nll_runner = partial(ray_nll_sums, address=args.address, verbose=args.verbose)
     result = evaluate(options_from_args(args), nll_runner)
     print_report(result)
     return 0

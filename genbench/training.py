@@ -1,0 +1,53 @@
+"""`genbench train`: arguments -> Config -> pipeline.launch.train, then a summary."""
+from __future__ import annotations
+
+import argparse
+
+from genbench.options import add_train_arguments, build_config, positive_int
+from pipeline.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_arguments(p)
+    p.add_argument("--experiment", default="genbench", help="MLflow experiment (default genbench)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its "
+                   "last checkpoint, in the same MLflow run")
+    p.add_argument("--eval", action="store_true", help="run `genbench eval` (default metrics) "
+                   "on the run when training ends")
+    p.add_argument("--eval-n", type=positive_int, metavar="N", help="generated and real "
+                   "images for --eval (default 10000 or the test split's size)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+
+def run(args) -> int:
+    from pipeline.launch import train
+
+    if args.resume:
+        if args.model or args.config or args.set or args.dataset:
+            raise ConfigError("--resume continues a run with its saved config; drop --model, "
+                              "--dataset, --config and --set")
+        cfg = None
+    else:
+        cfg = build_config(args)
+    result = train(cfg, experiment=args.experiment, address=args.address, resume=args.resume,
+                   verbose=args.verbose)
+    print_summary(result)
+    if args.eval:
+        from genbench.evaluation import evaluate_after_training
+        return evaluate_after_training(result.run_id, args.eval_n)
+    return 0
+
+
+def print_summary(result) -> None:
+    from pipeline import tracking
+
+    shown = {k: v for k, v in result.metrics.items()
+             if isinstance(v, float) and not k.startswith("lr")}
+    print(f"\ndone: {result.steps} steps in {result.seconds:.0f}s")
+    for key in sorted(shown):
+        print(f"  {key:<14} {shown[key]:.4g}")
+    print(f"  MLflow run    {result.run_id} (experiment {result.experiment!r}, "
+          f"{tracking.tracking_uri()})")
+    if result.checkpoint:
+        print(f"  checkpoint    {result.checkpoint}")
