@@ -18,6 +18,7 @@ from eval import ood_metrics
 from eval.background import MUTATION_RATE, recipe, train_background
 from eval.baseline import Classifier
 from eval.bayes import log_prior
+from eval.likelihood import data_description, pixel_bits
 from eval.ood_plots import score_histograms_png
 from eval.ood_scores import DESCRIPTIONS, ModelScorer, family_scores, png_bits_per_dim
 from eval.ood_sets import DESCRIPTIONS as SET_DESCRIPTIONS
@@ -119,7 +120,8 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
     if "bpd" in names:
         scores["bpd"] = score_all(scorer.bits_per_dim, "bits/dim")
         if "complexity" in names:
-            scores["complexity"] = {g: scores["bpd"][g] - png_bits_per_dim(x)
+            bits = pixel_bits(family, cfg.family)
+            scores["complexity"] = {g: scores["bpd"][g] - png_bits_per_dim(x, bits)
                                     for g, x in groups.items()}
         if "ratio" in names:
             _say(quiet, f"training the background model ({background_steps} steps)")
@@ -167,6 +169,8 @@ def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed
         tags[f"eval.ood.score.{score}"] = DESCRIPTIONS[score]
     if "bpd" in scores:
         tags["eval.ood.score.bpd.k"] = str(k)
+        tags["eval.ood.score.bpd.data"] = data_description(
+            pixel_bits(FAMILIES[cfg.model], cfg.family))
     if background_steps:
         tags["eval.ood.background"] = recipe(background_steps, MUTATION_RATE)
     if cfg.data.exclude_classes:

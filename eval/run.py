@@ -233,17 +233,20 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     for name in figures:
         tags[f"eval.{name.split('_')[0]}.figure"] = f"{artifact_dir}/{name}"
     logger = tracking.RunLogger(run_id, tracking.tracking_uri())
-    if metrics:
-        logger.metrics(metrics, model.step)
-    tracking.set_tags(run_id, tags)
-    if fake is not None:
-        logger.figure_png(grid_png(fake[:GRID_IMAGES]), f"{artifact_dir}/samples.png")
-    for name, png in figures.items():
-        logger.figure_png(png, f"{artifact_dir}/{name}")
-    record = {"run_id": run_id, "source": model.source, "step": model.step, "metrics": metrics,
-              "protocol": tags, "notes": notes, **record_extra}
-    # figure_png logs any bytes as a file artifact
-    logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
+    try:
+        if metrics:
+            logger.metrics(metrics, model.step)
+        tracking.set_tags(run_id, tags)
+        if fake is not None:
+            logger.figure_png(grid_png(fake[:GRID_IMAGES]), f"{artifact_dir}/samples.png")
+        for name, png in figures.items():
+            logger.figure_png(png, f"{artifact_dir}/{name}")
+        record = {"run_id": run_id, "source": model.source, "step": model.step,
+                  "metrics": metrics, "protocol": tags, "notes": notes, **record_extra}
+        # figure_png logs any bytes as a file artifact
+        logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
+    finally:
+        logger.close()  # the logger writes on a background thread: wait for it
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, notes, artifact_dir,
@@ -404,7 +407,7 @@ def format_table(result: EvalResult) -> str:
 
     rows = [(k, v) for k, v in sorted(result.metrics.items())
             if not k.startswith(("floor_", "ood_")) and not k.endswith("_std")]
-    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"]
+    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"] if rows else []
     for key, value in rows:
         std = result.metrics.get(f"{key}_std")
         floor = result.metrics.get(f"floor_{key}")
