@@ -75,7 +75,7 @@ def test_section_table_sentences_and_bayes(store):
     classifier = rows["domain classifier · max softmax"]
     assert classifier.cells["unseen"].value == 0.71 and classifier.cells["noise"].value == 0.99
     assert rows["gan · -log D(x)"].cells["unseen"].text == "—"
-    assert "fails on noise" in rows["gan · -log D(x)"].sentence
+    assert "Fails on noise" in rows["gan · -log D(x)"].sentence
     bayes = {b.label: b for b in ood.bayes}
     assert "20.0 points below the discriminative classifier" in \
         bayes["vae · Bayes' rule on p(x|y)"].sentence
