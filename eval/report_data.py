@@ -40,8 +40,8 @@ PROTOCOL_PREFIXES = ("eval.", "protocol.", "fidelity.", "likelihood.", "probe.",
 VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version",
                 "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
                 "hardware.gpu")
-IMAGE_DIRS = ("samples", "reconstructions")
-NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics outside the main table  # first one a run has is its grid
+IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
+NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
 
 
 @dataclass
