@@ -5,7 +5,7 @@
     samples.py      batched sampling (labels from class frequencies for conditional models)
     extractors.py   feature extractors: `domain` (trained here) and `inception` (torch-fidelity)
     fidelity.py     FID, IS, KID, precision/recall on features (torch-fidelity's functions)
-    likelihood.py   bits/dim (PixelCNN exact, VAE IWAE bound), AE reconstruction error
+    likelihood.py   bits/dim (exact or a bound, as the family declares), reconstruction error
     probe.py        linear-probe accuracy of a frozen encoder
     ood.py          --metrics ood: OOD sets x scores -> AUROC, AUPR, FPR@95 (ood_metrics.py,
                     ood_sets.py, ood_scores.py, background.py, ood_plots.py)

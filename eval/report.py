@@ -53,6 +53,7 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
                 logger.artifact(out_dir / name)
         for png in sorted((out_dir / "images").glob("*.png")):
             logger.artifact(png, "images")
+        logger.close()  # the writer is asynchronous: written before the run is ended
     except BaseException:
         tracking.end_run(run_id, "FAILED", uri)
         raise

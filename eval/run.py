@@ -26,8 +26,8 @@ from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_e
 from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
                            PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
                            fidelity_metrics)
-from eval.likelihood import (NOT_APPLICABLE, NLLSums, bpd_key, data_description, nll_sums,
-                             pixel_bits, reconstruction_metrics)
+from eval.likelihood import (NLLSums, bpd_key, data_description, nll_sums, pixel_bits,
+                             reconstruction_metrics)
 from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
 from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
 from eval.ood_sets import SETS as OOD_SETS
@@ -198,7 +198,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     wanted = set(opts.metrics)
     fidelity = [m for m in FIDELITY_METRICS if m in wanted]
     if fidelity and not can(family, "sample"):
-        reason = f"not applicable: {cfg.model} has no prior to sample from"
+        reason = f"not applicable: {cfg.model} has no sampler"
         notes.append(f"FID/IS/KID/PR {reason}")
         tags["eval.fidelity"] = reason
         fidelity = []
@@ -246,7 +246,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
         # figure_png logs any bytes as a file artifact
         logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
     finally:
-        logger.close()  # the logger writes on a background thread: wait for it
+        logger.close()  # the writer is asynchronous: everything is written when evaluate returns
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, notes, artifact_dir,
@@ -279,8 +279,11 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
     reference = subset(test, n_real, opts.seed)
     floor_set = subset(train, n_floor, opts.seed + 1)
     freqs = train.class_frequencies() if cfg.train.conditional else None
-    fake, _ = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
-                       opts.batch_size, device, opts.quiet)
+    fake, labels = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
+                            opts.batch_size, device, opts.quiet)
+    if labels is not None:  # the class mix the samples were drawn with, class 0 first
+        counts = torch.bincount(labels, minlength=train.num_classes).tolist()
+        tags["eval.sample_label_counts"] = ",".join(map(str, counts))
     key = dataset_key(cfg.data.dataset, cfg.data.image_size)
     ref_key = f"{key}-test-n{n_real}-seed{opts.seed}"
     floor_key = (f"{key}-train-val{cfg.data.val_fraction}-split{cfg.data.split_seed}"
@@ -315,13 +318,14 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
     n = min(opts.bpd_images or len(test), len(test))
     data = test if n == len(test) else ImageData(test.images[:n], test.labels[:n],
                                                  test.num_classes)
-    if cfg.model == "ae":
+    family = FAMILIES[cfg.model]
+    if can(family, "reconstruct") and not can(family, "nll"):  # a stand-in for a likelihood
         metrics.update(reconstruction_metrics(cfg, model.nets, data, opts.batch_size, device,
                                               opts.quiet))
         tags.update({"eval.recon.split": "test", "eval.recon.images": str(n),
                      "eval.recon.scale": "mse on [-1, 1] pixels; psnr for [0, 1] pixels"})
-    if cfg.model in NOT_APPLICABLE:
-        reason = f"not applicable: {NOT_APPLICABLE[cfg.model]}"
+    if not can(family, "nll"):
+        reason = f"not applicable: {family.LIKELIHOOD_NOTE}"
         notes.append(f"bpd {reason}")
         tags["eval.bpd"] = reason
         return
@@ -333,9 +337,9 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
                         device=device, quiet=opts.quiet)
     bits = pixel_bits(family, cfg.family)
     metrics[bpd_key(bits)] = sums.bits_per_dim
-    bound = ("exact (autoregressive, 256-way softmax)" if cfg.model == "pixelcnn" else
-             f"IWAE upper bound on -log p(x) with k={opts.k} (k=1 is the ELBO), beta=1")
-    tags.update({"eval.bpd": bound, "eval.bpd.k": str(opts.k if cfg.model == "vae" else 1),
+    k = opts.k if family.LIKELIHOOD == "bound" else 1  # exact likelihoods ignore k
+    what = family.LIKELIHOOD_NOTE + (f"; k={k}" if family.LIKELIHOOD == "bound" else "")
+    tags.update({"eval.bpd": what, "eval.bpd.k": str(k),
                  "eval.bpd.split": "test", "eval.bpd.images": str(sums.images),
                  "eval.bpd.data": data_description(bits),
                  "eval.bpd.workers": str(opts.workers), "eval.bpd.seed": str(opts.seed),

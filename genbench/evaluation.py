@@ -18,11 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt or its directory")
     p.add_argument("--metrics", type=comma_list, default=None,
                    help="comma list of fid,is,kid,prc,bpd,probe,ood,bayes (default: all that "
-                   "apply of fid,is,kid,prc,bpd,probe: FID/IS/KID/PR need a sampler (not AE); "
-                   "bpd: VAE (IWAE bound), PixelCNN (exact), AE reports mse_test/psnr_test, GAN "
-                   "has none; probe: AE and VAE. ood: AUROC/AUPR/FPR@95 of the family's scores "
-                   "and the domain classifier's max softmax against OOD sets; bayes: p(y|x) by "
-                   "Bayes' rule for a conditional likelihood model)")
+                   "apply of fid,is,kid,prc,bpd,probe: FID/IS/KID/PR need a sampler; bpd a "
+                   "likelihood, exact or a bound (families that only reconstruct report "
+                   "mse_test/psnr_test); probe an encoder. ood: AUROC/AUPR/FPR@95 of the "
+                   "family's scores and the domain classifier's max softmax against OOD sets; "
+                   "bayes: p(y|x) by Bayes' rule for a conditional likelihood model)")
     p.add_argument("--extractor", type=comma_list, default=("domain",),
                    help="feature extractor(s) for FID/IS/KID/PR: domain (a small classifier "
                    "trained on the dataset, offline; default) or inception (torch-fidelity's "
@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 10000 or its size)")
     p.add_argument("--kid-subset-size", type=positive_int, metavar="N", help="KID subset size (default 1000, "
                    "lowered with a note when there are fewer samples)")
-    p.add_argument("--k", type=positive_int, default=16, help="VAE importance samples for the "
-                   "IWAE bound; 1 is the ELBO (default 16)")
+    p.add_argument("--k", type=positive_int, default=16, help="importance samples where the "
+                   "likelihood is a bound (the VAE's IWAE bound; 1 is the ELBO) (default 16)")
     p.add_argument("--bpd-images", type=positive_int, metavar="N", help="test images for bits/dim "
                    "(default: all)")
     p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the linear probe is "
