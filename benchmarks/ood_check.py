@@ -29,7 +29,7 @@ from eval.load import LoadedModel
 from eval.ood import auroc_lines, evaluate_ood
 from eval.ood_scores import has_likelihood
 from eval.ood_sets import SETS
-from pipeline.config import Config
+from pipeline.config import Config, merge, parse_overrides
 from pipeline.data import load_config_split
 from pipeline.models import FAMILIES
 
@@ -41,7 +41,8 @@ def train(family: str, args, **data_train) -> tuple[LoadedModel, object]:
            "train": {"batch_size": BATCH.get(family, 64), "seed": args.seed,
                      **({"steps": args.steps} if args.steps else {"epochs": args.epochs}),
                      **data_train.get("train", {})}}
-    cfg = Config.from_dict(raw)
+    cfg = Config.from_dict(merge(raw, parse_overrides(
+        [kv for kv in args.set if kv.split(".", 1)[0] in (family, "train")])))
     train_split = load_config_split(cfg.data, "train")
     test = load_config_split(cfg.data, "test")
     t0 = time.time()
@@ -63,6 +64,9 @@ def main() -> None:
     p.add_argument("--all-sets", action="store_true", help="constant, flipped, inverted, mnist too")
     p.add_argument("--no-bayes", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the family it names (e.g. pixelcnn.channels=16) "
+                   "or every run (train.batch_size=32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ood_check")
     args = p.parse_args()

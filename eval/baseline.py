@@ -2,9 +2,9 @@
 
 Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
 and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
-for a run trained without some classes (data.exclude_classes) a classifier is trained on the same
-train images, without them, and cached beside the domain classifier; its softmax covers only the
-classes it was trained on.
+for a run trained without some classes (data.exclude_classes) a classifier is trained without
+them, with the cached domain classifier's recipe (epochs, images, width, seed), and cached beside
+it; its softmax covers only the classes it was trained on.
 """
 from __future__ import annotations
 

@@ -28,10 +28,10 @@ from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUB
                            fidelity_metrics)
 from eval.likelihood import (NLLSums, bpd_key, data_description, nll_sums, pixel_bits,
                              reconstruction_metrics)
+from eval.load import LoadedModel, load_model
 from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
 from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
 from eval.ood_sets import SETS as OOD_SETS
-from eval.load import LoadedModel, load_model
 from eval.probe import encode_all, probe_accuracy
 from eval.samples import generate
 from pipeline import VERSION, tracking

@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from evalkit import domain_cache
+from testing.evalkit import domain_cache
 from genbench.cli import main
 from pipeline import tracking
 
