@@ -43,6 +43,7 @@ VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version"
                 "hardware.gpu")
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
 NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
+OOD_PREFIXES = ("eval.ood", "eval.bayes")  # stamps that the OOD section summarises
 
 
 @dataclass
@@ -240,7 +241,8 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
         protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(PROTOCOL_PREFIXES)}),
+                                              if k.startswith(PROTOCOL_PREFIXES)
+                                              and not k.startswith(OOD_PREFIXES)}),
         versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
                                               if k in row.tags}),
         sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],

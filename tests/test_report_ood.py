@@ -82,6 +82,8 @@ def test_section_table_sentences_and_bayes(store):
     assert bayes["domain classifier · softmax"].cells["accuracy"].value == 0.9
     assert any("images per OOD set: 300" in n for n in ood.notes)
     assert [i.name for i in ood.images] == ["ood_vae.png"]
+    # the section summarises the OOD stamps; the general protocol table leaves them out
+    assert not any(key.startswith("eval.ood") for key, _ in data.protocol)
 
 
 def test_rendered_markdown_and_html(store):
