@@ -43,6 +43,8 @@ VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version"
                 "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
                 "hardware.gpu")
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
+NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
+OOD_PREFIXES = ("eval.ood", "eval.bayes")  # stamps that the OOD section summarises
 
 
 @dataclass
@@ -143,6 +145,7 @@ class ReportData:
     reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
+    ood: object = None                          # eval.report_ood.OODSection, or None
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -199,6 +202,9 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     for fam in families + tuple(sorted({r.data.tags.get("genbench.model", "?") for r in train}
                                        - set(families))):
         fam_runs = [r for r in train if r.data.tags.get("genbench.model") == fam]
+        # runs for the OOD section (conditional, or without some classes) stay out of the main
+        # table unless a family has no other run
+        fam_runs = [r for r in fam_runs if not ood_variant(r)] or fam_runs
         if not fam_runs:
             if fam in families:
                 missing.append(f"{fam}: no training run in this experiment "
@@ -231,16 +237,27 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         reference_note = ("No published number is shown: none was measured under this "
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
-    return ReportData(reference_note=reference_note, seed_rows=seed_rows,
+    from eval.report_ood import collect_ood
+    ood = collect_ood([r for r in runs if kind(r) in ("train", "eval")],
+                      [row.family for row in rows], uri, with_images)
+    return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
         protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(PROTOCOL_PREFIXES)}),
+                                              if k.startswith(PROTOCOL_PREFIXES)
+                                              and not k.startswith(OOD_PREFIXES)}),
         versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
                                               if k in row.tags}),
         sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],
         missing=missing)
+
+
+def ood_variant(run) -> bool:
+    """A conditional run or one trained without some classes (data.exclude_classes)."""
+    p = run.data.params
+    return (p.get("train.conditional", "False").lower() == "true"
+            or p.get("data.exclude_classes", "[]") not in ("[]", "()", ""))
 
 
 def run_summary(run) -> dict:
@@ -303,7 +320,7 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     if not any(eval_metric(k) for k in row.metrics):
         row.notes.append(f"no eval metrics yet (`genbench eval --run-id {rid}`)")
     hist = {k: tracking.metric_history(rid, k, uri) for k in row.metrics
-            if not eval_metric(k) and not k.startswith("floor_")}
+            if not eval_metric(k) and not k.startswith(NOT_TRAINING)}
     ips = [v for _, v in hist.get("images_per_s", [])]
     row.derived["images_per_s_median"] = statistics.median(ips) if ips else None
     start, end = run.info.start_time, run.info.end_time
@@ -312,12 +329,21 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
         row.grid = latest_grid(rid, fam, uri)
         if row.grid is None:
             row.notes.append("no sample grid logged")
-        png = training_curves_png(f"{fam} ({rid[:8]})", hist)
+        declared = curve_panels(fam)
+        png = training_curves_png(f"{fam} ({rid[:8]})", hist, declared)
+        notes = "; ".join(p["note"] for p in declared.values() if p.get("note"))
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fam)   # external:<name> -> a file name
-        row.curves = Image(f"curves_{safe}.png", png, f"{fam}: training curves") if png else None
+        row.curves = (Image(f"curves_{safe}.png", png, f"{fam}: training curves"
+                            + (f": {notes}" if notes else "")) if png else None)
         if row.curves is None and not row.external:
             row.notes.append("no training curves logged")
     return row
+
+
+def curve_panels(fam: str) -> dict:
+    """The panels the family declares for its training curves (none for an unknown family)."""
+    from pipeline.models import FAMILIES
+    return getattr(FAMILIES[fam], "CURVE_PANELS", {}) if fam in FAMILIES else {}
 
 
 CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap: fid_domain_ci_low, ...

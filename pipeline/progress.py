@@ -8,6 +8,7 @@ import asyncio
 import sys
 import threading
 import time
+from typing import Callable
 
 import ray
 
@@ -36,7 +37,7 @@ class ProgressBoard:
         return points
 
 
-def poster(board) -> callable:
+def poster(board) -> Callable[[dict], None]:
     """Rank 0's progress function for pipeline.loop.fit: posts without waiting for a reply."""
     def post(metrics: dict) -> None:
         board.post.remote(dict(metrics))
@@ -57,9 +58,9 @@ def progress_line(point: dict, total: int, keys: tuple[str, ...], elapsed: float
 class ProgressPrinter(threading.Thread):
     """The driver's side: owns the board, prints what rank 0 posts to it."""
 
-    def __init__(self, total: int, keys: tuple[str, ...], stream=sys.stderr):
+    def __init__(self, total: int, keys: tuple[str, ...], stream=None):
         super().__init__(daemon=True, name="genbench-progress")
-        self.total, self.keys, self.stream = total, keys, stream
+        self.total, self.keys, self.stream = total, keys, stream  # None: sys.stderr when printing
         self.board = ProgressBoard.remote()
         self.stop_event, self.t0 = threading.Event(), time.time()
 
@@ -72,7 +73,7 @@ class ProgressPrinter(threading.Thread):
                 return
             for point in points:
                 print(progress_line(point, self.total, self.keys, time.time() - self.t0),
-                      file=self.stream, flush=True)
+                      file=self.stream or sys.stderr, flush=True)
             if stopping:
                 return
 

@@ -7,7 +7,6 @@ import statistics
 import pytest
 
 from evalkit import TINY, domain_cache
-from genbench import bench
 from genbench.cli import main
 from pipeline import tracking
 
@@ -17,21 +16,27 @@ FAMILIES = ("vae", "gan")
 
 
 @pytest.fixture
-def tiny_quick_preset(monkeypatch):
-    preset = bench.Preset(
-        train={f: {f: TINY[f], "train": {"steps": 4, "batch_size": 16, "log_every": 2,
-                                          "checkpoint_every": 4}} for f in FAMILIES},
-        n_fake={f: 100 for f in FAMILIES}, n_real=100, extractors=("domain",), k=1,
-        bpd_images=100, probe_images=500, tune={})
-    monkeypatch.setitem(bench.PRESETS, "quick", preset)
-    return preset
+def tiny_quick_preset(tmp_path):
+    """The quick preset's shape, with tiny nets, a few steps and small n."""
+    import yaml
+
+    preset = {
+        "every_family": {"config": {"train": {"steps": 4, "batch_size": 16, "log_every": 2,
+                                              "checkpoint_every": 4}}, "n_fake": 100},
+        "families": {f: {"config": {f: TINY[f]}} for f in FAMILIES},
+        "eval": {"n_real": 100, "extractors": ["domain"], "k": 1, "bpd_images": 100,
+                 "probe_images": 500}}
+    path = tmp_path / "tiny-quick.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
 
 
 def test_bench_with_two_seeds_reports_mean_and_std_per_family(
         tiny_quick_preset, ray_local, workdir, mlflow_uri, monkeypatch, tmp_path_factory,
         capsys):
     monkeypatch.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
-    assert main(["bench", "--preset", "quick", "--seeds", "2", "--experiment", "seeds"]) == 0
+    assert main(["bench", "--preset", str(tiny_quick_preset), "--families", ",".join(FAMILIES),
+                 "--seeds", "2", "--experiment", "seeds"]) == 0
 
     runs = [r for r in tracking.search_runs(tracking.find_experiment("seeds"))
             if r.data.tags.get("genbench.kind") == "train"]

@@ -58,6 +58,20 @@ PUBLISHED = (
 
 # D steps first on fresh fakes, then G against the updated D (one optimizer each).
 PHASES = ("discriminator", "generator")
+PROGRESS_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
+TUNE_SPACE = {"lr_g": {"loguniform": [5e-5, 1e-3]}, "lr_d": {"loguniform": [5e-5, 1e-3]},
+              "beta1": {"loguniform": [0.05, 0.9]}}
+SWEEP_METRIC, SWEEP_MODE = None, "min"   # no validation loss: sweeps use a small-sample FID
+LIKELIHOOD = None
+LIKELIHOOD_NOTE = "a GAN has no likelihood"
+GRID_SIZE = 64
+# Two D forwards (real, fake) before one backward: with BatchNorm, a DDP-wrapped D must not
+# broadcast buffers, or the second forward rewrites them in place (pytorch #175024).
+DDP_OPTIONS = {"discriminator": {"broadcast_buffers": False}}
+# The report's training curves: D's mean outputs in one panel, with the game's optimum.
+CURVE_PANELS = {"discriminator output": {"labels": {"d_real": "D(x)", "d_fake": "D(G(z))"},
+                                         "line": 0.5, "ylim": (0.0, 1.0),
+                                         "note": "D(x) and D(G(z)) meet at 0.5 at the optimum"}}
 
 
 class Generator(nn.Module):
@@ -72,7 +86,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Outputs a logit. Has BatchNorm, hence broadcast_buffers=False under DDP (see train.py)."""
+    """Outputs a logit. Has BatchNorm, hence broadcast_buffers=False under DDP (DDP_OPTIONS)."""
 
     def __init__(self, cfg: Config, image_shape, num_classes: int):
         super().__init__()

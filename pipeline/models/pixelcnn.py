@@ -49,6 +49,13 @@ PUBLISHED = (
 
 
 PHASES = ("model",)
+PROGRESS_KEYS = ("bpd",)
+TUNE_SPACE = {"lr": {"loguniform": [1e-4, 3e-3]}}
+SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"
+LIKELIHOOD = "exact"
+LIKELIHOOD_NOTE = "exact: autoregressive, 256-way softmax per sub-pixel"
+GRID_SIZE = 16   # sampling costs H * W * C forward passes
+DDP_OPTIONS: dict[str, dict] = {}
 
 
 class GatedLayer(nn.Module):
