@@ -17,9 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "artifact is evaluated; results are logged into the same run)")
     source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt or its directory")
     p.add_argument("--metrics", type=comma_list, default=None,
-                   help="comma list of fid,is,kid,prc,bpd,probe (default: all that apply: "
-                   "FID/IS/KID/PR need a sampler (not AE); bpd: VAE (IWAE bound), PixelCNN "
-                   "(exact), AE reports mse_test/psnr_test, GAN has none; probe: AE and VAE)")
+                   help="comma list of fid,is,kid,prc,bpd,probe,ood,bayes (default: all that "
+                   "apply of fid,is,kid,prc,bpd,probe: FID/IS/KID/PR need a sampler; bpd a "
+                   "likelihood, exact or a bound (families that only reconstruct report "
+                   "mse_test/psnr_test); probe an encoder. ood: AUROC/AUPR/FPR@95 of the "
+                   "family's scores and the domain classifier's max softmax against OOD sets; "
+                   "bayes: p(y|x) by Bayes' rule for a conditional likelihood model)")
     p.add_argument("--extractor", type=comma_list, default=("domain",),
                    help="feature extractor(s) for FID/IS/KID/PR: domain (a small classifier "
                    "trained on the dataset, offline; default) or inception (torch-fidelity's "
@@ -33,12 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 10000 or its size)")
     p.add_argument("--kid-subset-size", type=positive_int, metavar="N", help="KID subset size (default 1000, "
                    "lowered with a note when there are fewer samples)")
-    p.add_argument("--k", type=positive_int, default=16, help="VAE importance samples for the "
-                   "IWAE bound; 1 is the ELBO (default 16)")
+    p.add_argument("--k", type=positive_int, default=16, help="importance samples where the "
+                   "likelihood is a bound (the VAE's IWAE bound; 1 is the ELBO) (default 16)")
     p.add_argument("--bpd-images", type=positive_int, metavar="N", help="test images for bits/dim "
                    "(default: all)")
     p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the linear probe is "
                    "fitted on (default: all)")
+    p.add_argument("--ood-sets", type=comma_list, default=None, metavar="LIST",
+                   help="OOD sets for --metrics ood (default: all that can be built: unseen,"
+                   "digits,mnist,noise,constant,flipped,inverted; unseen needs a run trained "
+                   "with data.exclude_classes, mnist its files on disk)")
+    p.add_argument("--ood-images", type=positive_int, default=1000, metavar="N",
+                   help="images per OOD set and in-distribution test images (default 1000)")
+    p.add_argument("--ood-background-steps", type=int, default=300, metavar="S",
+                   help="training steps of the likelihood-ratio background model (default "
+                   "300; 0 skips the ratio score)")
+    p.add_argument("--bayes-images", type=positive_int, default=1000, metavar="N",
+                   help="test images the Bayes classifier labels (default 1000)")
     p.add_argument("--workers", type=positive_int, default=1, help="Ray tasks that share the "
                    "bits/dim evaluation (default 1: no Ray)")
     p.add_argument("--address", help="Ray cluster address for --workers > 1")
@@ -72,10 +86,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args):
-    from eval.run import ALL_METRICS, EvalOptions
+    from eval.run import DEFAULT_METRICS, OOD_SETS, EvalOptions
 
     return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint,
-                       metrics=args.metrics or ALL_METRICS, extractors=args.extractor,
+                       metrics=args.metrics or DEFAULT_METRICS, extractors=args.extractor,
+                       ood_sets=args.ood_sets or OOD_SETS, ood_images=args.ood_images,
+                       ood_background_steps=args.ood_background_steps,
+                       bayes_images=args.bayes_images,
                        n_fake=args.n_fake, n_real=args.n_real,
                        kid_subset_size=args.kid_subset_size, k=args.k, workers=args.workers,
                        seed=args.seed, batch_size=args.batch_size, bpd_images=args.bpd_images,
