@@ -18,6 +18,7 @@ from pipeline import faults, tracking
 from pipeline.config import Config
 from pipeline.data import load_config_split, load_split
 from pipeline.errors import ConfigError, RunStopped
+from pipeline.models import FAMILIES
 
 RUN_DIR_TAG = "genbench.ray_run_dir"
 
@@ -141,17 +142,58 @@ def resolve_resources(cfg: Config, can_grow: bool = False) -> Config:
     return cfg
 
 
-def shortfall(cfg: Config, total: dict) -> str | None:
+def shortfall(cfg: Config, total: dict, workers_flag: str = "--workers") -> str | None:
     """What the cluster lacks for this run and how to fix it, or None when it fits."""
     t = cfg.train
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     if t.gpu and t.workers > gpus:
         return (f"{t.workers} GPU workers asked for but the Ray cluster has {int(gpus)} GPUs; "
-                f"lower --workers or add GPU nodes")
+                f"lower {workers_flag} or add GPU nodes")
     if not t.gpu and t.workers * t.cpus_per_worker > cpus:
         return (f"{t.workers} workers x {t.cpus_per_worker} CPUs asked for but the Ray cluster "
-                f"has {int(cpus)} CPUs; lower --workers")
+                f"has {int(cpus)} CPUs; lower {workers_flag}")
     return None
+
+
+def require_shared_storage(cfg: Config, grows: bool = False) -> None:
+    """Any worker may run on another node than the driver: a cluster with several nodes, or
+    one that must add nodes for this run, needs checkpoint storage all nodes reach."""
+    if cfg.train.storage_path is None and (grows or _multi_node()):
+        raise ConfigError("this Ray cluster has (or is adding) several nodes: checkpoints need "
+                          "shared storage; pass --storage-path s3://bucket/path or an NFS "
+                          "directory")
+
+
+def load_train_split(cfg: Config, with_val: bool = True):
+    """The train split (and validation split, None without one or when not asked for) a run
+    trains on; a missing dataset or a batch larger than the split is a one-line error before
+    Ray starts."""
+    d = cfg.data
+    train = load_config_split(d, "train")
+    if cfg.train.batch_size > len(train):
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(train)} "
+                          f"training images; lower it")
+    val = load_config_split(d, "val") if d.val_fraction > 0 and with_val else None
+    return train, val
+
+
+def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: str,
+                 keep_checkpoints: int, callbacks=()):
+    """The TorchTrainer of one run (genbench train, or a multi-worker trial): cfg.train.workers
+    DDP workers with their resources, restarts after failures, the checkpoints to keep.
+    A run that continues an earlier one passes the checkpoint path in loop_config (Ray Train V2
+    has no resume_from_checkpoint): the workers load it when Ray hands them none."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    return TorchTrainer(
+        loop_fn, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)))
 
 
 def storage_path(cfg: Config) -> str:
@@ -195,16 +237,12 @@ def _validate_checkpoint_shapes(cfg: Config, payload: dict, source: str) -> None
     ckpt.restore(payload, nets, opts, source=source)
 
 
-PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
-                 "gan": ("d_loss", "g_loss", "d_real", "d_fake"), "pixelcnn": ("bpd",)}
 
 
 def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
           resume: str | None = None, verbose: bool = False, quiet: bool = False,
           extra_tags: dict | None = None) -> TrainResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from pipeline.loop import total_steps
     from pipeline.progress import ProgressPrinter
@@ -218,11 +256,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         cfg = cfg_saved
         _validate_checkpoint_shapes(cfg, start_payload, f"checkpoint {latest}")
     # Data first: a missing dataset is a one-line error before Ray starts.
-    d = cfg.data
-    train_data = load_config_split(d, "train")
-    if cfg.train.batch_size > len(train_data):
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the "
-                          f"{len(train_data)} training images; lower it")
+    train_data, _ = load_train_split(cfg, with_val=False)
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     if resume and start_payload["step"] >= steps:
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
@@ -230,13 +264,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     init_ray(address, verbose)
     joined = joined_cluster(address)
     cfg = resolve_resources(cfg, can_grow=joined)
-    # Any worker, even a single one, may run on another node than the driver: a cluster with
-    # several nodes, or one that must add nodes for this run, needs storage all nodes reach.
-    grows = joined and shortfall(cfg, ray.cluster_resources()) is not None
-    if cfg.train.storage_path is None and (grows or _multi_node()):
-        raise ConfigError("this Ray cluster has (or is adding) several nodes: checkpoints need "
-                          "shared storage; pass --storage-path s3://bucket/path or an NFS "
-                          "directory")
+    require_shared_storage(cfg, grows=joined and shortfall(cfg, ray.cluster_resources())
+                           is not None)
 
     if resume:
         run_id = resume
@@ -250,26 +279,21 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
                      "genbench.kind": "train", **(extra_tags or {})})
-        run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
+        run_id = tracking.start_run(experiment,
+                                    f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
         run_dir = f"{storage_path(cfg)}/{name}"
         tracking.set_tags(run_id, {RUN_DIR_TAG: run_dir})
         resume_from = None
 
-    progress = None if quiet else ProgressPrinter(steps, PROGRESS_KEYS[cfg.model])
-    trainer = TorchTrainer(
+    progress = None if quiet else ProgressPrinter(steps, FAMILIES[cfg.model].PROGRESS_KEYS)
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from,
-                           "progress_board": progress.board if progress else None,
-                           "fault": fault},
-        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage_path(cfg),
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg.train.keep_checkpoints)))
+        {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+         "resume_from": resume_from, "progress_board": progress.board if progress else None,
+         "fault": fault},
+        cfg, name, storage_path(cfg), cfg.train.keep_checkpoints)
     if not quiet:
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
               f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id} (if it "

@@ -8,6 +8,7 @@ import asyncio
 import sys
 import threading
 import time
+from typing import Callable
 
 import ray
 
@@ -36,7 +37,7 @@ class ProgressBoard:
         return points
 
 
-def poster(board) -> callable:
+def poster(board) -> Callable[[dict], None]:
     """Rank 0's progress function for pipeline.loop.fit: posts without waiting for a reply."""
     def post(metrics: dict) -> None:
         board.post.remote(dict(metrics))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 
 import ray.train
@@ -24,7 +23,8 @@ from pipeline.loop import Context, fit
 from pipeline.progress import poster
 from pipeline.tracking import RunLogger
 
-FAULT_TAG = "genbench.fault_fired"  # set on the run when an injected fault fires
+FAULT_TAG = "genbench.fault_fired"          # set on the run when an injected fault fires
+RESUMED_TAG = "genbench.resumed_from_step"  # the checkpoint step the latest worker group began at
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -46,10 +46,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if ctx.rank == 0:
         # A group that starts from a checkpoint repeats steps the last one may have logged.
         logger = RunLogger(ctx.run_id, ctx.tracking_uri, restarted=start is not None)
-    if os.environ.get("GENBENCH_WORKER_PIDFILE") and ctx.rank == 0:
-        # tests kill a worker by pid to exercise fault tolerance
-        with open(os.environ["GENBENCH_WORKER_PIDFILE"], "a") as f:
-            f.write(f"{os.getpid()}\n")
+        if start is not None:
+            tracking.set_tags(ctx.run_id, {RESUMED_TAG: start["step"]}, ctx.tracking_uri)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         step = int(metrics["step"])
@@ -85,8 +83,8 @@ def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:
         return None
 
     def prepare() -> None:
-        tracking.set_tags(ctx.run_id, {FAULT_TAG: text}, ctx.tracking_uri)
         wait_until_reports_collected()
+        tracking.set_tags(ctx.run_id, {FAULT_TAG: text}, ctx.tracking_uri)
 
     return dataclasses.replace(fault, prepare=prepare)
 

@@ -23,23 +23,13 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def worker_pidfile(tmp_path_factory) -> Path:
-    """Rank 0 of every training run on the shared Ray appends its pid here (pipeline/train.py
-    reads GENBENCH_WORKER_PIDFILE), so a test can kill a worker by pid."""
-    return tmp_path_factory.mktemp("ray") / "worker_pids"
-
-
-@pytest.fixture(scope="session")
-def ray_local(worker_pidfile):
+def ray_local():
     """One small local Ray shared by every test that needs it (starting Ray costs seconds)."""
     import ray
 
     if not ray.is_initialized():
-        # Ray's workers inherit the environment its node processes start with.
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("GENBENCH_WORKER_PIDFILE", str(worker_pidfile))
-            # address="local": always a fresh instance, even where RAY_ADDRESS names a cluster
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh instance, even where RAY_ADDRESS names a cluster
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

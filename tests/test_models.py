@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.models import FAMILIES, can, gan, pixelcnn, vae
+from pipeline.models import FAMILIES, REQUIRED, can, gan, pixelcnn, vae
 
 # Small enough that the whole file runs in seconds on 2 cores.
 TINY = {"ae": {"latent_dim": 4, "width": 4},
@@ -72,8 +72,12 @@ def test_loss_backward_and_sample(model, shape, conditional):
 
 def test_every_family_meets_the_contract():
     for name, family in FAMILIES.items():
-        for attr in ("Config", "PHASES", "build", "make_optimizers", "loss"):
+        for attr in REQUIRED:
             assert hasattr(family, attr), f"{name} lacks {attr}"
+        assert family.LIKELIHOOD in ("exact", "bound", None)
+        assert (family.LIKELIHOOD is None) != can(family, "nll"), name
+        assert set(family.TUNE_SPACE) <= {f.name for f in
+                                          __import__("dataclasses").fields(family.Config)}
     assert not can(FAMILIES["ae"], "sample")  # an AE has no prior to sample from
     assert can(FAMILIES["vae"], "nll") and can(FAMILIES["pixelcnn"], "nll")
     assert can(FAMILIES["transformer"], "nll") and can(FAMILIES["transformer"], "sample")
