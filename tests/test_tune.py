@@ -100,11 +100,9 @@ def test_two_worker_trials_searched_by_optuna(ray_local, workdir, mlflow_uri):
 
 
 @pytest.fixture
-def tiny_domain_classifier(tmp_path, monkeypatch):
-    """A quickly trained domain classifier in a private cache (the GAN's FID extractor)."""
-    from eval.extractors import train_and_cache_domain
-    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
-    train_and_cache_domain("fashion-mnist", max_images=1000, epochs=1, width=8, quiet=True)
+def tiny_domain_classifier(domain_classifier, monkeypatch):
+    """The session's test domain classifier (the GAN's FID extractor)."""
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_classifier))
 
 
 @pytest.mark.slow
@@ -143,7 +141,7 @@ class Lines(threading.Thread):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, workdir,
                                                                       mlflow_uri):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    env.pop("RAY_ADDRESS", None)  # the driver starts its own Ray, apart from this session's
+    env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address  # one Ray per session
     cmd = [sys.executable, "-m", "genbench", "tune", "--model", "vae", "--samples", "4",
            "--steps", "40", "--scheduler", "fifo", *TINY_VAE]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
