@@ -214,12 +214,13 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
         raise ConfigError("--workers > 1 needs the Ray runner of the genbench CLI; "
                           "use `genbench eval` or --workers 1")
 
+    need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
+    train = load_config_split(d, "train") if need_train else None
+    if fidelity:  # bad set sizes are one line before an extractor is loaded (or trained)
+        plan_fidelity(opts, opts.n_fake or min(DEFAULT_N, len(test)), test, train, fidelity, [])
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
                                 opts.inception_weights, opts.quiet)
                   for name in opts.extractors] if fidelity else []
-
-    need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
-    train = load_config_split(d, "train") if need_train else None
     fake = None
     if fidelity:
         fake = _fidelity(opts, model, train, extractors, fidelity, device, metrics, tags, notes)

@@ -23,10 +23,12 @@ N_FAKE = {"pixelcnn": 64}  # PixelCNN sampling: 784 full forward passes per batc
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A private MLflow store and a temp working directory."""
+    """A private MLflow store, a temp working directory, and an empty GENBENCH_CACHE: a test
+    that needs the domain classifier asks for `classifier`; any other never trains one."""
     base = tmp_path_factory.mktemp("eval-cli")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.setenv("GENBENCH_CACHE", str(base / "empty-cache"))
     mp.chdir(base)
     yield base
     mp.undo()
@@ -159,6 +161,7 @@ def test_bad_eval_input_is_one_line_and_exit_2(env, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (env / "empty-cache").exists()   # refused before any classifier was trained
 
 
 def test_eval_of_a_checkpoint_without_its_run_logs_into_a_new_eval_run(env, tmp_path, capsys):
