@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_extractor
+from eval.domain_classifier import cache_dir, dataset_key
+from eval.extractors import EXTRACTORS, Extractor, get_extractor
 from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
                            PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
                            fidelity_metrics)

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 from genbench.options import DATASET_HELP
-from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
 
@@ -35,9 +34,11 @@ class Preset:
     eval: dict                         # EvalOptions fields shared by every family
     sweep: dict | None                 # {"model": family, "samples": N, "steps": S}
 
-    def config(self, family: str, dataset: str) -> Config:
+    def config(self, family: str, dataset: str):
         """The config this preset trains `family` with on `dataset`."""
         import copy
+
+        from pipeline.config import Config, merge
 
         base = copy.deepcopy(self.every_family.get("config") or {})
         over = self.families.get(family, {}).get("config") or {}
@@ -120,7 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from genbench.training import print_summary
-    from pipeline.launch import init_ray, train
+    from pipeline.cluster import init_ray
+    from pipeline.config import Config
+    from pipeline.launch import train
     from pipeline.models import names
 
     preset = load_preset(args.preset)

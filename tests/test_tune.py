@@ -86,7 +86,7 @@ def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, m
 @pytest.fixture
 def tiny_domain_classifier(tmp_path, monkeypatch):
     """A quickly trained domain classifier in a private cache (the GAN's FID extractor)."""
-    from eval.extractors import train_and_cache_domain
+    from eval.domain_classifier import train_and_cache_domain
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
     train_and_cache_domain("fashion-mnist", max_images=1000, epochs=1, width=8, quiet=True)
 

@@ -23,7 +23,8 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
         take progress=callable, called with the number of pixel positions just finished
     nll(cfg, nets, x, y=None, k=1) -> nats per image (B,)
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
-  optional, for the report: PUBLISHED (published numbers, plain dicts; see eval/references.py), CURVE_PANELS.
+  optional: PUBLISHED (published numbers for the report, plain dicts; eval/references.py),
+    CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py)
 
 A family defined elsewhere registers with `register(name, "importable.module")` or
 `register(name, "/path/to/family.py")` (e.g. `register("wgan", __file__)` in a script). Its
