@@ -1,6 +1,6 @@
 """Reading an experiment's MLflow runs into ReportData: one row per family (its newest
-finished run and that config's other seeds), the sweeps, and a sentence for whatever is
-missing, never an exception."""
+finished run and that config's other seeds), the sweeps, the OOD section, and a sentence for
+whatever is missing, never an exception."""
 from __future__ import annotations
 
 import re
@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from eval.plots import training_curves_png
-from eval.report_data import (IMAGE_DIRS, PROTOCOL_PREFIXES, VERSION_TAGS, FamilyRow, Image,
-                              ReportData, SeedRun, eval_metric, kind)
+from eval.report_data import (EXTERNAL, IMAGE_DIRS, NOT_TRAINING, OOD_PREFIXES,
+                              PROTOCOL_PREFIXES, VERSION_TAGS, FamilyRow, Image, ReportData,
+                              SeedRun, eval_metric, kind)
 from eval.report_sweeps import sweep
 from eval.report_tables import by_family, discover_columns, fill_cells, floor_table, seed_table
 from pipeline import tracking
@@ -35,10 +36,15 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     trained = {r.data.tags.get("genbench.model") for r in train}
     train += [r for r in runs if kind(r) == "eval" and r.data.tags.get("genbench.model")
               not in trained]
+    # `genbench eval --samples DIR`: anyone's samples, one row per name (external:<name>)
+    train += [r for r in runs if kind(r) == EXTERNAL]
     rows = []
     for fam in families + tuple(sorted({r.data.tags.get("genbench.model", "?") for r in train}
                                        - set(families))):
         fam_runs = [r for r in train if r.data.tags.get("genbench.model") == fam]
+        # runs for the OOD section (conditional, or without some classes) stay out of the main
+        # table unless a family has no other run
+        fam_runs = [r for r in fam_runs if not ood_variant(r)] or fam_runs
         if not fam_runs:
             if fam in families:
                 missing.append(f"{fam}: no training run in this experiment "
@@ -71,16 +77,27 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         reference_note = ("No published number is shown: none was measured under this "
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
-    return ReportData(reference_note=reference_note, seed_rows=seed_rows,
+    from eval.report_ood import collect_ood
+    ood = collect_ood([r for r in runs if kind(r) in ("train", "eval")],
+                      [row.family for row in rows], uri, with_images)
+    return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
         protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(PROTOCOL_PREFIXES)}),
+                                              if k.startswith(PROTOCOL_PREFIXES)
+                                              and not k.startswith(OOD_PREFIXES)}),
         versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
                                               if k in row.tags}),
         sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],
         missing=missing)
+
+
+def ood_variant(run) -> bool:
+    """A conditional run or one trained without some classes (data.exclude_classes)."""
+    p = run.data.params
+    return (p.get("train.conditional", "False").lower() == "true"
+            or p.get("data.exclude_classes", "[]") not in ("[]", "()", ""))
 
 
 def run_summary(run) -> dict:
@@ -123,7 +140,8 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     rid = run.info.run_id
     row = FamilyRow(fam, rid, run.info.run_name or "", run.info.status,
                     run.data.tags.get("genbench.dataset", run.data.params.get("data.dataset", "?")),
-                    dict(run.data.metrics), dict(run.data.params), dict(run.data.tags))
+                    dict(run.data.metrics), dict(run.data.params), dict(run.data.tags),
+                    external=kind(run) == EXTERNAL)
     group = seed_group(run, runs)
     row.seeds = [SeedRun(r.data.params.get(SEED_PARAM, "?"), r.info.run_id, dict(r.data.metrics),
                          dict(r.data.params), dict(r.data.tags)) for r in group]
@@ -142,7 +160,7 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     if not any(eval_metric(k) for k in row.metrics):
         row.notes.append(f"no eval metrics yet (`genbench eval --run-id {rid}`)")
     hist = {k: tracking.metric_history(rid, k, uri) for k in row.metrics
-            if not eval_metric(k) and not k.startswith("floor_")}
+            if not eval_metric(k) and not k.startswith(NOT_TRAINING)}
     ips = [v for _, v in hist.get("images_per_s", [])]
     row.derived["images_per_s_median"] = statistics.median(ips) if ips else None
     start, end = run.info.start_time, run.info.end_time
@@ -154,9 +172,10 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
         declared = curve_panels(fam)
         png = training_curves_png(f"{fam} ({rid[:8]})", hist, declared)
         notes = "; ".join(p["note"] for p in declared.values() if p.get("note"))
-        row.curves = (Image(f"curves_{fam}.png", png, f"{fam}: training curves"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fam)   # external:<name> -> a file name
+        row.curves = (Image(f"curves_{safe}.png", png, f"{fam}: training curves"
                             + (f": {notes}" if notes else "")) if png else None)
-        if row.curves is None:
+        if row.curves is None and not row.external:
             row.notes.append("no training curves logged")
     return row
 
@@ -177,7 +196,8 @@ def latest_grid(run_id: str, fam: str, uri: str) -> Image | None:
             step = re.search(r"(\d+)", Path(pngs[-1]).stem)
             what = "reconstructions (odd rows: input, even rows: output)" \
                 if folder == "reconstructions" else "samples"
-            return Image(f"{folder}_{fam}.png", data,
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fam)   # external:<name> -> a file name
+            return Image(f"{folder}_{safe}.png", data,
                          f"{fam}: {what}" + (f" at step {int(step.group(1))}" if step else ""))
     return None
 

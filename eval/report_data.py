@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 KIND_TAG = "genbench.kind"
+EXTERNAL = "external"     # eval --samples runs: sample-quality metrics only, no training
 # KID beside FID: FID is biased by n, KID is not, so the pair shows how much of a gap is bias.
 FIDELITY = ("fid", "kid", "is", "precision", "recall", "f_score", "density", "coverage")
 FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
@@ -34,6 +35,8 @@ VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version"
                 "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
                 "hardware.gpu")
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
+NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
+OOD_PREFIXES = ("eval.ood", "eval.bayes")  # stamps that the OOD section summarises
 
 
 @dataclass
@@ -90,6 +93,7 @@ class FamilyRow:
     derived: dict = field(default_factory=dict)    # median images/s, wall seconds
     cells: dict = field(default_factory=dict)      # column id -> Cell
     seeds: list = field(default_factory=list)      # SeedRun per seed (the row's runs)
+    external: bool = False                         # samples from outside genbench
     grid: Image | None = None
     curves: Image | None = None
     refs: list = field(default_factory=list)       # (column id, Reference)
@@ -133,6 +137,7 @@ class ReportData:
     reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
+    ood: object = None                          # eval.report_ood.OODSection, or None
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -165,7 +170,11 @@ def kind(run) -> str:
     return run.data.tags.get(KIND_TAG, "")
 
 
+CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap: fid_domain_ci_low, ...
+
+
 def eval_metric(key: str) -> bool:
+    key = key.removesuffix(CI_SUFFIXES[0]).removesuffix(CI_SUFFIXES[1])
     return bool(FIDELITY_RE.match(strip_std(key))) or key.endswith("_test") or \
         key.startswith("probe_")
 

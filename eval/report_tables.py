@@ -6,8 +6,9 @@ from __future__ import annotations
 import statistics
 
 from eval import references
-from eval.report_data import (FIDELITY, FIDELITY_RE, LABELS, LIKELIHOOD_ORDER, Cell, Column,
-                              FamilyRow, eval_metric, fmt, fmt_seconds, label, std_of)
+from eval.report_data import (CI_SUFFIXES, FIDELITY, FIDELITY_RE, LABELS, LIKELIHOOD_ORDER,
+                              Cell, Column, FamilyRow, eval_metric, fmt, fmt_seconds, label,
+                              std_of)
 
 
 PROTOCOL_FIELDS = ("n_fake", "n_real", "reference_split", "weights_sha256")
@@ -37,7 +38,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     extractor weights. A family measured under another protocol gets its own column group, named
     with its n, never a place in the same column."""
     keys = {k for row in rows for s in row.seeds or [row] for k in s.metrics
-            if eval_metric(k) and "_std" not in k}
+            if eval_metric(k) and "_std" not in k and not k.endswith(CI_SUFFIXES)}
     likelihood = sorted((k for k in keys if not FIDELITY_RE.match(k)),
                         key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
                                        else len(LIKELIHOOD_ORDER), k))
@@ -48,7 +49,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     for row in rows:
         for run in row.seeds or [row]:
             for k in run.metrics:
-                m = FIDELITY_RE.match(k)
+                m = FIDELITY_RE.match(k)  # (fid_domain_ci_low does not match: not a column)
                 if m and "_std" not in k:
                     stamps = {**run.params, **run.tags}
                     protocols.setdefault(m["ext"], {}).setdefault(
@@ -139,9 +140,15 @@ def metric_cell(runs: list, key: str, col: Column) -> Cell:
     sample std over the seeds, each seed's value in the note (and the seeds table)."""
     values = [r.metrics[key] for r in runs]
     if len(runs) == 1:
-        std = std_of(runs[0].metrics, key)
+        m = runs[0].metrics
+        std = std_of(m, key)
         text = fmt(values[0]) + (f" ± {std:.2g}" if std is not None else "")
-        return Cell(text, key, values[0], stamp_of(runs[0], key))
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:  # eval --bootstrap
+            text += f" [{fmt(low)}, {fmt(high)}]"
+        return Cell(text, key, values[0], "; ".join(x for x in (
+            stamp_of(runs[0], key), runs[0].tags.get(
+                f"eval.{references.extractor_of(key)}.bootstrap", "")) if x))
     mean, sd = statistics.fmean(values), statistics.stdev(values)
     each = "; ".join(f"seed {r.seed}: {fmt(v)}" for r, v in zip(runs, values))
     return Cell(f"{fmt(mean)} ± {sd:.2g} ({len(runs)} seeds)", key, mean,
@@ -166,6 +173,8 @@ def cell(row: FamilyRow, col: Column) -> Cell:
         return Cell(fmt(v), key, v, "median over the run's log intervals")
     if col.group != "training" and not applicable(row.family, key):
         return Cell("n/a", key, None, f"not applicable to {row.family}")
+    if row.external and col.group != "training" and not FIDELITY_RE.match(key):
+        return Cell("n/a", key, None, "a folder of samples has only sample-quality metrics")
     runs = measured(row.seeds or [row], col)
     if not runs:
         elsewhere = any(key in r.metrics for r in row.seeds or [row])

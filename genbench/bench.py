@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from genbench.options import DATASET_HELP
+from genbench.options import DATASET_HELP, comma_list, positive_int
 from pipeline.errors import ConfigError
 
 
@@ -22,6 +22,10 @@ PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images"}
 SWEEP_KEYS = {"model", "samples", "steps"}
+# "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
+# without unseen_classes, and a conditional run of the `bayes` families (likelihood = all with one)
+OOD_KEYS = {"sets", "images", "background_steps", "unseen_classes", "bayes", "bayes_images"}
+EVERY_LIKELIHOOD = "likelihood"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Preset:
     families: dict                     # family -> the same keys, overriding every_family
     eval: dict                         # EvalOptions fields shared by every family
     sweep: dict | None                 # {"model": family, "samples": N, "steps": S}
+    ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
 
     def config(self, family: str, dataset: str):
         """The config this preset trains `family` with on `dataset`."""
@@ -65,10 +70,10 @@ def load_preset(name_or_path: str) -> Preset:
                               f"YAML file like {PRESET_DIR / 'quick.yaml'}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
     raw = load_yaml(str(path))
-    unknown = set(raw) - {"every_family", "families", "eval", "sweep"}
+    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood"}
     if unknown:
         raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
-                          f"every_family, families, eval, sweep")
+                          f"every_family, families, eval, sweep, ood")
     families = raw.get("families") or {}
     strangers = set(families) - set(names())
     if strangers:
@@ -85,7 +90,37 @@ def load_preset(name_or_path: str) -> Preset:
                           f"takes {', '.join(sorted(SWEEP_KEYS))}")
     if ev.get("extractors") is not None:
         ev["extractors"] = tuple(ev["extractors"])
-    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep)
+    ood = raw.get("ood")
+    if ood is not None:
+        from eval.ood_sets import SETS
+        if not isinstance(ood, dict) or set(ood) - OOD_KEYS:
+            raise ConfigError(f"preset {path}: ood takes {', '.join(sorted(OOD_KEYS))}")
+        bad = set(ood.get("sets") or ()) - set(SETS)
+        bad |= set(ood.get("bayes") or ()) - set(names()) - {EVERY_LIKELIHOOD}
+        if bad:
+            raise ConfigError(f"preset {path}: ood names {', '.join(sorted(map(str, bad)))}; "
+                              f"sets are {', '.join(SETS)}, bayes takes family names or "
+                              f"{EVERY_LIKELIHOOD}")
+    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood)
+
+
+def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
+    """(name, family, config additions) of the extra runs the OOD section needs: each family
+    without the unseen classes, and a conditional run of each Bayes family."""
+    from eval.ood_scores import has_likelihood
+    from pipeline.models import FAMILIES
+
+    ood = preset.ood or {}
+    out = []
+    unseen = list(ood.get("unseen_classes") or [])
+    if unseen:
+        out += [(f"{family} without class {','.join(map(str, unseen))}", family,
+                 {"data": {"exclude_classes": unseen}}) for family in families]
+    bayes = ood.get("bayes") or []
+    out += [(f"{family} conditional", family, {"train": {"conditional": True}})
+            for family in families if (family in bayes or EVERY_LIKELIHOOD in bayes)
+            and has_likelihood(FAMILIES[family])]
+    return out
 
 
 class Stages:
@@ -113,6 +148,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quick (default): minutes on 2 CPU cores; full: sized for a GPU "
                    "cluster; or a YAML file of the same shape (genbench/presets/quick.yaml)")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--seeds", type=positive_int, default=1, help="train and evaluate each "
+                   "family N times, with train.seed 0..N-1 (in the MLflow params and run "
+                   "names); the report shows mean ± std and each seed's value (default 1)")
+    p.add_argument("--families", type=comma_list, metavar="LIST", help="comma list of the "
+                   "families to benchmark (default: every registered family)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -122,42 +162,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from genbench.training import print_summary
     from pipeline.cluster import init_ray
-    from pipeline.config import Config
+    from pipeline.config import Config, merge
     from pipeline.launch import train
     from pipeline.models import names
 
     preset = load_preset(args.preset)
     experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    families = names()
+    families = list(getattr(args, "families", None) or names())
+    unknown = [f for f in families if f not in names()]
+    if unknown:
+        raise ConfigError(f"--families names unregistered famil(ies) {', '.join(unknown)}; "
+                          f"registered: {', '.join(names())}")
+    seeds = list(range(getattr(args, "seeds", None) or 1))
     configs = {family: preset.config(family, args.dataset) for family in families}
     sweep_cfg = None
     if preset.sweep:
         sweep_cfg = Config.from_dict({"model": preset.sweep["model"],
                                       "data": {"dataset": args.dataset},
                                       "train": {"steps": preset.sweep["steps"]}})
-    stages = Stages(2 * len(families) + (1 if preset.sweep else 0) + 1)
-    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}; "
+    extra = ood_runs(preset, families)
+    for name, family, more in extra:
+        configs[name] = Config.from_dict(merge(configs[family].to_dict(), more))
+    # each family once per seed (train.seed 0..N-1); the OOD/Bayes extra runs once, at seed 0
+    jobs = [(family, family, {}) for family in families] + extra
+    if len(seeds) > 1:
+        seeded = []
+        for family in families:
+            for seed in seeds:
+                name = f"{family} seed {seed}"
+                configs[name] = Config.from_dict(merge(configs[family].to_dict(),
+                                                       {"train": {"seed": seed}}))
+                seeded.append((name, family, {}))
+        jobs = seeded + extra
+    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + 1)
+    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
+          f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}; "
           f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
     init_ray(args.address, args.verbose)
 
     runs: dict[str, str] = {}
-    for family in families:
-        def train_one(cfg=configs[family]):
+    for name, _, _ in jobs:
+        def train_one(cfg=configs[name]):
             result = train(cfg, experiment=experiment, address=args.address,
                            verbose=args.verbose)
             print_summary(result)
             return result.run_id
 
-        run_id = stages.run(f"train {family}", train_one)
+        run_id = stages.run(f"train {name}", train_one)
         if run_id:
-            runs[family] = run_id
+            runs[name] = run_id
 
-    for family in families:
-        if family not in runs:
-            stages.run(f"eval {family}", lambda family=family: _missing(f"no trained {family}"))
+    for name, family, more in jobs:
+        if name not in runs:
+            stages.run(f"eval {name}", lambda name=name: _missing(f"no trained {name}"))
             continue
-        stages.run(f"eval {family}", lambda family=family: _evaluate(runs[family], family,
-                                                                      preset))
+        stages.run(f"eval {name}", lambda name=name, family=family, more=more: _evaluate(
+            runs[name], family, preset, more))
 
     if sweep_cfg is not None:
         def sweep_one():
@@ -180,8 +240,8 @@ def run(args) -> int:
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")
-    for family, run_id in runs.items():
-        print(f"  {family:<9} {run_id}")
+    for name, run_id in runs.items():
+        print(f"  {name:<14} {run_id}")
     if html:
         print(f"  report    {html}")
     if stages.failed:
@@ -195,10 +255,37 @@ def _missing(why: str):
     raise ConfigError(f"skipped: {why}")
 
 
-def _evaluate(run_id: str, family: str, preset: Preset):
-    from eval.run import EvalOptions, evaluate, print_report
+def _evaluate(run_id: str, family: str, preset: Preset, more: dict | None = None):
+    from eval.run import evaluate, print_report
 
-    opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **preset.eval)
-    result = evaluate(opts)
+    result = evaluate(eval_options(run_id, family, preset, more))
     print_report(result)
     return result
+
+
+def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = None):
+    """The preset's evaluation of a family's run (with --metrics ood where the preset has an ood
+    section); a run without the unseen classes gets only the unseen set, a conditional one its
+    Bayes classifier and its p(x) on the OOD sets."""
+    from eval.ood_sets import SETS
+    from eval.run import DEFAULT_METRICS, EvalOptions
+
+    ood = preset.ood or {}
+    more = more or {}
+    sets = tuple(s for s in ood.get("sets") or () if s != "unseen")
+    kw = {k: ood[key] for k, key in (("ood_images", "images"), ("bayes_images", "bayes_images"),
+                                     ("ood_background_steps", "background_steps")) if key in ood}
+    if "k" in preset.eval:
+        kw["k"] = preset.eval["k"]
+    if "exclude_classes" in more.get("data", {}):
+        opts = EvalOptions(run_id=run_id, metrics=("ood",), ood_sets=("unseen",), **kw)
+    elif more.get("train", {}).get("conditional"):
+        opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood") if sets else ("bayes",),
+                           ood_sets=sets or SETS, **{**kw, "ood_background_steps": 0})
+    else:
+        opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **preset.eval,
+                           metrics=DEFAULT_METRICS + (("ood",) if sets else ()),
+                           ood_sets=sets or SETS,
+                           **{k: v for k, v in kw.items() if k != "k"})
+    opts.validate()
+    return opts
