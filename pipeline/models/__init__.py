@@ -41,13 +41,12 @@ import sys
 from collections.abc import Mapping
 from types import ModuleType
 
-# name -> module path
-_REGISTRY: dict[str, str] = {}
+_REGISTRY: dict[str, str] = {}           # name -> module path or .py file
+_LOADED: dict[str, ModuleType] = {}       # name -> its module, checked against the contract
 _BUILT_IN: set[str] = set()
 REQUIRED = ("Config", "PHASES", "PROGRESS_KEYS", "TUNE_SPACE", "SWEEP_METRIC", "SWEEP_MODE",
             "LIKELIHOOD", "LIKELIHOOD_NOTE", "GRID_SIZE", "DDP_OPTIONS", "build",
             "make_optimizers", "loss")
-CAPABILITIES = ("sample", "nll", "reconstruct", "encode")
 LIKELIHOODS = ("exact", "bound", None)
 
 
@@ -60,6 +59,14 @@ def register(name: str, module: str) -> None:
     if known is not None and known != module:
         raise ValueError(f"family {name!r} is already registered as {known}; pick another name")
     _REGISTRY[name] = module
+
+
+def unregister(name: str) -> None:
+    """Remove a family registered outside pipeline/models/ (built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"{name} is a built-in family")
+    _REGISTRY.pop(name, None)
+    _LOADED.pop(name, None)
 
 
 register("ae", "pipeline.models.ae")
@@ -86,13 +93,13 @@ def is_built_in(name: str) -> bool:
 
 def get(name: str) -> ModuleType:
     """The family's module, imported and checked against the contract on first use."""
-    if name not in _REGISTRY:
-        raise KeyError(name)
-    module = _import(_REGISTRY[name])
-    if not getattr(module, "_genbench_checked", False):
+    if name not in _LOADED:
+        if name not in _REGISTRY:
+            raise KeyError(name)
+        module = _import(_REGISTRY[name])
         check(name, module)
-        module._genbench_checked = True
-    return module
+        _LOADED[name] = module
+    return _LOADED[name]
 
 
 def _import(target: str) -> ModuleType:
