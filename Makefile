@@ -23,13 +23,17 @@ data:
 		echo "note: could not install dataset-fashion-mnist; torchvision will download it when online"; \
 	fi
 
-# Headless Chromium (Debian's chromium + chromium-driver) for the report's browser test, which
-# is skipped, saying why, when it is absent.
+# Headless Chromium (Debian's chromium + chromium-driver) for the report's browser test. A
+# developer without it gets a note and a skipped test; CI (CI=true) fails: it must run that test.
 browser:
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			chromium chromium-driver) >/dev/null || \
 		echo "note: could not install chromium; the report's browser test will be skipped"; \
+	fi
+	@if [ "$$CI" = "true" ] && ! command -v chromium >/dev/null 2>&1; then \
+		echo "error: chromium is missing and CI must run the report's browser test" >&2; \
+		exit 1; \
 	fi
 
 run: venv data

@@ -2,9 +2,9 @@
 
 Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
 and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
-for a run trained without some classes (data.exclude_classes) a classifier is trained on the same
-train images, without them, and cached beside the domain classifier; its softmax covers only the
-classes it was trained on.
+for a run trained without some classes (data.exclude_classes) a classifier is trained without
+them, with the cached domain classifier's recipe (epochs, images, width, seed), and cached beside
+it; its softmax covers only the classes it was trained on.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from eval.extractors import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier, cache_dir,
                              cached_domain, dataset_key, save_domain_classifier, sha256_file,
                              to_rgb_uint8, train_and_cache_domain, train_domain_classifier)
-from pipeline.data import load_raw, without_classes
+from pipeline.data import ImageData, load_raw, without_classes
 
 
 @dataclass
@@ -80,18 +80,28 @@ def baseline_classifier(dataset: str, root: str | None, image_size: int, exclude
         meta = json.loads(json_path.read_text())
         if meta.get("sha256") == sha256_file(pt_path):
             return _load(pt_path, meta, meta["classes"], device)
+    # the recipe of the cached domain classifier (epochs, images, width, seed), where there is one
+    found = cached_domain(dataset, image_size)
+    full = found[1] if found else {}
+    epochs, width, seed = (full.get("epochs", DOMAIN_EPOCHS), full.get("width", 16),
+                           full.get("seed", 0))
     train = without_classes(load_raw(dataset, True, root, image_size), excluded)
     test = without_classes(load_raw(dataset, False, root, image_size), excluded)
+    max_images = full.get("train_images")
+    if max_images and max_images < len(train):
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        train = ImageData(train.images[idx[:max_images]], train.labels[idx[:max_images]],
+                          train.num_classes)
     if not quiet:
         print(f"genbench: training a classifier for {dataset} without classes {excluded} once; "
               f"it is cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-    net, acc = train_domain_classifier(train, test, DOMAIN_EPOCHS, device=device, quiet=quiet,
-                                       hflip=dataset != "mnist")
+    net, acc = train_domain_classifier(train, test, epochs, width, seed=seed, device=device,
+                                       quiet=quiet, hflip=dataset != "mnist")
     classes = [c for c in range(train.num_classes) if c not in excluded]
     meta = {"dataset": dataset, "image_shape": list(train.image_shape),
             "num_classes": train.num_classes, "classes": classes, "excluded_classes": excluded,
-            "test_accuracy": acc, "epochs": DOMAIN_EPOCHS, "train_images": len(train),
-            "arch_version": DOMAIN_ARCH_VERSION}
+            "test_accuracy": acc, "epochs": epochs, "train_images": len(train), "width": width,
+            "seed": seed, "arch_version": DOMAIN_ARCH_VERSION}
     meta = save_domain_classifier(net.cpu(), meta, pt_path, json_path)
     return _load(pt_path, meta, classes, device)
 

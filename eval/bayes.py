@@ -76,9 +76,9 @@ def classification_metrics(log_probs: torch.Tensor, labels: torch.Tensor) -> dic
 # --- the evaluation of a run (`genbench eval --metrics bayes`) ---------------------------------
 def not_applicable(family, conditional: bool) -> str | None:
     """Why Bayes' rule cannot classify with this model, or None when it can."""
-    from eval.ood_scores import has_likelihood
+    from pipeline.models import can
 
-    if not has_likelihood(family):
+    if not can(family, "nll"):  # the registry holds LIKELIHOOD None <=> no nll()
         return "needs a likelihood p(x|y); this family has none"
     if not conditional:
         return "needs a conditional model p(x|y) (train with train.conditional=true)"

@@ -5,10 +5,10 @@ discrete (256-way softmax and discretized logistic over 8 bits), so no dequantiz
 needed: a uniform model scores exactly 8 bits/dim. A Bernoulli decoder models binarized data,
 where a uniform model scores 1: its number is bpd_binarized_test, never bpd_test.
 
-- PixelCNN: exact.
-- VAE: the importance-weighted bound with k samples (k = 1 is the ELBO), always at beta = 1.
-- AE: no likelihood; mse_test and psnr_test instead.
-- GAN: no likelihood; reported as not applicable, never as a number.
+What the number is comes from the family (LIKELIHOOD "exact" or "bound", LIKELIHOOD_NOTE): e.g.
+exact for the autoregressive models, the importance-weighted bound with k samples for the VAE.
+A family without one (LIKELIHOOD None) is reported as not applicable, never as a number; one
+that can reconstruct gets mse_test and psnr_test instead.
 
 Sums and counts are kept apart until the end, so shards (ranks, Ray tasks) add up exactly.
 Work is split by batch: batch b goes to rank b % world and draws its randomness from
@@ -25,9 +25,6 @@ from eval.progress import bar
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES, can
 from pipeline.models.layers import to_float
-
-NOT_APPLICABLE = {"gan": "a GAN has no likelihood",
-                  "ae": "an autoencoder has no likelihood (see mse_test, psnr_test)"}
 
 
 def pixel_bits(family, family_cfg) -> int:
@@ -85,7 +82,7 @@ def nll_sums(cfg, nets, data: ImageData, k: int = 1, batch_size: int = 500, rank
     """This rank's share of sum -log p(x) over `data` (cfg: the run's Config)."""
     family = FAMILIES[cfg.model]
     if not can(family, "nll"):
-        raise ValueError(f"{cfg.model}: {NOT_APPLICABLE.get(cfg.model, 'no likelihood')}")
+        raise ValueError(f"{cfg.model}: {family.LIKELIHOOD_NOTE}")
     for net in nets.values():
         net.eval()
     total, count = 0.0, 0

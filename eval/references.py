@@ -1,23 +1,28 @@
 """Published numbers to show beside ours, only when the protocol is the same.
 
-A number is comparable only under the protocol it was measured with: the same dataset and split,
-the same metric, and for sample-quality metrics the same feature extractor (torch-fidelity's
-InceptionV3) and the same number of generated and real images. A row here is shown in a report
-only on an exact match (`matching`); a FID from the offline `domain` extractor, or from another
-n, never gets a published number beside it.
+A number is comparable only under the protocol it was measured with: the same dataset and
+reference split, the same metric, and for sample-quality metrics the same feature extractor
+(InceptionV3, the 2015-12-05 weights that TF FID code and torch-fidelity's inception-v3-compat
+share) and the same number of generated and real images (FID is biased by n). A row is shown in
+a report only on an exact match (`matching`); a FID from the offline `domain` extractor, from
+another n or against another split never gets a published number beside it.
 
-Add a row only from a source you have read, with the protocol it states. Sample-quality
-(FID/IS/KID) rows for Fashion-MNIST are deliberately absent: the papers we could check do not
-state an InceptionV3 protocol that genbench reproduces.
+The rows live with the family they are comparable with: `PUBLISHED` in pipeline/models/<name>.py
+(plain dicts; models import torch only), each with `when`, the family config values a run must
+have (an NS-GAN number only beside a non-saturating GAN). Add a row only from a source you have
+read, with the protocol it states.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+INCEPTION = "inception"  # only this extractor's numbers are comparable with papers
+FIDELITY_PREFIXES = ("fid", "is", "kid", "precision", "recall")
 
 
 @dataclass(frozen=True)
 class Reference:
-    family: str              # the genbench family it is comparable with
+    family: str              # the genbench family it is comparable with (its module declares it)
     model: str               # the published model
     dataset: str             # genbench dataset name
     metric: str              # the genbench metric key it sits beside, e.g. bpd_test, fid_inception
@@ -27,39 +32,59 @@ class Reference:
     n_fake: int | None = None  # sample-quality metrics: generated images
     n_real: int | None = None  # ... and real images; None for likelihoods
     note: str = ""
+    spread: float | None = None      # the published ± (its meaning is in `protocol`)
+    reference_split: str = "test"    # the real images (FID) or the scored split (likelihood)
+    when: tuple = ()                 # ((config key, value), ...) a run must have; a key without
+    #                                  a section is the family's ("g_loss" -> "gan.g_loss")
+    protocol: str = ""               # how the published number was measured, in words
+
+    @property
+    def shown(self) -> str:
+        return f"{self.value:g}" + (f" ± {self.spread:g}" if self.spread is not None else "")
 
 
-REFERENCES: tuple[Reference, ...] = (
-    # Likelihoods on the CIFAR-10 test split, 8-bit pixels, 256-way softmax (bits per dimension).
-    Reference("pixelcnn", "PixelCNN", "cifar10", "bpd_test", 3.14,
-              "van den Oord et al. 2016, Pixel Recurrent Neural Networks, Table 5",
-              "arxiv.org/abs/1601.06759", note="test NLL, bits/dim"),
-    Reference("pixelcnn", "Gated PixelCNN", "cifar10", "bpd_test", 3.03,
-              "van den Oord et al. 2016, Conditional Image Generation with PixelCNN Decoders, "
-              "Table 1", "arxiv.org/abs/1606.05328", note="test NLL, bits/dim"),
-)
+def from_families() -> tuple[Reference, ...]:
+    """Every family's PUBLISHED rows."""
+    from pipeline.models import FAMILIES
 
-EXTRACTOR_OF_SUFFIX = "inception"  # only this extractor's numbers are comparable with papers
+    rows = []
+    for name, module in FAMILIES.items():
+        for row in getattr(module, "PUBLISHED", ()):
+            row = dict(row)
+            row["when"] = tuple(sorted(row.get("when", {}).items()))
+            rows.append(Reference(family=name, **row))
+    return tuple(rows)
 
 
 def extractor_of(metric: str) -> str | None:
     """fid_inception -> inception; bpd_test -> None (no extractor)."""
     head, _, tail = metric.rpartition("_")
-    return tail if head.split("_")[0] in ("fid", "is", "kid", "precision", "recall") else None
+    return tail if head.split("_")[0] in FIDELITY_PREFIXES else None
 
 
 def matching(family: str, dataset: str, metric: str, n_fake: int | None = None,
-             n_real: int | None = None, references=REFERENCES) -> list[Reference]:
-    """References whose protocol equals ours exactly; an empty list otherwise."""
+             n_real: int | None = None, references=None, reference_split: str | None = None,
+             params: dict | None = None) -> list[Reference]:
+    """References whose protocol equals ours exactly; an empty list otherwise.
+
+    reference_split: the split our number was measured against (None: unknown, which matches
+    only a likelihood row, whose split is the dataset's test split by construction);
+    params: the run's flat config ("gan.g_loss": ...), checked against each row's `when`."""
+    references = from_families() if references is None else references
     ext = extractor_of(metric)
-    if ext is not None and ext != EXTRACTOR_OF_SUFFIX:
+    if ext is not None and ext != INCEPTION:
         return []
     found = []
     for ref in references:
         if (ref.family, ref.dataset, ref.metric) != (family, dataset, metric):
             continue
         if ext is not None and (ref.n_fake is None or ref.n_fake != n_fake
-                                or (ref.n_real is not None and ref.n_real != n_real)):
+                                or (ref.n_real is not None and ref.n_real != n_real)
+                                or reference_split != ref.reference_split):
+            continue
+        if ref.when and (params is None or any(
+                str(params.get(k if "." in k else f"{family}.{k}")) != str(v)
+                for k, v in ref.when)):
             continue
         found.append(ref)
     return found

@@ -53,6 +53,7 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
                 logger.artifact(out_dir / name)
         for png in sorted((out_dir / "images").glob("*.png")):
             logger.artifact(png, "images")
+        logger.close()  # the writer is asynchronous: written before the run is ended
     except BaseException:
         tracking.end_run(run_id, "FAILED", uri)
         raise
@@ -93,6 +94,7 @@ def write_files(data: ReportData, out_dir: Path, force: bool) -> Path:
 
 def all_images(data: ReportData) -> list[Image]:
     found = [img for row in data.rows for img in (row.grid, row.curves) if img is not None]
+    found += data.ood.images if data.ood is not None else []
     return found + [p for s in data.sweeps for p in s.plots]
 
 

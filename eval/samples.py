@@ -2,6 +2,8 @@
 labels drawn from the data's class frequencies, so the sample mix matches the real one."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from eval.progress import bar
@@ -25,6 +27,9 @@ def generate(cfg, nets, n: int, image_shape, class_frequencies: torch.Tensor | N
         labels = sample_labels(class_frequencies, n, seed)
     for net in nets.values():
         net.eval()
+    pixels = image_shape[1] * image_shape[2]
+    # Slow (autoregressive) samplers take a progress callback: pixel positions finished.
+    per_pixel = "progress" in inspect.signature(family.sample).parameters
     out = []
     with bar(n, f"sampling {cfg.model}", "img", quiet) as progress, \
             torch.random.fork_rng(devices=[]):
@@ -34,7 +39,10 @@ def generate(cfg, nets, n: int, image_shape, class_frequencies: torch.Tensor | N
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             y = labels[start:start + m].to(device) if labels is not None else None
-            images = family.sample(cfg.family, nets, m, y, device=device)
+            kwargs = ({"progress": lambda done, m=m: progress.update(m * done / pixels)}
+                      if per_pixel else {})
+            images = family.sample(cfg.family, nets, m, y, device=device, **kwargs)
             out.append(images.cpu())
-            progress.update(m)
+            if not per_pixel:
+                progress.update(m)
     return torch.cat(out), labels

@@ -10,46 +10,116 @@ import argparse
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from genbench.options import DATASET_HELP
-from pipeline.config import Config
+from genbench.options import DATASET_HELP, comma_list, positive_int
+from pipeline.config import Config, merge
+from pipeline.errors import ConfigError
+
+
+PRESET_DIR = Path(__file__).with_name("presets")
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images"}
+SWEEP_KEYS = {"model", "samples", "steps"}
+# "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
+# without unseen_classes, and a conditional run of the `bayes` families (likelihood = all with one)
+OOD_KEYS = {"sets", "images", "background_steps", "unseen_classes", "bayes", "bayes_images"}
+EVERY_LIKELIHOOD = "likelihood"
 
 
 @dataclass(frozen=True)
 class Preset:
-    train: dict[str, dict]                    # family -> config overrides
-    n_fake: dict[str, int]                    # family -> generated images for FID & co.
-    n_real: int
-    extractors: tuple[str, ...]
-    k: int                                    # VAE importance samples
-    bpd_images: int | None
-    probe_images: int | None
-    tune: dict = field(default_factory=dict)  # genbench tune arguments
+    """A bench preset (genbench/presets/<name>.yaml): what every registered family gets, what
+    one family gets instead, the evaluation protocol and the sweep."""
+    name: str
+    every_family: dict                 # {"config": {...}, "n_fake": N}
+    families: dict                     # family -> the same keys, overriding every_family
+    eval: dict                         # EvalOptions fields shared by every family
+    sweep: dict | None                 # {"model": family, "samples": N, "steps": S}
+    ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
+
+    def config(self, family: str, dataset: str) -> Config:
+        """The config this preset trains `family` with on `dataset`."""
+        import copy
+
+        base = copy.deepcopy(self.every_family.get("config") or {})
+        over = self.families.get(family, {}).get("config") or {}
+        for length, other in (("steps", "epochs"), ("epochs", "steps")):
+            if length in over.get("train", {}):  # a family's run length replaces the default's
+                base.get("train", {}).pop(other, None)
+        # no validation or sample grids mid-run: eval measures the run afterwards
+        raw = merge(merge({"train": {"eval_every": 10**9}}, base), over)
+        return Config.from_dict(merge(raw, {"model": family, "data": {"dataset": dataset}}))
+
+    def n_fake(self, family: str) -> int | None:
+        return self.families.get(family, {}).get("n_fake", self.every_family.get("n_fake"))
 
 
-PRESETS = {
-    # quick: within 20 minutes on 2 CPU cores, Fashion-MNIST
-    "quick": Preset(
-        train={"ae": {"train": {"steps": 300}},
-               "vae": {"train": {"steps": 400}},
-               "gan": {"train": {"steps": 600, "batch_size": 64}},
-               "pixelcnn": {"train": {"steps": 200, "batch_size": 32}}},
-        n_fake={"vae": 2000, "gan": 2000, "pixelcnn": 200}, n_real=2000,
-        extractors=("domain",), k=8, bpd_images=2000, probe_images=10000,
-        tune={"model": "vae", "samples": 4, "steps": 150}),
-    # full: sized for a GPU cluster and numbers comparable with papers (50k samples for FID)
-    "full": Preset(
-        train={"ae": {"train": {"epochs": 50}}, "vae": {"train": {"epochs": 100}},
-               "gan": {"train": {"epochs": 50, "batch_size": 128}},
-               "pixelcnn": {"train": {"epochs": 50},
-                            "pixelcnn": {"channels": 128, "layers": 12, "kernel": 5,
-                                         "head_channels": 256}}},
-        n_fake={"vae": 50000, "gan": 50000, "pixelcnn": 10000}, n_real=10000,
-        extractors=("domain", "inception"), k=512, bpd_images=None, probe_images=None,
-        tune={"model": "vae", "samples": 32, "steps": 5000}),
-}
+def load_preset(name_or_path: str) -> Preset:
+    """A preset by name (genbench/presets/) or a YAML file of the same shape."""
+    from pipeline.config import load_yaml
+    from pipeline.models import names
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        if name_or_path not in PRESETS:
+            raise ConfigError(f"unknown preset {name_or_path!r}; use {', '.join(PRESETS)} or a "
+                              f"YAML file like {PRESET_DIR / 'quick.yaml'}")
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    raw = load_yaml(str(path))
+    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood"}
+    if unknown:
+        raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
+                          f"every_family, families, eval, sweep, ood")
+    families = raw.get("families") or {}
+    strangers = set(families) - set(names())
+    if strangers:
+        raise ConfigError(f"preset {path} names unregistered famil(ies) "
+                          f"{', '.join(sorted(strangers))}; registered: {', '.join(names())}")
+    for where, entry in [("every_family", raw.get("every_family") or {}), *families.items()]:
+        extra = set(entry) - {"config", "n_fake"}
+        if extra:
+            raise ConfigError(f"preset {path}: {where} takes config and n_fake, not "
+                              f"{', '.join(sorted(extra))}")
+    ev, sweep = raw.get("eval") or {}, raw.get("sweep")
+    if set(ev) - EVAL_KEYS or (sweep and set(sweep) - SWEEP_KEYS):
+        raise ConfigError(f"preset {path}: eval takes {', '.join(sorted(EVAL_KEYS))}; sweep "
+                          f"takes {', '.join(sorted(SWEEP_KEYS))}")
+    if ev.get("extractors") is not None:
+        ev["extractors"] = tuple(ev["extractors"])
+    ood = raw.get("ood")
+    if ood is not None:
+        from eval.ood_sets import SETS
+        if not isinstance(ood, dict) or set(ood) - OOD_KEYS:
+            raise ConfigError(f"preset {path}: ood takes {', '.join(sorted(OOD_KEYS))}")
+        bad = set(ood.get("sets") or ()) - set(SETS)
+        bad |= set(ood.get("bayes") or ()) - set(names()) - {EVERY_LIKELIHOOD}
+        if bad:
+            raise ConfigError(f"preset {path}: ood names {', '.join(sorted(map(str, bad)))}; "
+                              f"sets are {', '.join(SETS)}, bayes takes family names or "
+                              f"{EVERY_LIKELIHOOD}")
+    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood)
+
+
+def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
+    """(name, family, config additions) of the extra runs the OOD section needs: each family
+    without the unseen classes, and a conditional run of each Bayes family."""
+    from eval.ood_scores import has_likelihood
+    from pipeline.models import FAMILIES
+
+    ood = preset.ood or {}
+    out = []
+    unseen = list(ood.get("unseen_classes") or [])
+    if unseen:
+        out += [(f"{family} without class {','.join(map(str, unseen))}", family,
+                 {"data": {"exclude_classes": unseen}}) for family in families]
+    bayes = ood.get("bayes") or []
+    out += [(f"{family} conditional", family, {"train": {"conditional": True}})
+            for family in families if (family in bayes or EVERY_LIKELIHOOD in bayes)
+            and has_likelihood(FAMILIES[family])]
+    return out
 
 
 class Stages:
@@ -65,7 +135,6 @@ class Stages:
         try:
             return fn()
         except Exception as exc:  # keep going: the report says what is missing
-            from pipeline.errors import ConfigError
             if not isinstance(exc, ConfigError):
                 traceback.print_exc(limit=3, file=sys.stderr)
             print(f"genbench: stage {name!r} failed: {exc}", file=sys.stderr, flush=True)
@@ -74,9 +143,15 @@ class Stages:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="quick",
-                   help="quick: minutes on 2 CPU cores; full: sized for a GPU cluster")
+    p.add_argument("--preset", default="quick", metavar="{" + ",".join(PRESETS) + "} or FILE",
+                   help="quick (default): minutes on 2 CPU cores; full: sized for a GPU "
+                   "cluster; or a YAML file of the same shape (genbench/presets/quick.yaml)")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--seeds", type=positive_int, default=1, help="train and evaluate each "
+                   "family N times, with train.seed 0..N-1 (in the MLflow params and run "
+                   "names); the report shows mean ± std and each seed's value (default 1)")
+    p.add_argument("--families", type=comma_list, metavar="LIST", help="comma list of the "
+                   "families to benchmark (default: every registered family)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -86,51 +161,71 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from genbench.training import print_summary
     from pipeline.launch import init_ray, train
+    from pipeline.models import names
 
-    preset = PRESETS[args.preset]
-    experiment = args.experiment or f"bench-{args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    families = list(preset.train)
-    stages = Stages(2 * len(families) + (1 if preset.tune else 0) + 1)
-    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}; "
+    preset = load_preset(args.preset)
+    experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    families = list(getattr(args, "families", None) or names())
+    unknown = [f for f in families if f not in names()]
+    if unknown:
+        raise ConfigError(f"--families names unregistered famil(ies) {', '.join(unknown)}; "
+                          f"registered: {', '.join(names())}")
+    seeds = list(range(getattr(args, "seeds", None) or 1))
+    configs = {family: preset.config(family, args.dataset) for family in families}
+    sweep_cfg = None
+    if preset.sweep:
+        sweep_cfg = Config.from_dict({"model": preset.sweep["model"],
+                                      "data": {"dataset": args.dataset},
+                                      "train": {"steps": preset.sweep["steps"]}})
+    extra = ood_runs(preset, families)
+    for name, family, more in extra:
+        configs[name] = Config.from_dict(merge(configs[family].to_dict(), more))
+    # each family once per seed (train.seed 0..N-1); the OOD/Bayes extra runs once, at seed 0
+    jobs = [(family, family, {}) for family in families] + extra
+    if len(seeds) > 1:
+        seeded = []
+        for family in families:
+            for seed in seeds:
+                name = f"{family} seed {seed}"
+                configs[name] = Config.from_dict(merge(configs[family].to_dict(),
+                                                       {"train": {"seed": seed}}))
+                seeded.append((name, family, {}))
+        jobs = seeded + extra
+    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + 1)
+    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
+          f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}; "
           f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
     init_ray(args.address, args.verbose)
 
     runs: dict[str, str] = {}
-    for family in families:
-        overrides = preset.train[family]
-        raw = {"model": family, "data": {"dataset": args.dataset}, **overrides,
-               "train": {"eval_every": 10**9, **overrides.get("train", {})}}
-
-        def train_one(raw=raw):
-            result = train(Config.from_dict(raw), experiment=experiment,
-                           address=args.address, verbose=args.verbose)
+    for name, _, _ in jobs:
+        def train_one(cfg=configs[name]):
+            result = train(cfg, experiment=experiment, address=args.address,
+                           verbose=args.verbose)
             print_summary(result)
             return result.run_id
 
-        run_id = stages.run(f"train {family}", train_one)
+        run_id = stages.run(f"train {name}", train_one)
         if run_id:
-            runs[family] = run_id
+            runs[name] = run_id
 
-    for family in families:
-        if family not in runs:
-            stages.run(f"eval {family}", lambda family=family: _missing(f"no trained {family}"))
+    for name, family, more in jobs:
+        if name not in runs:
+            stages.run(f"eval {name}", lambda name=name: _missing(f"no trained {name}"))
             continue
-        stages.run(f"eval {family}", lambda family=family: _evaluate(runs[family], family,
-                                                                      preset))
+        stages.run(f"eval {name}", lambda name=name, family=family, more=more: _evaluate(
+            runs[name], family, preset, more))
 
-    if preset.tune:
-        t = preset.tune
-
+    if sweep_cfg is not None:
         def sweep_one():
             from tune.sweep import SweepOptions, sweep
-            cfg = Config.from_dict({"model": t["model"], "data": {"dataset": args.dataset},
-                                    "train": {"steps": t["steps"]}})
-            code = sweep(cfg, SweepOptions(samples=t["samples"], experiment=experiment,
-                                           address=args.address, verbose=args.verbose))
+            code = sweep(sweep_cfg, SweepOptions(samples=preset.sweep["samples"],
+                                                 experiment=experiment, address=args.address,
+                                                 verbose=args.verbose))
             if code != 0:
                 raise RuntimeError(f"the sweep ended with exit code {code}")
 
-        stages.run(f"sweep {t['model']} ({t['samples']} trials)", sweep_one)
+        stages.run(f"sweep {sweep_cfg.model} ({preset.sweep['samples']} trials)", sweep_one)
 
     def report():
         from eval.report import write_report
@@ -142,8 +237,8 @@ def run(args) -> int:
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")
-    for family, run_id in runs.items():
-        print(f"  {family:<9} {run_id}")
+    for name, run_id in runs.items():
+        print(f"  {name:<14} {run_id}")
     if html:
         print(f"  report    {html}")
     if stages.failed:
@@ -154,17 +249,40 @@ def run(args) -> int:
 
 
 def _missing(why: str):
-    from pipeline.errors import ConfigError
     raise ConfigError(f"skipped: {why}")
 
 
-def _evaluate(run_id: str, family: str, preset: Preset):
-    from eval.run import EvalOptions, evaluate, print_report
+def _evaluate(run_id: str, family: str, preset: Preset, more: dict | None = None):
+    from eval.run import evaluate, print_report
 
-    n_fake = preset.n_fake.get(family)
-    opts = EvalOptions(run_id=run_id, extractors=preset.extractors, n_fake=n_fake,
-                       n_real=preset.n_real, k=preset.k, bpd_images=preset.bpd_images,
-                       probe_images=preset.probe_images)
-    result = evaluate(opts)
+    result = evaluate(eval_options(run_id, family, preset, more))
     print_report(result)
     return result
+
+
+def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = None):
+    """The preset's evaluation of a family's run (with --metrics ood where the preset has an ood
+    section); a run without the unseen classes gets only the unseen set, a conditional one its
+    Bayes classifier and its p(x) on the OOD sets."""
+    from eval.ood_sets import SETS
+    from eval.run import DEFAULT_METRICS, EvalOptions
+
+    ood = preset.ood or {}
+    more = more or {}
+    sets = tuple(s for s in ood.get("sets") or () if s != "unseen")
+    kw = {k: ood[key] for k, key in (("ood_images", "images"), ("bayes_images", "bayes_images"),
+                                     ("ood_background_steps", "background_steps")) if key in ood}
+    if "k" in preset.eval:
+        kw["k"] = preset.eval["k"]
+    if "exclude_classes" in more.get("data", {}):
+        opts = EvalOptions(run_id=run_id, metrics=("ood",), ood_sets=("unseen",), **kw)
+    elif more.get("train", {}).get("conditional"):
+        opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood") if sets else ("bayes",),
+                           ood_sets=sets or SETS, **{**kw, "ood_background_steps": 0})
+    else:
+        opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **preset.eval,
+                           metrics=DEFAULT_METRICS + (("ood",) if sets else ()),
+                           ood_sets=sets or SETS,
+                           **{k: v for k, v in kw.items() if k != "k"})
+    opts.validate()
+    return opts

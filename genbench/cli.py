@@ -10,7 +10,7 @@ import sys
 
 from genbench import bench, evaluation, reporting, sweeping, training
 from genbench.options import Parser
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunStopped
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_services(args) -> None:
+    """Before a command starts anything: the MLflow store it logs to and the Ray cluster it joins
+    answer within seconds, or one line says which does not and how to fix it (exit 2)."""
+    if args.command == "eval" and args.eval_command:  # train-classifier uses neither
+        return
+    from pipeline import tracking
+    tracking.check_store()
+    if args.command in ("train", "tune", "bench") or (args.command == "eval" and args.workers > 1):
+        from pipeline.launch import check_ray_address
+        check_ray_address(args.address)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     args = make_parser().parse_args(argv)
@@ -70,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         import logging
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
+        check_services(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"genbench: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(f"genbench: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("genbench: interrupted", file=sys.stderr)
         return 130

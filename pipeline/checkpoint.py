@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.layers import unwrap
 
 FILENAME = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 1  # bump when the payload's layout changes; load() refuses any other version
 
 
 def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_id: str) -> Path:
@@ -40,9 +40,13 @@ def load(path: str | Path) -> dict:
         raise ConfigError(f"checkpoint {path} is corrupt or not a genbench checkpoint "
                           f"({type(exc).__name__}); resume from an earlier checkpoint "
                           f"or start a new run") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"checkpoint {path} is not a genbench checkpoint (format "
-                          f"{FORMAT}); start a new run")
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise ConfigError(f"checkpoint {path} is not a genbench checkpoint (no format "
+                          f"version); pass a checkpoint.pt that genbench train wrote")
+    if payload["format"] != FORMAT:
+        raise ConfigError(f"checkpoint {path} has format version {payload['format']!r}, this "
+                          f"genbench reads version {FORMAT}; use the genbench release that "
+                          f"wrote it, or start a new run")
     return payload
 
 

@@ -2,7 +2,9 @@
 
 A config has four sections: `model` (the family name), `data`, `train` and one section named
 after the family holding its hyperparameters (e.g. `vae: {beta: 4.0, lr: 1e-3}`). YAML files and
-`--set section.key=value` overrides are layered over the defaults in that order.
+`--set section.key=value` overrides are layered over the defaults in that order. A family
+registered outside pipeline/models/ adds `family_module`, its module path, so that processes
+which never ran its registration (Ray workers, trials) can import it.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import yaml
 
 from pipeline.data import check_dataset_name
 from pipeline.errors import ConfigError
-from pipeline.models import FAMILIES
+from pipeline import models
+from pipeline.models import DEFAULT_FAMILY, FAMILIES
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ SECTIONS = ("model", "data", "train")
 
 @dataclass(frozen=True)
 class Config:
-    model: str = "vae"
+    model: str = DEFAULT_FAMILY
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     family: Any = None               # FAMILIES[model].Config
@@ -61,10 +64,20 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict | None) -> "Config":
         raw = dict(raw or {})
-        model = raw.pop("model", "vae")
+        model = raw.pop("model", DEFAULT_FAMILY)
+        module = raw.pop("family_module", None)
+        if module is not None and not models.is_built_in(model):
+            try:
+                models.register(model, module)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if model not in FAMILIES:
             raise ConfigError(f"unknown model {model!r}; use one of {', '.join(FAMILIES)}")
-        family_cls = FAMILIES[model].Config
+        try:
+            family_cls = FAMILIES[model].Config
+        except ImportError as exc:
+            raise ConfigError(f"family {model}: cannot import {models.module_path(model)} "
+                              f"({exc}); put it on PYTHONPATH") from None
         known = {"data", "train", model}
         for key in raw:
             if key not in known:
@@ -80,12 +93,16 @@ class Config:
         return cfg
 
     def to_dict(self) -> dict:
-        """Plain data (lists, not tuples): YAML, JSON and checkpoints take it as it is."""
-        return {"model": self.model, "data": _plain(self.data), "train": _plain(self.train),
-                self.model: _plain(self.family)}
+        """Plain data (lists, not tuples): YAML, JSON and checkpoints take it as it is. A family
+        registered outside pipeline/models/ adds family_module, for processes to import it."""
+        out = {"model": self.model, "data": _plain(self.data), "train": _plain(self.train),
+               self.model: _plain(self.family)}
+        if not models.is_built_in(self.model):
+            out["family_module"] = models.module_path(self.model)
+        return out
 
     def flat(self) -> dict[str, Any]:
-        """{'train.batch_size': 128, 'vae.beta': 1.0, ...}: MLflow params."""
+        """{'train.batch_size': 128, '<family>.lr': 1e-3, ...}: MLflow params."""
         out = {"model": self.model}
         for section, values in self.to_dict().items():
             if isinstance(values, dict):
@@ -190,7 +207,7 @@ def _coerce(f: dataclasses.Field, value, name: str):
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """['vae.beta=4', 'train.steps=100'] -> {'vae': {'beta': 4}, 'train': {'steps': 100}}."""
+    """['train.steps=100', 'train.seed=1'] -> {'train': {'steps': 100, 'seed': 1}}."""
     out: dict = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from pipeline import checkpoint as ckpt
 from pipeline import faults, tracking
 from pipeline.config import Config
 from pipeline.data import load_config_split, load_split
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunStopped
+from pipeline.models import FAMILIES
 
 RUN_DIR_TAG = "genbench.ray_run_dir"
 
@@ -29,6 +31,46 @@ class TrainResult:
     metrics: dict
     seconds: float
     checkpoint: str | None
+
+
+def check_ray_address(address: str | None = None, timeout: float = 5.0, tries: int = 2) -> None:
+    """A one-line ConfigError when --address / RAY_ADDRESS names a cluster that does not accept
+    a connection: ray.init would otherwise wait for its GCS for minutes. Each try waits at most
+    `timeout` s. No address (or "local") starts a local Ray: nothing to check."""
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given == "local":
+        return
+    target = given
+    if given == "auto":  # the cluster `ray start` left on this machine, if any
+        from ray._private.services import canonicalize_bootstrap_address
+        try:
+            target = canonicalize_bootstrap_address("auto", None)
+        except ConnectionError:
+            raise ConfigError("no running Ray cluster on this machine for address 'auto'; "
+                              "start one (ray start --head) or drop --address / RAY_ADDRESS "
+                              "to use a local Ray") from None
+        if not target:
+            return
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {given!r} is not HOST:PORT (or ray://HOST:PORT, auto); "
+                          f"fix --address / RAY_ADDRESS")
+    reason = None
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+            return
+        except socket.timeout:
+            reason = f"no answer within {timeout:.0f} s"
+        except OSError as exc:
+            reason = exc.strerror.lower() if exc.strerror else type(exc).__name__
+    raise ConfigError(f"cannot reach the Ray cluster at {given} ({reason}, {tries} tries); "
+                      f"start it (ray start --head --port {port}) or fix --address / "
+                      f"RAY_ADDRESS (none: a local Ray)")
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
@@ -100,17 +142,58 @@ def resolve_resources(cfg: Config, can_grow: bool = False) -> Config:
     return cfg
 
 
-def shortfall(cfg: Config, total: dict) -> str | None:
+def shortfall(cfg: Config, total: dict, workers_flag: str = "--workers") -> str | None:
     """What the cluster lacks for this run and how to fix it, or None when it fits."""
     t = cfg.train
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     if t.gpu and t.workers > gpus:
         return (f"{t.workers} GPU workers asked for but the Ray cluster has {int(gpus)} GPUs; "
-                f"lower --workers or add GPU nodes")
+                f"lower {workers_flag} or add GPU nodes")
     if not t.gpu and t.workers * t.cpus_per_worker > cpus:
         return (f"{t.workers} workers x {t.cpus_per_worker} CPUs asked for but the Ray cluster "
-                f"has {int(cpus)} CPUs; lower --workers")
+                f"has {int(cpus)} CPUs; lower {workers_flag}")
     return None
+
+
+def require_shared_storage(cfg: Config, grows: bool = False) -> None:
+    """Any worker may run on another node than the driver: a cluster with several nodes, or
+    one that must add nodes for this run, needs checkpoint storage all nodes reach."""
+    if cfg.train.storage_path is None and (grows or _multi_node()):
+        raise ConfigError("this Ray cluster has (or is adding) several nodes: checkpoints need "
+                          "shared storage; pass --storage-path s3://bucket/path or an NFS "
+                          "directory")
+
+
+def load_train_split(cfg: Config, with_val: bool = True):
+    """The train split (and validation split, None without one or when not asked for) a run
+    trains on; a missing dataset or a batch larger than the split is a one-line error before
+    Ray starts."""
+    d = cfg.data
+    train = load_config_split(d, "train")
+    if cfg.train.batch_size > len(train):
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(train)} "
+                          f"training images; lower it")
+    val = load_config_split(d, "val") if d.val_fraction > 0 and with_val else None
+    return train, val
+
+
+def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: str,
+                 keep_checkpoints: int, callbacks=()):
+    """The TorchTrainer of one run (genbench train, or a multi-worker trial): cfg.train.workers
+    DDP workers with their resources, restarts after failures, the checkpoints to keep.
+    A run that continues an earlier one passes the checkpoint path in loop_config (Ray Train V2
+    has no resume_from_checkpoint): the workers load it when Ray hands them none."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    return TorchTrainer(
+        loop_fn, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)))
 
 
 def storage_path(cfg: Config) -> str:
@@ -154,16 +237,12 @@ def _validate_checkpoint_shapes(cfg: Config, payload: dict, source: str) -> None
     ckpt.restore(payload, nets, opts, source=source)
 
 
-PROGRESS_KEYS = {"ae": ("mse",), "vae": ("bpd", "recon", "kl"),
-                 "gan": ("d_loss", "g_loss", "d_real", "d_fake"), "pixelcnn": ("bpd",)}
 
 
 def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
           resume: str | None = None, verbose: bool = False, quiet: bool = False,
           extra_tags: dict | None = None) -> TrainResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from pipeline.loop import total_steps
     from pipeline.progress import ProgressPrinter
@@ -177,11 +256,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         cfg = cfg_saved
         _validate_checkpoint_shapes(cfg, start_payload, f"checkpoint {latest}")
     # Data first: a missing dataset is a one-line error before Ray starts.
-    d = cfg.data
-    train_data = load_config_split(d, "train")
-    if cfg.train.batch_size > len(train_data):
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the "
-                          f"{len(train_data)} training images; lower it")
+    train_data, _ = load_train_split(cfg, with_val=False)
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     if resume and start_payload["step"] >= steps:
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
@@ -189,13 +264,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     init_ray(address, verbose)
     joined = joined_cluster(address)
     cfg = resolve_resources(cfg, can_grow=joined)
-    # Any worker, even a single one, may run on another node than the driver: a cluster with
-    # several nodes, or one that must add nodes for this run, needs storage all nodes reach.
-    grows = joined and shortfall(cfg, ray.cluster_resources()) is not None
-    if cfg.train.storage_path is None and (grows or _multi_node()):
-        raise ConfigError("this Ray cluster has (or is adding) several nodes: checkpoints need "
-                          "shared storage; pass --storage-path s3://bucket/path or an NFS "
-                          "directory")
+    require_shared_storage(cfg, grows=joined and shortfall(cfg, ray.cluster_resources())
+                           is not None)
 
     if resume:
         run_id = resume
@@ -209,37 +279,41 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
                      "genbench.kind": "train", **(extra_tags or {})})
-        run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
+        run_id = tracking.start_run(experiment,
+                                    f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
-        tracking.set_tags(run_id, {RUN_DIR_TAG: f"{storage_path(cfg)}/{name}"})
+        run_dir = f"{storage_path(cfg)}/{name}"
+        tracking.set_tags(run_id, {RUN_DIR_TAG: run_dir})
         resume_from = None
 
-    progress = None if quiet else ProgressPrinter(steps, PROGRESS_KEYS[cfg.model])
-    trainer = TorchTrainer(
+    progress = None if quiet else ProgressPrinter(steps, FAMILIES[cfg.model].PROGRESS_KEYS)
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from,
-                           "progress_board": progress.board if progress else None,
-                           "fault": fault},
-        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage_path(cfg),
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg.train.keep_checkpoints)))
+        {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+         "resume_from": resume_from, "progress_board": progress.board if progress else None,
+         "fault": fault},
+        cfg, name, storage_path(cfg), cfg.train.keep_checkpoints)
     if not quiet:
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
-              f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id}",
-              file=sys.stderr, flush=True)
+              f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id} (if it "
+              f"stops: genbench train --resume {run_id})", file=sys.stderr, flush=True)
     if progress:
         progress.start()
     t0 = time.time()
     try:
-        result = trainer.fit()
-    except BaseException:
-        tracking.end_run(run_id, "FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt)
-                         else "KILLED")
+        result = fit_interruptibly(trainer)
+    except KeyboardInterrupt:
+        _close_quietly(run_id, "KILLED")
+        raise RunStopped(f"interrupted; {resume_hint(run_id, run_dir)}", 130) from None
+    except Exception:
+        lost = tracking.unreachable(tracking.tracking_uri())
+        _close_quietly(run_id, "FAILED")
+        if lost:
+            raise RunStopped(f"lost the MLflow tracking server at {tracking.tracking_uri()} "
+                             f"({lost}); when it is back, "
+                             f"{resume_hint(run_id, run_dir)}") from None
+        print(f"genbench: training failed; {resume_hint(run_id, run_dir)}", file=sys.stderr)
         raise
     finally:
         if progress:
@@ -248,6 +322,48 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     tracking.end_run(run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainResult(run_id, experiment, steps, dict(result.metrics or {}), seconds, checkpoint)
+
+
+def fit_interruptibly(trainer):
+    """trainer.fit() on a helper thread, so that Ctrl-C reaches this thread as KeyboardInterrupt.
+    On the main thread Ray Train installs its own SIGINT handler, which aborts the run and ends
+    the process (exit 0 or 1, no word said) before genbench can mark the run and say how to
+    resume it. Leaving here ends the driver, and with it the run's workers."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: a signal is handled between them
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def resume_hint(run_id: str, run_dir: str) -> str:
+    """How to continue a stopped run: from its newest checkpoint, or from scratch if none."""
+    if "://" not in run_dir:  # local storage: say which step the checkpoint holds
+        latest = find_latest_checkpoint(run_dir)
+        if latest is None:
+            return "it stopped before its first checkpoint: start it again"
+        step = int(latest.name.rsplit("_", 1)[-1])
+        return f"its checkpoint of step {step} is kept: genbench train --resume {run_id}"
+    return f"continue from its last checkpoint: genbench train --resume {run_id}"
+
+
+def _close_quietly(run_id: str, status: str) -> None:
+    """Mark the MLflow run stopped, if the tracking server still answers (it may be what
+    failed); --resume reopens it either way."""
+    try:
+        tracking.end_run(run_id, status)
+    except Exception:
+        pass
 
 
 def _multi_node() -> bool:

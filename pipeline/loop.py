@@ -54,10 +54,7 @@ def build_nets(cfg: Config, data: ImageData, device, world: int):
                                                      num_classes).items()}
     if world > 1:
         ids = [device] if device.type == "cuda" else None
-        # A discriminator with BatchNorm must not broadcast buffers: its forward would rewrite
-        # them in place between the real and fake passes (pytorch #175024).
-        nets = {k: DistributedDataParallel(v, device_ids=ids,
-                                           broadcast_buffers=(k != "discriminator"))
+        nets = {k: DistributedDataParallel(v, device_ids=ids, **family.DDP_OPTIONS.get(k, {}))
                 for k, v in nets.items()}
     return nets, family.make_optimizers(cfg.family, nets)
 
@@ -192,9 +189,10 @@ def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context, a
     """Validation losses (val_*) over the first VAL_IMAGES of the validation split, each rank
     taking every world-th image, in chunks: a mean per image across chunks and ranks (a loss
     term is a mean over its batch's images, so batch mean x batch size sums them).
-    The GAN has no validation loss (a FID needs an extractor; tune computes it)."""
+    A family without a validation loss (SWEEP_METRIC None, e.g. a GAN) gets none: tune
+    computes a small-sample FID for it instead."""
     family = FAMILIES[cfg.model]
-    if val is None or len(family.PHASES) > 1:
+    if val is None or family.SWEEP_METRIC is None:
         return {}
     n = min(len(val), VAL_IMAGES)
     if n == 0:
@@ -220,14 +218,11 @@ def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context, a
     return {f"val_{k}": v for k, v in mean_per_image(sums, images, ctx).items()}
 
 
-GRID_SIZE = {"pixelcnn": 16}  # autoregressive sampling costs H*W*C forward passes
-
-
 @torch.no_grad()
 def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: int) -> None:
     """Rank 0: a sample grid (and reconstructions for AE/VAE) as MLflow image artifacts."""
     family = FAMILIES[cfg.model]
-    n = GRID_SIZE.get(cfg.model, 64)
+    n = family.GRID_SIZE
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data), generator=gen)[:n]
     labels = data.labels[idx].to(ctx.device) if cfg.train.conditional else None

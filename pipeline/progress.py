@@ -60,7 +60,7 @@ class ProgressPrinter(threading.Thread):
 
     def __init__(self, total: int, keys: tuple[str, ...], stream=None):
         super().__init__(daemon=True, name="genbench-progress")
-        self.total, self.keys, self.stream = total, keys, stream
+        self.total, self.keys, self.stream = total, keys, stream  # None: sys.stderr when printing
         self.board = ProgressBoard.remote()
         self.stop_event, self.t0 = threading.Event(), time.time()
 

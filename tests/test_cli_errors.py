@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,30 @@ def test_resume_corrupt_checkpoint(finished, capsys):
     assert latest.read_bytes() == garbage  # reported, not overwritten
 
 
+def test_resume_checkpoint_whose_pickle_runs_code(finished, tmp_path, capsys):
+    from test_checkpoint import RunsCode
+
+    run, latest = finished
+    marker = tmp_path / "marker"
+    payload = ckpt.load(latest)
+    payload["extra"] = RunsCode(f"open({str(marker)!r}, 'w').write('pwned')")
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
+    code, err = run_cli(["eval", "--checkpoint", str(latest)], capsys)
+    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
+    assert not marker.exists()
+
+
+def test_resume_checkpoint_of_a_newer_format(finished, capsys):
+    run, latest = finished
+    payload = ckpt.load(latest)
+    payload["format"] = ckpt.FORMAT + 1
+    torch.save(payload, latest)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"has format version {ckpt.FORMAT + 1}")
+
+
 def test_resume_checkpoint_of_another_run(finished, capsys):
     run, latest = finished
     payload = ckpt.load(latest)
@@ -252,3 +277,60 @@ def test_truncated_idx_file_under_data_root(clean, capsys):
     images.write_bytes(images.read_bytes()[:100])
     code, err = run_cli([*TRAIN, "--model", "ae", "--set", f"data.root={clean / 'fm'}"], capsys)
     assert_one_line_error(code, err, f"{images} is truncated or corrupt", "download")
+
+
+# --- services that do not answer: one line within seconds, never a hang ------------------------
+
+UNREACHABLE = {
+    "ray address with nothing listening": (
+        ["--address", "127.0.0.1:1"], {},
+        ["cannot reach the Ray cluster at 127.0.0.1:1", "connection refused", "ray start",
+         "--address"]),
+    "unknown tracking uri scheme": (
+        [], {"MLFLOW_TRACKING_URI": "bogus://x"},
+        ["MLFLOW_TRACKING_URI=bogus://x", "scheme MLflow does not know", "sqlite:///mlflow.db"]),
+    "tracking server down": (
+        [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        ["cannot reach the MLflow tracking server at http://127.0.0.1:9", "connection refused",
+         "mlflow server"]),
+}
+
+
+@pytest.mark.parametrize("name", list(UNREACHABLE))
+def test_unreachable_service_is_one_line_within_30_s(name, tmp_path):
+    """The real command, as a user types it: exit 2, one line, no run and no checkpoint."""
+    args, env, needles = UNREACHABLE[name]
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           "MLFLOW_TRACKING_URI": uri, **env}
+    start = time.monotonic()
+    proc = subprocess.run([*GENBENCH, *TRAIN, "--model", "ae", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert_one_line_error(proc.returncode, proc.stderr, *needles)
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no ray_results, nothing
+    assert_nothing_created(tmp_path, uri)
+
+
+@pytest.mark.parametrize("argv", [["eval", "--run-id", "0" * 32], ["report", "--experiment", "E"],
+                                  ["tune", "--model", "ae"], ["bench"],
+                                  ["eval", "--run-id", "0" * 32, "--workers", "2"]],
+                         ids=lambda a: " ".join(a[:1] + a[3:]))
+def test_every_command_checks_its_services_first(argv, clean, monkeypatch, capsys):
+    """The same checks guard every command that opens MLflow or Ray."""
+    good = os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    code, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "cannot reach the MLflow tracking server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", good)
+    if argv[0] in ("tune", "bench") or "--workers" in argv:
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # the environment, not --address
+        code, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, "cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+def test_bad_ray_address_form(clean, capsys):
+    code, err = run_cli([*TRAIN, "--model", "ae", "--address", "headnode"], capsys)
+    assert_one_line_error(code, err, "Ray address 'headnode' is not HOST:PORT")

@@ -2,10 +2,11 @@
 import re
 
 import pytest
+import torch
 
-from evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 from pipeline import tracking
 from genbench.cli import main
+from testing.evalkit import TINY, domain_cache, save_checkpoint, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 
@@ -163,3 +164,50 @@ def test_eval_of_a_checkpoint_without_its_run_logs_into_a_new_eval_run(env, tmp_
     run = tracking.get_run(run_id)
     assert run.data.tags["genbench.kind"] == "eval" and "bpd_test" in run.data.metrics
     assert "not in" in out   # the note that says why a new run was made
+
+
+def image_folder_with_counts(root, counts: dict[str, dict[str, int]], size: int = 16) -> str:
+    """An ImageFolder dataset with the given images per split and class (dark/light PNGs)."""
+    import numpy as np
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    for split, per_class in counts.items():
+        for c, (name, n) in enumerate(per_class.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = gen.integers(0, 128, (size, size, 3)) + 127 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return str(root)
+
+
+def test_conditional_samples_follow_the_train_split_class_frequencies(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A 9:1 train split and a 1:1 test split: eval draws the labels of a conditional model's
+    samples from the train split's class frequencies (not the test split's, not uniform)."""
+    from pipeline.config import Config
+    from pipeline.data import load_split
+    from pipeline.loop import build_nets
+
+    dataset = image_folder_with_counts(tmp_path / "images", {
+        "train": {"dark": 36, "light": 4}, "test": {"dark": 6, "light": 6}})
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    assert main(["eval", "train-classifier", "--dataset", dataset, "--image-size", "16",
+                 "--epochs", "1", "--quiet"]) == 0
+    cfg = Config.from_dict({"model": "gan", "gan": TINY["gan"], "train": {"conditional": True},
+                            "data": {"dataset": dataset, "image_size": 16}})
+    train = load_split(dataset, "train", None, cfg.data.val_fraction, cfg.data.split_seed, 16)
+    nets, opts = build_nets(cfg, train, torch.device("cpu"), 1)
+    save_checkpoint(tmp_path / "ck", cfg, nets, opts)
+    n = 400
+    assert main(["eval", "--checkpoint", str(tmp_path / "ck"), "--metrics", "fid",
+                 "--n-fake", str(n), "--n-real", "12", "--quiet"]) == 0
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", capsys.readouterr().out).group(1)
+    counts = [int(c) for c in tracking.get_run(run_id).data.tags["eval.sample_label_counts"]
+              .split(",")]
+    p_dark = train.class_frequencies()[0].item()            # ~0.9 after the val cut
+    assert sum(counts) == n and p_dark > 0.85
+    sd = (n * p_dark * (1 - p_dark)) ** 0.5
+    assert abs(counts[0] - n * p_dark) < 4 * sd, (counts, p_dark)   # 1:1 would be 200

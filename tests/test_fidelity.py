@@ -14,9 +14,9 @@ from eval import fidelity
 from eval.extractors import (DOMAIN_REGISTRY_NAME, cached_domain, domain_extractor,
                              domain_paths, to_rgb_uint8, train_and_cache_domain)
 from eval.fidelity import extract_features, fidelity_metrics
-from evalkit import domain_cache, fmnist_test, image_folder
 from genbench.cli import main
 from pipeline.errors import ConfigError
+from testing.evalkit import domain_cache, fmnist_test, image_folder
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from eval.likelihood import NLLSums, nll_sums, reconstruction_metrics
-from evalkit import fmnist_test, tiny_config, tiny_model
 from pipeline import checkpoint as ckpt
 from pipeline import tracking
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES
+from testing.evalkit import fmnist_test, tiny_config, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 
@@ -139,7 +139,7 @@ def test_a_uniform_bernoulli_vae_scores_1_bit_per_dim_and_is_not_called_bpd_test
         test_images, mlflow_uri, workdir):
     """1-bit data: a uniform model scores 1.000, not 8.000, so the number gets its own name
     (bpd_binarized_test), its own stamp, and never lands in bpd_test beside 8-bit likelihoods."""
-    from evalkit import save_checkpoint
+    from testing.evalkit import save_checkpoint
     from eval.run import EvalOptions, evaluate
 
     cfg, nets = uniform_bernoulli_vae(test_images.image_shape)

@@ -4,6 +4,7 @@ to stand in for eval results, a GAN, an AE, a failed PixelCNN and a VAE sweep.""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import statistics
 from html.parser import HTMLParser
@@ -33,13 +34,16 @@ def random_grid(n: int = 16, seed: int = 0) -> bytes:
 def logged_run(experiment: str, family: str, metrics_by_step: dict[int, dict],
                eval_metrics: dict | None = None, eval_tags: dict | None = None,
                status: str = "FINISHED", grid: str | None = "samples",
-               dataset: str = "fashion-mnist", workers: int = 1) -> str:
+               dataset: str = "fashion-mnist", workers: int = 1,
+               params: dict | None = None) -> str:
     """A train run as launch.train leaves it, with metrics logged here instead of trained."""
     tags = {"genbench.kind": "train", "genbench.model": family, "genbench.dataset": dataset,
             "hardware.cpu": "x86_64", "hardware.cpus": "2", "torch.version": torch.__version__,
             "genbench.version": "0.1.0"}
     params = {"model": family, "data.dataset": dataset, "train.workers": workers,
-              "train.batch_size": 64, "train.total_steps": max(metrics_by_step, default=0)}
+              "train.conditional": False,
+              "train.batch_size": 64, "train.total_steps": max(metrics_by_step, default=0),
+              **(params or {})}
     run_id = tracking.start_run(experiment, f"{family}-{dataset}", params, tags)
     logger = tracking.RunLogger(run_id, tracking.tracking_uri())
     for step, values in sorted(metrics_by_step.items()):
@@ -51,6 +55,7 @@ def logged_run(experiment: str, family: str, metrics_by_step: dict[int, dict],
         tracking.set_tags(run_id, eval_tags)
     if grid:
         logger.figure_png(random_grid(), f"{grid}/step_{last:07d}.png")
+    logger.close()
     tracking.end_run(run_id, status)
     return run_id
 
@@ -92,7 +97,9 @@ def sweep_run(experiment: str) -> str:
     child = tracking.start_run(experiment, "trial-001", {"vae.beta": 1.0},
                                {"genbench.kind": "tune-trial", "genbench.model": "vae",
                                 "mlflow.parentRunId": parent})
-    tracking.RunLogger(child, tracking.tracking_uri()).metrics({"val_bpd": 4.0}, 20)
+    child_logger = tracking.RunLogger(child, tracking.tracking_uri())
+    child_logger.metrics({"val_bpd": 4.0}, 20)
+    child_logger.close()
     tracking.end_run(child)
     spec = {"metric": "val_bpd", "mode": "min", "keys": ["vae.beta", "vae.lr"],
             "space": {"vae.beta": {"loguniform": [0.1, 10]}, "vae.lr": {"loguniform":
@@ -119,8 +126,10 @@ def store(tmp_path_factory, ray_local):
         vae = tracking.search_runs(tracking.find_experiment(EXP), "tags.`genbench.model` = 'vae'")
         vae_id = vae[0].info.run_id
         # eval's results for it (stand-ins with eval's metric names and protocol tags)
-        tracking.RunLogger(vae_id, tracking.tracking_uri()).metrics(
+        logger = tracking.RunLogger(vae_id, tracking.tracking_uri())
+        logger.metrics(
             {"bpd_test": 4.321987654, "probe_accuracy": 0.7712, **domain_metrics(55.5)}, 20)
+        logger.close()
         tracking.set_tags(vae_id, {**DOMAIN_TAGS, "eval.bpd": "IWAE bound, k=16",
                                    "eval.bpd.k": "16"})
         gan_id = logged_run(EXP, "gan", gan_history(), {
@@ -177,9 +186,11 @@ class Page(HTMLParser):
             self._in_style = True
         if tag == "tr" and "data-run-id" in a:
             self._row = {"run_id": a["data-run-id"], "family": a["data-family"]}
+            if "data-seed" in a:
+                self._row["data-seed"] = a["data-seed"]
         if tag == "td" and self._row is not None and "data-key" in a:
             self._cell = {**self._row, "key": a["data-key"], "value": a.get("data-value"),
-                          "text": ""}
+                          "column": a.get("data-column", a["data-key"]), "text": ""}
 
     def handle_endtag(self, tag):
         if tag == "td" and self._cell is not None:
@@ -253,11 +264,64 @@ def test_table_numbers_match_mlflow(store, report):
         assert f"| {cell['text']} |" in rows[fam], (fam, key)
     # the floor, logged by eval as floor_<metric>
     floor = md.split("## Floor", 1)[1].split("##", 1)[0]
-    assert "FID (domain)" in floor and "| real train vs real test | 0.8 | 9.1 |" in floor
+    assert "FID (domain)" in floor and "| real train vs real test (domain: " in floor
+    assert "2000 test images) | 0.8 | 9.1 |" in floor
 
 
 def by_family(page: Page) -> set[str]:
     return {x["family"] for x in page.cells}
+
+
+def columns_of(page: Page) -> dict[str, dict[str, str]]:
+    """data-column -> {family: text} for the cells that hold a number."""
+    out: dict[str, dict[str, str]] = {}
+    for x in page.cells:
+        if x["value"] is not None and "data-seed" not in x:
+            out.setdefault(x["column"], {})[x["family"]] = x["text"]
+    return out
+
+
+def test_fids_from_different_n_never_share_a_column(mlflow_uri, workdir):
+    """The quick bench's shape: VAE and GAN evaluated on 2,000 samples, PixelCNN on 200. FID is
+    biased by n, so PixelCNN's FID (and every other sample-quality number) gets its own column
+    group, named with its n; KID stands beside FID in each group."""
+    exp = "protocols"
+    tags = {**DOMAIN_TAGS, "eval.domain.floor": "2000 real train images vs the reference"}
+    logged_run(exp, "vae", {5: {"bpd": 5.0, "images_per_s": 50.0}},
+               {**domain_metrics(55.5), "bpd_test": 4.3}, tags)
+    logged_run(exp, "gan", gan_history((10,)), domain_metrics(31.25), tags)
+    logged_run(exp, "pixelcnn", {5: {"bpd": 5.5, "images_per_s": 40.0}},
+               {**domain_metrics(80.0), "floor_fid_domain": 6.9, "bpd_test": 3.9},
+               {**tags, "eval.domain.n_fake": "200",
+                "eval.domain.floor": "200 real train images vs the reference"})
+    html = write_report(exp, workdir / "out", quiet=True).read_text()
+    page = parse(html)
+    columns = columns_of(page)
+    fid_columns = {c: fams for c, fams in columns.items() if c.startswith("fid_domain")}
+    assert len(fid_columns) == 2, fid_columns
+    by_family = {fam: c for c, fams in fid_columns.items() for fam in fams}
+    assert by_family["vae"] == by_family["gan"] != by_family["pixelcnn"]
+    assert set(fid_columns[by_family["pixelcnn"]]) == {"pixelcnn"}
+    for metric in ("kid", "is", "precision", "recall"):   # every protocol-bound metric
+        groups = [set(f) for c, f in columns.items() if c.startswith(f"{metric}_domain")]
+        assert sorted(map(sorted, groups)) == [["gan", "vae"], ["pixelcnn"]], (metric, groups)
+    # the group headers name the n; the likelihood column still holds every family
+    assert "domain features: 2000 generated vs 2000 test images" in html
+    assert "domain features: 200 generated vs 2000 test images" in html
+    assert set(columns["bpd_test"]) == {"vae", "pixelcnn"}
+    # KID right after FID in each group
+    order = [x["column"] for x in page.cells if x["family"] == "vae"]
+    fid = order.index(by_family["vae"])
+    assert order[fid + 1].startswith("kid_domain")
+    # a dash, never a number, where a family was measured under the other protocol; no false
+    # "not measured yet" for it
+    other = [x for x in page.cells if x["family"] == "pixelcnn"
+             and x["column"] == by_family["vae"]]
+    assert other and other[0]["text"] == "—"
+    assert "not measured yet: FID" not in html
+    # the floor moves with n too: two floor rows, each with its protocol
+    floor = html.split('id="floor-table"', 1)[1].split("</table>", 1)[0]
+    assert "200 real train images" in floor and "2000 real train images" in floor
 
 
 @pytest.mark.slow
@@ -353,17 +417,52 @@ def test_references_only_on_exact_protocol():
     ref = references.Reference("gan", "Some GAN", "cifar10", "fid_inception", 30.0, "paper",
                                "arxiv.org/abs/0000.00000", n_fake=50000, n_real=50000)
     refs = (ref,)
-    assert references.matching("gan", "cifar10", "fid_inception", 50000, 50000, refs) == [ref]
-    assert references.matching("gan", "cifar10", "fid_inception", 10000, 50000, refs) == []
-    assert references.matching("gan", "cifar10", "fid_inception", None, None, refs) == []
-    assert references.matching("gan", "fashion-mnist", "fid_inception", 50000, 50000,
-                               refs) == []
+
+    def match(*args, split="test", **kwargs):
+        return references.matching(*args, references=refs, reference_split=split, **kwargs)
+
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000) == [ref]
+    assert match("gan", "cifar10", "fid_inception", 10000, 50000) == []
+    assert match("gan", "cifar10", "fid_inception", None, None) == []
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000, split="train") == []
+    assert match("gan", "cifar10", "fid_inception", 50000, 50000, split=None) == []
+    assert match("gan", "fashion-mnist", "fid_inception", 50000, 50000) == []
     domain = references.Reference("gan", "x", "cifar10", "fid_domain", 1.0, "s", "u", 50000)
-    assert references.matching("gan", "cifar10", "fid_domain", 50000, None, (domain,)) == []
-    # likelihoods carry no extractor and no n: dataset, split and metric must match
-    assert [r.model for r in references.matching("pixelcnn", "cifar10", "bpd_test")] == \
+    assert references.matching("gan", "cifar10", "fid_domain", 50000, None, (domain,),
+                               "test") == []
+    # likelihoods carry no extractor and no n: dataset, split, metric and config must match
+    unconditional = {"train.conditional": "False"}
+    assert [r.model for r in references.matching("pixelcnn", "cifar10", "bpd_test",
+                                                 params=unconditional)] == \
         ["PixelCNN", "Gated PixelCNN"]
-    assert references.matching("vae", "cifar10", "bpd_test") == []
+    assert references.matching("pixelcnn", "cifar10", "bpd_test",
+                               params={"train.conditional": "True"}) == []  # log p(x|y)
+    assert references.matching("vae", "cifar10", "bpd_test", params=unconditional) == []
+
+
+LUCIC_RUN = {"gan.g_loss": "non-saturating", "train.conditional": "False"}
+
+
+@pytest.mark.parametrize("dataset, value, spread", [("fashion-mnist", 26.5, 1.6),
+                                                    ("mnist", 6.8, 0.5)])
+def test_lucic_ns_gan_fid_only_under_its_protocol(dataset, value, spread):
+    """Lucic et al. 2018 (as tabulated by Dai & Wipf 2019, Table 1): 10k samples against the
+    10k test images, Inception features, an unconditional non-saturating GAN."""
+    def match(n_fake=10000, n_real=10000, split="test", metric="fid_inception", params=None):
+        return references.matching("gan", dataset, metric, n_fake, n_real, reference_split=split,
+                                   params=LUCIC_RUN if params is None else params)
+
+    [ref] = match()
+    assert (ref.model, ref.value, ref.spread) == ("NS-GAN", value, spread)
+    assert ref.shown == f"{value:g} ± {spread:g}"
+    assert "10,000 generated" in ref.protocol and "test" in ref.protocol
+    assert "Dai & Wipf 2019" in ref.source and "Table 1" in ref.source
+    assert match(n_fake=5000) == [] and match(n_real=2000) == []      # FID is biased by n
+    assert match(split="train") == [] and match(split=None) == []
+    assert match(metric="fid_domain") == []                          # another extractor
+    assert match(params={**LUCIC_RUN, "gan.g_loss": "minimax"}) == []  # not an NS-GAN
+    assert match(params={**LUCIC_RUN, "train.conditional": "True"}) == []
+    assert match(params={}) == []
 
 
 @pytest.mark.slow
@@ -381,20 +480,37 @@ def test_references_shown_only_where_protocol_matches(store, tmp_path, report):
     section = page_html.split("Published numbers", 1)[1].split("</table>", 1)[0]
     assert "fid_inception" not in section  # no FID reference with n_fake = 5000
 
+    exp = "report-lucic"
+    inception = {"eval.inception.n_fake": "10000", "eval.inception.n_real": "10000",
+                 "eval.inception.reference_split": "test"}
+    logged_run(exp, "gan", gan_history((10,)), {"fid_inception": 30.0}, inception,
+               params={"gan.g_loss": "non-saturating"})
+    page_html = write_report(exp, tmp_path / "lucic", quiet=True).read_text()
+    section = page_html.split("Published numbers", 1)[1].split("</table>", 1)[0]
+    assert "NS-GAN" in section and "26.5 ± 1.6" in section and "10,000 generated" in section
+    exp = "report-lucic-n2000"
+    logged_run(exp, "gan", gan_history((10,)), {"fid_inception": 30.0},
+               {**inception, "eval.inception.n_fake": "2000"},
+               params={"gan.g_loss": "non-saturating"})
+    assert "NS-GAN" not in write_report(exp, tmp_path / "n2000", quiet=True).read_text()
+
 
 # --- a real browser ------------------------------------------------------------------------------
 def chromium_or_skip():
-    from chromium_check import find_chromium
+    """The browser, else a skip on a developer's machine and a failure in CI (CI=true)."""
+    from testing.chromium_check import find_chromium
     path = find_chromium()
     if path is None:
-        pytest.skip("chromium is not installed (`make browser` or apt-get install chromium "
-                    "chromium-driver)")
+        why = "chromium is not installed (`make browser` or apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}; CI must run the browser test")
+        pytest.skip(why)
     return path
 
 
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium(report, tmp_path):
-    from chromium_check import check_page
+    from testing.chromium_check import check_page
     chromium_or_skip()
     html_path, _, _ = report
     shot = tmp_path / "report.png"
@@ -407,7 +523,7 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
 
 def test_chromium_check_sees_errors_and_requests(tmp_path):
     """The browser check can fail: a page with a console error, an exception and a CDN link."""
-    from chromium_check import check_page
+    from testing.chromium_check import check_page
     chromium_or_skip()
     bad = tmp_path / "bad.html"
     bad.write_text('<!DOCTYPE html><html><head><title>bad</title><link rel="stylesheet" '

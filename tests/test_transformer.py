@@ -91,11 +91,12 @@ def test_cached_sampling_equals_uncached(shape, conditional):
         model.head.weight.mul_(200.0)
     nets = {"model": model}
     labels = torch.arange(4) % NUM_CLASSES if conditional else None
-    out = []
-    for use_cache in (True, False):
+    out, pixels_done = [], []
+    for draw in (transformer.sample, transformer.sample_reference):
         torch.manual_seed(7)
-        out.append(transformer.sample(TINY, nets, 4, labels, use_cache=use_cache))
+        out.append(draw(TINY, nets, 4, labels, progress=pixels_done.append))
     cached, uncached = out
+    assert len(pixels_done) == 2 * shape[1] * shape[2]  # progress: once per pixel position
     assert cached.dtype == torch.uint8 and cached.shape == (4, *shape)
     assert torch.equal(cached, uncached)
     assert len(cached.unique()) > 4  # not a constant image
@@ -145,3 +146,52 @@ def test_conditional_needs_labels():
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         transformer.Config(**overrides).validate()
+
+
+# --- end to end: the CLI trains it on 2 DDP workers and eval logs its exact bits/dim ----------
+
+E2E_SETS = ["transformer.d_model=16", "transformer.layers=1", "transformer.heads=2",
+            "transformer.mlp_ratio=2", "train.batch_size=32", "train.log_every=10",
+            "train.checkpoint_every=15"]
+
+
+@pytest.mark.slow
+def test_cli_trains_on_two_workers_and_eval_logs_exact_bpd(ray_local, workdir, mlflow_uri,
+                                                          capsys):
+    """`genbench train --model transformer --workers 2 --steps 30`, then `genbench eval --metrics
+    bpd`: bpd_test is logged, stamped exact, and equals -log p(x) of the checkpoint's networks
+    recomputed here on the same test images."""
+    from mlflow.tracking import MlflowClient
+
+    from genbench.cli import main
+    from pipeline import checkpoint as ckpt
+    from pipeline.data import load_split
+
+    steps, images = 30, 200
+    sets = [arg for kv in E2E_SETS for arg in ("--set", kv)]
+    assert main(["train", "--model", "transformer", "--workers", "2", "--steps", str(steps),
+                 "--experiment", "E", *sets]) == 0
+    client = MlflowClient(mlflow_uri)
+    run, = client.search_runs([client.get_experiment_by_name("E").experiment_id])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.params["train.workers"] == "2"
+    history = client.get_metric_history(run_id, "bpd")
+    assert max(m.step for m in history) == steps and 0 < history[-1].value < 8.5
+    capsys.readouterr()
+
+    assert main(["eval", "--run-id", run_id, "--metrics", "bpd", "--bpd-images", str(images),
+                 "--device", "cpu", "--quiet"]) == 0
+    run = client.get_run(run_id)
+    bpd_test = run.data.metrics["bpd_test"]
+    assert run.data.tags["eval.bpd"].startswith("exact"), run.data.tags["eval.bpd"]
+    assert "bpd_test" in capsys.readouterr().out
+
+    payload = ckpt.load(client.download_artifacts(run_id, "checkpoint/checkpoint.pt",
+                                                  str(workdir)))
+    assert payload["step"] == steps
+    cfg = transformer.Config(**payload["config"]["transformer"])
+    test = load_split("fashion-mnist", "test")
+    nets = transformer.build(cfg, test.image_shape, 0)
+    nets["model"].load_state_dict(payload["nets"]["model"])
+    nats = transformer.nll(cfg, nets, test.images[:images]).double().sum().item()
+    assert bpd_test == pytest.approx(nats / (images * 784 * math.log(2)), abs=1e-5)

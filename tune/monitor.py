@@ -15,6 +15,7 @@ import time
 from ray.tune import Callback
 
 from pipeline import tracking
+from tune.spec import SweepSpec
 from tune.trial import PLACEMENT_GROUP_KEY, STATUS_TAG, TRIAL_ID_TAG
 
 TABLE_EVERY = 30.0  # seconds between live tables
@@ -68,9 +69,10 @@ def final_status(last_result: dict, steps: int) -> str:
 
 
 class SweepMonitor(Callback):
-    def __init__(self, spec: dict):
-        self.spec = {k: spec[k] for k in ("parent_run_id", "tracking_uri", "steps", "metric",
-                                           "samples", "keys")}
+    def __init__(self, spec: SweepSpec):
+        # plain data only: Tune pickles this callback into the experiment state
+        self.spec = {k: getattr(spec, k) for k in ("parent_run_id", "tracking_uri", "steps",
+                                                   "metric", "samples", "keys")}
         self.started: dict[str, float] = {}
         self.last_table = time.time()
 
@@ -135,8 +137,10 @@ class SweepMonitor(Callback):
                 tags = {STATUS_TAG: status}
                 if trial.trial_id in self.started:
                     seconds = time.time() - self.started[trial.trial_id]
-                    tracking.RunLogger(run.info.run_id, uri).metrics(
-                        {"trial_seconds": seconds}, int((trial.last_result or {}).get("step", 0)))
+                    logger = tracking.RunLogger(run.info.run_id, uri)
+                    logger.metrics({"trial_seconds": seconds},
+                                   int((trial.last_result or {}).get("step", 0)))
+                    logger.close()  # the writer is asynchronous: written before the run ends
                 tracking.set_tags(run.info.run_id, tags, uri)
                 tracking.end_run(run.info.run_id, mlflow_status, uri)
 

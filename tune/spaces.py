@@ -1,5 +1,5 @@
-"""Search spaces: the default per family, or a YAML `tune:` section written with Tune's sampling
-primitives, checked before any trial starts.
+"""Search spaces: the family's TUNE_SPACE by default, or a YAML `tune:` section written with
+Tune's sampling primitives, checked before any trial starts.
 
 A space maps a dotted config key to a primitive, e.g.
 
@@ -16,15 +16,7 @@ from typing import Any
 
 from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
-
-# Log-uniform everywhere: these hyperparameters act multiplicatively.
-DEFAULT_SPACES: dict[str, dict[str, dict]] = {
-    "vae": {"vae.beta": {"loguniform": [0.1, 10.0]}, "vae.lr": {"loguniform": [1e-4, 3e-3]}},
-    "gan": {"gan.lr_g": {"loguniform": [5e-5, 1e-3]}, "gan.lr_d": {"loguniform": [5e-5, 1e-3]},
-            "gan.beta1": {"loguniform": [0.05, 0.9]}},
-    "ae": {"ae.lr": {"loguniform": [1e-4, 3e-3]}},
-    "pixelcnn": {"pixelcnn.lr": {"loguniform": [1e-4, 3e-3]}},
-}
+from pipeline.models import FAMILIES
 
 # primitive -> number of bound arguments it takes (choice takes a list of any length)
 PRIMITIVES = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3,
@@ -34,7 +26,9 @@ EXAMPLE = "e.g. tune: {vae.beta: {loguniform: [0.1, 10]}}"
 
 
 def default_space(model: str) -> dict[str, dict]:
-    return {k: dict(v) for k, v in DEFAULT_SPACES[model].items()}
+    """The family's TUNE_SPACE as dotted config keys ({"lr": ...} -> {"<model>.lr": ...})."""
+    return {f"{model}.{k}": {p: list(a) for p, a in v.items()}
+            for k, v in FAMILIES[model].TUNE_SPACE.items()}
 
 
 def check_space(spec: Any, base: Config) -> dict[str, dict]:

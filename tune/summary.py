@@ -13,6 +13,7 @@ import yaml
 from pipeline import tracking
 from pipeline.config import Config
 from tune import spaces
+from tune.spec import SweepSpec
 from tune.trial import STATUS_TAG, TRIAL_ID_TAG
 
 
@@ -105,8 +106,9 @@ def plot_metric_vs(rows: list[Row], key: str, metric: str, log_x: bool, best_row
     return fig
 
 
-def plot_rate_distortion(rows: list[Row]):
-    """Final KL (rate) against reconstruction NLL (distortion) per beta, nats per image."""
+def plot_rate_distortion(rows: list[Row], beta_key: str):
+    """Final KL (rate) against reconstruction NLL (distortion) per beta, nats per image; None
+    when the trials report no kl and recon."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +117,7 @@ def plot_rate_distortion(rows: list[Row]):
     for r in rows:
         kl = r.metrics.get("val_kl", r.metrics.get("kl"))
         recon = r.metrics.get("val_recon", r.metrics.get("recon"))
-        beta = r.sampled.get("vae.beta")
+        beta = r.sampled.get(beta_key)
         if isinstance(kl, (int, float)) and isinstance(recon, (int, float)) and beta:
             pts.append((float(kl), float(recon), float(beta), r.status))
     if not pts:
@@ -136,37 +138,39 @@ def plot_rate_distortion(rows: list[Row]):
     return fig
 
 
-def write_all(rows: list[Row], spec: dict, base: Config, out_dir: Path) -> dict:
+def write_all(rows: list[Row], spec: SweepSpec, out_dir: Path) -> dict:
     """Write the sweep's artifacts under out_dir and log them to the parent run; returns
     {'best': Row | None, 'best_config': Path | None, 'files': [...]}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric, mode, keys = spec["metric"], spec["mode"], spec["keys"]
-    space = spec["space"]
+    metric, mode, keys, space = spec.metric, spec.mode, spec.keys, spec.space
+    base = spec.user()
     files = [out_dir / "results.csv"]
     write_csv(rows, keys, metric, files[0])
     best_row = best(rows, metric, mode)
     best_path = None
     if best_row is not None:
         best_path = out_dir / "best_config.yaml"
-        write_best_config(base, best_row, metric, spec["parent_run_id"], best_path)
+        write_best_config(base, best_row, metric, spec.parent_run_id, best_path)
         files.append(best_path)
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     figures = [(plot_metric_vs(rows, k, metric, spaces.is_log(space, k), best_row),
                 plots / f"{metric}_vs_{k}.png") for k in keys]
-    if base.model == "vae" and "vae.beta" in keys:
-        figures.append((plot_rate_distortion(rows), plots / "rate_distortion.png"))
+    beta = f"{base.model}.beta"
+    if beta in keys:  # a beta sweep: rate-distortion, where trials report kl and recon
+        figures.append((plot_rate_distortion(rows, beta), plots / "rate_distortion.png"))
     for fig, path in figures:
         if fig is not None:
             path.write_bytes(tracking.png_bytes(fig))
             __import__("matplotlib.pyplot").pyplot.close(fig)
             files.append(path)
-    logger = tracking.RunLogger(spec["parent_run_id"], spec["tracking_uri"])
+    logger = tracking.RunLogger(spec.parent_run_id, spec.tracking_uri)
     for path in files:
         logger.artifact(path, "plots" if path.parent == plots else None)
     if best_row is not None:
         logger.metrics({f"best_{metric}": best_row.value(metric)}, 0)
-        tracking.set_tags(spec["parent_run_id"], {"genbench.best_trial": best_row.trial,
-                                                  "genbench.best_run_id": best_row.run_id},
-                          spec["tracking_uri"])
+        tracking.set_tags(spec.parent_run_id, {"genbench.best_trial": best_row.trial,
+                                               "genbench.best_run_id": best_row.run_id},
+                          spec.tracking_uri)
+    logger.close()  # the writer is asynchronous: everything is written when this returns
     return {"best": best_row, "best_config": best_path, "files": files}

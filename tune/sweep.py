@@ -14,14 +14,15 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.data import ImageData, load_config_split
+from pipeline.data import ImageData
 from pipeline.errors import ConfigError
+from pipeline.launch import load_train_split
 from tune import metrics as sweep_metrics
 from tune import spaces
+from tune.spec import SPEC_FILE, SweepSpec
 
-SPEC_FILE = "genbench_sweep.json"  # in the Tune experiment directory: what --resume needs
 REPORTS_PER_TRIAL = 10             # metric (and checkpoint) interval = steps / this, at most
-GAN_FID_SAMPLES = 500              # images per small-sample FID (fake and real each)
+FID_SAMPLES = 500                  # images per small-sample FID (fake and real each)
 
 
 # --- building the sweep ------------------------------------------------------------------------
@@ -49,58 +50,42 @@ def trial_config(cfg: Config, steps: int, interval: int) -> Config:
     return dataclasses.replace(cfg, train=t)
 
 
-def load_data(cfg: Config) -> tuple[ImageData, ImageData | None]:
-    d = cfg.data
-    train = load_config_split(d, "train")
-    val = (load_config_split(d, "val")
-           if d.val_fraction > 0 else None)
-    if cfg.train.batch_size > len(train):
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(train)} "
-                          f"training images; lower it")
-    return train, val
-
-
 def concurrency(trial_cfg: Config) -> int:
-    """How many trials fit the cluster at once; a request that can never fit is an error."""
+    """How many trials fit the cluster at once; a request that can never fit is an error
+    (launch's checks, as for `genbench train`)."""
     import ray
+
+    from pipeline.launch import require_shared_storage, shortfall
 
     t = trial_cfg.train
     total = ray.cluster_resources()
+    short = shortfall(trial_cfg, total, workers_flag="--workers-per-trial")
+    if short:
+        raise ConfigError(f"each trial: {short}")
+    require_shared_storage(trial_cfg)
     cpus, gpus = int(total.get("CPU", 0)), int(total.get("GPU", 0))
-    need_cpu = t.workers * t.cpus_per_worker
-    if need_cpu > cpus:
-        raise ConfigError(f"each trial needs {t.workers} worker(s) x {t.cpus_per_worker} CPU(s) "
-                          f"but the Ray cluster has {cpus} CPUs; lower --workers-per-trial or "
-                          f"train.cpus_per_worker")
-    if t.gpu and t.workers > gpus:
-        raise ConfigError(f"each trial needs {t.workers} GPU(s) but the Ray cluster has {gpus}; "
-                          f"lower --workers-per-trial or drop --gpu")
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes > 1 and t.storage_path is None:
-        raise ConfigError("this Ray cluster has several nodes: trial checkpoints need shared "
-                          "storage; pass --storage-path s3://bucket/path or an NFS directory")
-    fit = cpus // need_cpu
+    fit = cpus // (t.workers * t.cpus_per_worker)
     return max(1, min(fit, gpus // t.workers) if t.gpu else fit)
 
 
-def scheduler_and_search(spec: dict):
+def scheduler_and_search(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    if spec["scheduler"] == "asha":
+    if spec.scheduler == "asha":
         # time in steps; rungs at grace * 2^k: with 4-8 samples a factor of 2 still prunes.
-        scheduler = ASHAScheduler(time_attr="step", max_t=spec["steps"],
-                                  grace_period=max(spec["interval"], spec["steps"] // 4),
+        scheduler = ASHAScheduler(time_attr="step", max_t=spec.steps,
+                                  grace_period=max(spec.interval, spec.steps // 4),
                                   reduction_factor=2)
     else:
         scheduler = FIFOScheduler()
-    if spec["search"] == "optuna":
+    if spec.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
-        search = OptunaSearch(seed=spec["seed"])
+        search = OptunaSearch(seed=spec.seed)
     else:
         # Tune ignores max_concurrent_trials for a generator passed in: give it here.
-        search = BasicVariantGenerator(random_state=spec["seed"],
-                                       max_concurrent=spec["max_concurrent"])
+        search = BasicVariantGenerator(random_state=spec.seed,
+                                       max_concurrent=spec.max_concurrent)
     return scheduler, search
 
 
@@ -115,8 +100,7 @@ def sweep(cfg: Config, options: SweepOptions) -> int:
 
     spec, train_data, val_data = plan(cfg, options)
     init_ray(options.address, options.verbose)
-    spec["max_concurrent"] = concurrency(Config.from_dict(spec["trial_config"]))
-    open_sweep(spec)
+    spec = open_sweep(spec.replace(max_concurrent=concurrency(spec.trial())))
 
     from ray import tune
 
@@ -126,75 +110,76 @@ def sweep(cfg: Config, options: SweepOptions) -> int:
     scheduler, search = scheduler_and_search(spec)
     tuner = tune.Tuner(
         make_trainable(spec, train_data, val_data),
-        param_space=spaces.to_tune(spec["space"]),
-        tune_config=tune.TuneConfig(metric=spec["metric"], mode=spec["mode"],
+        param_space=spaces.to_tune(spec.space),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
                                     scheduler=scheduler, search_alg=search,
-                                    num_samples=spec["samples"],
-                                    max_concurrent_trials=spec["max_concurrent"],
+                                    num_samples=spec.samples,
+                                    max_concurrent_trials=spec.max_concurrent,
                                     # a fresh trial process costs seconds of imports
-                                    reuse_actors=spec["workers"] == 1,
+                                    reuse_actors=spec.workers == 1,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=spec["name"],
-                                  storage_path=str(Path(spec["sweep_dir"]).parent),
+        run_config=tune.RunConfig(name=spec.name,
+                                  storage_path=str(Path(spec.sweep_dir).parent),
                                   verbose=0, callbacks=[SweepMonitor(spec)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=0)))
-    space_text = ", ".join(f"{k} {prim}{bounds}" for k, e in spec["space"].items()
+    space_text = ", ".join(f"{k} {prim}{bounds}" for k, e in spec.space.items()
                            for prim, bounds in e.items())
-    print(f"genbench: sweeping {spec['model']} on {spec['dataset']}: {spec['samples']} trials "
-          f"x {spec['steps']} steps ({spec['workers']} worker(s) each, {spec['max_concurrent']} "
-          f"at a time), {spec['scheduler'].upper()} on {spec['metric']} ({spec['mode']}) every "
-          f"{spec['interval']} steps, {spec['search']} search over {space_text}\n"
-          f"  MLflow parent run {spec['parent_run_id']}; sweep dir {spec['sweep_dir']}",
+    print(f"genbench: sweeping {spec.model} on {spec.dataset}: {spec.samples} trials "
+          f"x {spec.steps} steps ({spec.workers} worker(s) each, {spec.max_concurrent} "
+          f"at a time), {spec.scheduler.upper()} on {spec.metric} ({spec.mode}) every "
+          f"{spec.interval} steps, {spec.search} search over {space_text}\n"
+          f"  MLflow parent run {spec.parent_run_id}; sweep dir {spec.sweep_dir}",
           file=sys.stderr, flush=True)
     return finish(tuner, spec)
 
 
-def plan(cfg: Config, options: SweepOptions) -> tuple[dict, ImageData, ImageData | None]:
+def plan(cfg: Config, options: SweepOptions) -> tuple[SweepSpec, ImageData, ImageData | None]:
     """Everything checkable before Ray starts and a run is opened: search space, data, metric,
-    step count; returns the sweep's spec (JSON-able) and the data splits."""
+    step count; returns the sweep's spec and the data splits."""
     from pipeline.loop import total_steps
 
     if options.samples <= 0:
         raise ConfigError(f"--samples must be positive, got {options.samples}")
     space = spaces.check_space(spaces.default_space(cfg.model) if options.space is None
                                else options.space, cfg)
-    train_data, val_data = load_data(cfg)
+    train_data, val_data = load_train_split(cfg)
     metric, mode = sweep_metrics.choose(cfg, train_data, options.metric, options.mode)
     steps = total_steps(cfg, len(train_data) // cfg.train.batch_size)
     interval = max(1, min(cfg.train.eval_every, steps // REPORTS_PER_TRIAL))
     trial_cfg = trial_config(cfg, steps, interval)
-    spec = {"model": cfg.model, "dataset": cfg.data.dataset, "experiment": options.experiment,
-            "tracking_uri": tracking.tracking_uri(), "user_config": cfg.to_dict(),
-            "trial_config": trial_cfg.to_dict(), "space": space, "keys": list(space),
-            "metric": metric, "mode": mode, "scheduler": options.scheduler,
-            "search": options.search, "samples": options.samples, "steps": steps,
-            "interval": interval, "workers": cfg.train.workers, "seed": cfg.train.seed,
-            "fid_samples": GAN_FID_SAMPLES, **sweep_metrics.prepare(trial_cfg)}
+    spec = SweepSpec(user_config=cfg.to_dict(), trial_config=trial_cfg.to_dict(), space=space,
+                     metric=metric,
+                     mode=mode, scheduler=options.scheduler, search=options.search,
+                     samples=options.samples, steps=steps, interval=interval,
+                     experiment=options.experiment, tracking_uri=tracking.tracking_uri(),
+                     fid_samples=FID_SAMPLES, **sweep_metrics.prepare(trial_cfg))
     return spec, train_data, val_data
 
 
-def open_sweep(spec: dict) -> None:
+def open_sweep(spec: SweepSpec) -> SweepSpec:
     """The parent MLflow run and the sweep directory (named after it, so never reused), with
     the spec that --resume reads back."""
     from pipeline.launch import storage_path
 
-    cfg = Config.from_dict(spec["user_config"])
+    cfg = spec.user()
     tags = tracking.versions_and_hardware(cfg.train.gpu)
     tags.update({"genbench.kind": "tune", "genbench.model": cfg.model,
                  "genbench.dataset": cfg.data.dataset})
-    params = {**cfg.flat(), "train.total_steps": spec["steps"],
-              **{f"tune.{k}": spec[k] for k in ("samples", "scheduler", "search", "metric",
-                                                "mode", "interval", "workers")},
-              "tune.space": json.dumps(spec["space"])}
-    parent = tracking.start_run(spec["experiment"], f"tune-{cfg.model}-{cfg.data.dataset}",
+    params = {**cfg.flat(), "train.total_steps": spec.steps,
+              **{f"tune.{k}": getattr(spec, k) for k in ("samples", "scheduler", "search",
+                                                         "metric", "mode", "interval",
+                                                         "workers")},
+              "tune.space": json.dumps(spec.space)}
+    parent = tracking.start_run(spec.experiment, f"tune-{cfg.model}-{cfg.data.dataset}",
                                 params, tags)
     name = f"tune-{cfg.model}-{parent[:12]}"
     sweep_dir = Path(storage_path(cfg)) / name
-    spec.update(parent_run_id=parent, name=name, sweep_dir=str(sweep_dir))
+    spec = spec.replace(parent_run_id=parent, name=name, sweep_dir=str(sweep_dir))
     sweep_dir.mkdir(parents=True, exist_ok=False)
-    (sweep_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    spec.save(sweep_dir)
     tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
+    return spec
 
 
 def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
@@ -205,38 +190,37 @@ def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
     from tune.trial import make_trainable
 
     sweep_dir = Path(path).absolute()
-    spec_file = sweep_dir / SPEC_FILE
-    if not spec_file.is_file():
+    if not (sweep_dir / SPEC_FILE).is_file():
         raise ConfigError(f"{path} is not a genbench sweep directory (no {SPEC_FILE}); pass the "
                           f"sweep dir that `genbench tune` printed")
-    spec = json.loads(spec_file.read_text())
+    spec = SweepSpec.load(sweep_dir)
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise ConfigError(f"sweep {path} stopped before Tune saved any state; start it again "
                           f"without --resume")
-    uri = spec["tracking_uri"]
+    uri = spec.tracking_uri
     try:
-        parent = tracking.client(uri).get_run(spec["parent_run_id"])
+        parent = tracking.client(uri).get_run(spec.parent_run_id)
     except Exception:
-        raise ConfigError(f"the sweep's MLflow parent run {spec['parent_run_id']} is not in "
+        raise ConfigError(f"the sweep's MLflow parent run {spec.parent_run_id} is not in "
                           f"{uri}; resume with the tracking store it was started with") from None
     if parent.info.status == "FINISHED":
         raise ConfigError(f"sweep {path} already finished; see MLflow run "
-                          f"{spec['parent_run_id']}")
-    trial_cfg = Config.from_dict(spec["trial_config"])
-    train_data, val_data = load_data(trial_cfg)
+                          f"{spec.parent_run_id}")
+    trial_cfg = spec.trial()
+    train_data, val_data = load_train_split(trial_cfg)
     init_ray(address, verbose)
     concurrency(trial_cfg)
-    spec.update(sweep_metrics.prepare(trial_cfg))
-    tracking.client(uri).update_run(spec["parent_run_id"], status="RUNNING")
-    print(f"genbench: resuming sweep {sweep_dir.name} ({spec['samples']} trials of "
-          f"{trial_cfg.model}); MLflow parent run {spec['parent_run_id']}",
+    spec = spec.replace(**sweep_metrics.prepare(trial_cfg))
+    tracking.client(uri).update_run(spec.parent_run_id, status="RUNNING")
+    print(f"genbench: resuming sweep {sweep_dir.name} ({spec.samples} trials of "
+          f"{spec.model}); MLflow parent run {spec.parent_run_id}",
           file=sys.stderr, flush=True)
     tuner = tune.Tuner.restore(str(sweep_dir), make_trainable(spec, train_data, val_data),
                                resume_unfinished=True, resume_errored=False)
     return finish(tuner, spec)
 
 
-def finish(tuner, spec: dict) -> int:
+def finish(tuner, spec: SweepSpec) -> int:
     """Fit, then either hand back an interrupted sweep or write its results."""
     import os
 
@@ -244,7 +228,7 @@ def finish(tuner, spec: dict) -> int:
 
     from tune import summary
 
-    parent, uri = spec["parent_run_id"], spec["tracking_uri"]
+    parent, uri = spec.parent_run_id, spec.tracking_uri
     # Tune's newer console output prints a banner even at verbose=0; the classic one is silent
     # there, and SweepMonitor prints our own compact progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -256,54 +240,53 @@ def finish(tuner, spec: dict) -> int:
                          uri)
         raise
     # Tune returns normally on Ctrl-C too; the state it saved says whether every trial ended.
-    saved = ExperimentAnalysis(spec["sweep_dir"]).trials
+    saved = ExperimentAnalysis(spec.sweep_dir).trials
     ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
-    if ended < spec["samples"]:
+    if ended < spec.samples:
         mark_unfinished(spec)
         tracking.end_run(parent, "KILLED", uri)
-        print(f"genbench: sweep interrupted with {ended}/{spec['samples']} trials done; "
-              f"continue it with: genbench tune --resume {spec['sweep_dir']}", file=sys.stderr)
+        print(f"genbench: sweep interrupted with {ended}/{spec.samples} trials done; "
+              f"continue it with: genbench tune --resume {spec.sweep_dir}", file=sys.stderr)
         return 130
     rows = summary.collect(results, parent, uri)
-    base = Config.from_dict(spec["user_config"])
-    out = summary.write_all(rows, spec, base, Path(spec["sweep_dir"]))
+    out = summary.write_all(rows, spec, Path(spec.sweep_dir))
     print_results(rows, spec, out)
     best = out["best"]
     tracking.end_run(parent, "FINISHED" if best is not None else "FAILED", uri)
     return 0 if best is not None else 1
 
 
-def mark_unfinished(spec: dict) -> None:
+def mark_unfinished(spec: SweepSpec) -> None:
     """Child runs still open when the driver stops are interrupted, not finished."""
     from tune.trial import STATUS_TAG
 
-    uri = spec["tracking_uri"]
-    for run in tracking.child_runs(spec["parent_run_id"], uri):
+    uri = spec.tracking_uri
+    for run in tracking.child_runs(spec.parent_run_id, uri):
         if run.info.status == "RUNNING":
             tracking.set_tags(run.info.run_id, {STATUS_TAG: "interrupted"}, uri)
             tracking.end_run(run.info.run_id, "KILLED", uri)
 
 
-def print_results(rows, spec: dict, out: dict) -> None:
+def print_results(rows, spec: SweepSpec, out: dict) -> None:
     from tune.monitor import fmt
 
-    metric, keys = spec["metric"], spec["keys"]
+    metric, keys = spec.metric, spec.keys
     header = ["trial", "status", "steps", metric, *keys]
     table = [[r.trial, r.status.replace("_", "-"),
               str(r.metrics.get("step", "-")), fmt(r.value(metric)),
               *(fmt(r.sampled.get(k)) for k in keys)] for r in rows]
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    print(f"\nsweep {spec['name']}: {len(rows)} trials")
+    print(f"\nsweep {spec.name}: {len(rows)} trials")
     for row in [header, *table]:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
     best = out["best"]
     if best is None:
-        print(f"  no trial reported a finite {metric}; see the errors under {spec['sweep_dir']}")
+        print(f"  no trial reported a finite {metric}; see the errors under {spec.sweep_dir}")
         return
     print(f"\nbest: trial {best.trial} with {metric} {best.value(metric):.6g}: "
           + ", ".join(f"{k}={fmt(best.sampled.get(k))}" for k in keys))
     print(f"  best config   {out['best_config']}")
     print(f"  train it      genbench train --config {out['best_config']}")
-    print(f"  MLflow run    {spec['parent_run_id']} (parent; {len(rows)} child runs, "
-          f"{spec['tracking_uri']})")
+    print(f"  MLflow run    {spec.parent_run_id} (parent; {len(rows)} child runs, "
+          f"{spec.tracking_uri})")
 

@@ -21,6 +21,7 @@ from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
+from tune.spec import SweepSpec
 
 TRIAL_ID_TAG = "genbench.trial_id"
 STATUS_TAG = "genbench.trial_status"   # running | completed | early_stopped | failed | interrupted
@@ -33,15 +34,15 @@ DRIVER_MEMORY = 2**28                  # bytes, logical: what a multi-worker tri
 PLACEMENT_GROUP_KEY = "placement_group"
 
 
-def trial_config(spec: dict, sampled: dict) -> Config:
-    return spaces.apply(Config.from_dict(spec["trial_config"]), sampled)
+def trial_config(spec: SweepSpec, sampled: dict) -> Config:
+    return spaces.apply(spec.trial(), sampled)
 
 
-def open_child_run(spec: dict, sampled: dict, cfg: Config, trial_id: str) -> str:
+def open_child_run(spec: SweepSpec, sampled: dict, cfg: Config, trial_id: str) -> str:
     """The trial's MLflow run under the sweep's parent: created on the first start, reopened
     when a resumed sweep restarts the trial (so a trial keeps one run)."""
-    uri = spec["tracking_uri"]
-    found = [r for r in tracking.child_runs(spec["parent_run_id"], uri)
+    uri = spec.tracking_uri
+    found = [r for r in tracking.child_runs(spec.parent_run_id, uri)
              if r.data.tags.get(TRIAL_ID_TAG) == trial_id]
     if found:
         run = found[0]
@@ -49,19 +50,19 @@ def open_child_run(spec: dict, sampled: dict, cfg: Config, trial_id: str) -> str
         tracking.set_tags(run.info.run_id, {STARTS_TAG: starts, STATUS_TAG: "running"}, uri)
         tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
-    tags = {"mlflow.parentRunId": spec["parent_run_id"], "genbench.kind": "tune-trial",
+    tags = {"mlflow.parentRunId": spec.parent_run_id, "genbench.kind": "tune-trial",
             "genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
             TRIAL_ID_TAG: trial_id, STARTS_TAG: 1, STATUS_TAG: "running",
             "genbench.sampled": json.dumps(sampled)}
-    params = {**cfg.flat(), "train.total_steps": spec["steps"]}
-    return tracking.start_run(spec["experiment"], f"trial-{trial_id}", params, tags, uri=uri)
+    params = {**cfg.flat(), "train.total_steps": spec.steps}
+    return tracking.start_run(spec.experiment, f"trial-{trial_id}", params, tags, uri=uri)
 
 
 class Reporter:
     """Wraps a send(metrics, checkpoint_dir) function for fit(): adds the extra validation metric
     (the GAN's FID) and the training seconds so far, and logs every report to the child run."""
 
-    def __init__(self, cfg: Config, ctx: Context, val: ImageData | None, spec: dict,
+    def __init__(self, cfg: Config, ctx: Context, val: ImageData | None, spec: SweepSpec,
                  send: Callable[[dict, str | None], None], seconds_before: float = 0.0):
         from tune.metrics import extra_metric_fn
         self.ctx, self.send = ctx, send
@@ -94,7 +95,7 @@ def _device(cfg: Config) -> torch.device:
     return torch.device("cuda" if cfg.train.gpu and torch.cuda.is_available() else "cpu")
 
 
-def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: ImageData | None):
+def direct_trial(sampled: dict, spec: SweepSpec, train_data: ImageData, val_data: ImageData | None):
     """Function trainable for single-worker trials: fit() in this process."""
     from ray import tune
 
@@ -110,7 +111,7 @@ def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: Ima
     if restored is not None:
         with restored.as_directory() as directory:
             start = ckpt.load(directory)
-    ctx = Context(device=_device(cfg), run_id=run_id, tracking_uri=spec["tracking_uri"])
+    ctx = Context(device=_device(cfg), run_id=run_id, tracking_uri=spec.tracking_uri)
 
     def send(metrics: dict, checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -124,38 +125,30 @@ def direct_trial(sampled: dict, spec: dict, train_data: ImageData, val_data: Ima
         reporter.close()
 
 
-def distributed_trial(sampled: dict, spec: dict) -> None:
+def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
     """Function trainable for multi-worker trials: this trial only waits (0.01 CPU) while a
     TorchTrainer runs the DDP workers and TuneReportCallback forwards rank 0's reports."""
     from ray import tune
-    from ray.train import CheckpointConfig, Checkpoint, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.launch import find_latest_checkpoint
+    from pipeline.launch import find_latest_checkpoint, make_trainer
 
     cfg = trial_config(spec, sampled)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_child_run(spec, sampled, cfg, trial_id)
-    storage = f"{spec['sweep_dir']}/trainers"
+    storage = f"{spec.sweep_dir}/trainers"
     # A restarted trial (resumed sweep) continues from its trainer's last checkpoint, under a
     # new trainer name so Ray Train does not mix the two attempts.
     latest = find_latest_checkpoint(f"{storage}/{trial_id}")
     attempt = len(list(__import__("glob").glob(f"{storage}/{trial_id}*"))) + 1
-    t = cfg.train
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         tune_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "spec": spec,
-                           "tracking_uri": spec["tracking_uri"],
-                           "seconds_before": _seconds_before(run_id, spec["tracking_uri"])
-                           if latest else 0.0},
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(name=f"{trial_id}-attempt{attempt}", storage_path=storage,
-                             callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        resume_from_checkpoint=Checkpoint.from_directory(str(latest)) if latest else None)
+        {"config": cfg.to_dict(), "run_id": run_id, "spec": spec,
+         "tracking_uri": spec.tracking_uri,
+         "seconds_before": _seconds_before(run_id, spec.tracking_uri) if latest else 0.0,
+         "resume_from": str(latest) if latest else None},
+        cfg, f"{trial_id}-attempt{attempt}", storage, keep_checkpoints=1,
+        callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -172,9 +165,11 @@ def tune_loop_per_worker(loop_config: dict) -> None:
                   device=ray.train.torch.get_device(), run_id=loop_config["run_id"],
                   tracking_uri=loop_config["tracking_uri"])
     start, restored = None, ray.train.get_checkpoint()
-    if restored is not None:
+    if restored is not None:  # a restart after a worker failure
         with restored.as_directory() as directory:
             start = ckpt.load(directory)
+    elif loop_config.get("resume_from"):  # a resumed sweep: the trial's last checkpoint
+        start = ckpt.load(loop_config["resume_from"])
     d = cfg.data
     data = load_config_split(d, "train")
     val = (load_config_split(d, "val")
@@ -197,14 +192,14 @@ def tune_loop_per_worker(loop_config: dict) -> None:
         reporter.close()
 
 
-def make_trainable(spec: dict, train_data: ImageData, val_data: ImageData | None) -> Any:
+def make_trainable(spec: SweepSpec, train_data: ImageData, val_data: ImageData | None) -> Any:
     """The Tune trainable with its resources: a whole trial for single-worker sweeps; for
     multi-worker ones a driver that only waits while its TorchTrainer asks for the CPUs. That
     driver claims no CPU at all (Tune refuses an empty request, so it claims a little memory):
     even 0.01 CPU would leave 1.99 of 2 CPUs, and a 2-worker trainer could never start."""
     from ray import tune
 
-    t = Config.from_dict(spec["trial_config"]).train
+    t = spec.trial().train
     if t.workers == 1:
         resources = {"cpu": t.cpus_per_worker, **({"gpu": 1} if t.gpu else {})}
         fn = tune.with_parameters(direct_trial, spec=spec, train_data=train_data,

@@ -19,6 +19,13 @@ class Config:
 
 
 PHASES = ("model",)
+PROGRESS_KEYS = ("mse",)
+TUNE_SPACE = {"lr": {"loguniform": [1e-4, 3e-3]}}
+SWEEP_METRIC, SWEEP_MODE = "val_mse", "min"
+LIKELIHOOD = None
+LIKELIHOOD_NOTE = "an autoencoder has no likelihood (see mse_test, psnr_test)"
+GRID_SIZE = 64
+DDP_OPTIONS: dict[str, dict] = {}
 
 
 class AutoEncoder(nn.Module):

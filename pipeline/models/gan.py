@@ -35,8 +35,43 @@ class Config:
             raise ValueError("gan.beta1 and gan.beta2 must lie in [0, 1)")
 
 
+# Published FIDs of this model, with the protocol they were measured under; eval/references.py
+# shows one only beside a number measured the same way (Inception features, the same n, the test
+# split) by a run whose config matches `when`.
+_LUCIC = ("Lucic et al. 2018, Are GANs Created Equal? A Large-Scale Study (NeurIPS), as tabulated "
+          "in Dai & Wipf 2019, Diagnosing and Enhancing VAE Models (ICLR), Table 1")
+_LUCIC_PROTOCOL = ("FID of 10,000 generated images against the 10,000 test images, InceptionV3 "
+                   "pool3 features (2015-12-05 TF graph; grey images repeated to 3 channels, "
+                   "resized to 299 by TF's bilinear resize), as in the study's released code "
+                   "(google/compare_gan eval_gan_lib.py, num_test_examples=10000, split test); "
+                   "best hyperparameters of a large search, ± as the table reports it")
+PUBLISHED = (
+    {"model": "NS-GAN", "dataset": "fashion-mnist", "metric": "fid_inception", "value": 26.5,
+     "spread": 1.6, "source": _LUCIC, "url": "arxiv.org/abs/1711.10337, arxiv.org/abs/1903.05789",
+     "n_fake": 10000, "n_real": 10000, "reference_split": "test",
+     "when": {"g_loss": "non-saturating", "train.conditional": False}, "protocol": _LUCIC_PROTOCOL},
+    {"model": "NS-GAN", "dataset": "mnist", "metric": "fid_inception", "value": 6.8,
+     "spread": 0.5, "source": _LUCIC, "url": "arxiv.org/abs/1711.10337, arxiv.org/abs/1903.05789",
+     "n_fake": 10000, "n_real": 10000, "reference_split": "test",
+     "when": {"g_loss": "non-saturating", "train.conditional": False}, "protocol": _LUCIC_PROTOCOL},
+)
+
 # D steps first on fresh fakes, then G against the updated D (one optimizer each).
 PHASES = ("discriminator", "generator")
+PROGRESS_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
+TUNE_SPACE = {"lr_g": {"loguniform": [5e-5, 1e-3]}, "lr_d": {"loguniform": [5e-5, 1e-3]},
+              "beta1": {"loguniform": [0.05, 0.9]}}
+SWEEP_METRIC, SWEEP_MODE = None, "min"   # no validation loss: sweeps use a small-sample FID
+LIKELIHOOD = None
+LIKELIHOOD_NOTE = "a GAN has no likelihood"
+GRID_SIZE = 64
+# Two D forwards (real, fake) before one backward: with BatchNorm, a DDP-wrapped D must not
+# broadcast buffers, or the second forward rewrites them in place (pytorch #175024).
+DDP_OPTIONS = {"discriminator": {"broadcast_buffers": False}}
+# The report's training curves: D's mean outputs in one panel, with the game's optimum.
+CURVE_PANELS = {"discriminator output": {"labels": {"d_real": "D(x)", "d_fake": "D(G(z))"},
+                                         "line": 0.5, "ylim": (0.0, 1.0),
+                                         "note": "D(x) and D(G(z)) meet at 0.5 at the optimum"}}
 
 
 class Generator(nn.Module):
@@ -51,7 +86,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Outputs a logit. Has BatchNorm, hence broadcast_buffers=False under DDP (see train.py)."""
+    """Outputs a logit. Has BatchNorm, hence broadcast_buffers=False under DDP (DDP_OPTIONS)."""
 
     def __init__(self, cfg: Config, image_shape, num_classes: int):
         super().__init__()

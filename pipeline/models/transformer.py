@@ -6,7 +6,7 @@ sequence is C*H*W tokens long (784 for 28x28 grey, 3072 for 32x32 colour).
 Input token t is sub-pixel t-1 (a learned start token first, or the class embedding as the start
 token when conditional), plus a learned position embedding; pre-LayerNorm blocks with causal
 self-attention; a 256-way softmax per sub-pixel, so the NLL is exact. Sampling keeps a key/value
-cache, so each of the C*H*W steps costs one token's work; `use_cache=False` is the slow
+cache, so each of the C*H*W steps costs one token's work; sample_reference (no cache) is the slow
 reference that reruns the whole prefix and must give the same samples for a seed.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.models.layers import unwrap
 
 @dataclass(frozen=True)
 class Config:
-    # Sized for CPUs: attention over 784 tokens dominates; the GPU presets widen it.
+    # Sized for CPUs: attention over 784 tokens dominates; widen it on GPUs (--set).
     d_model: int = 64
     layers: int = 3
     heads: int = 4
@@ -49,7 +49,16 @@ SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"
 LIKELIHOOD = "exact"
 LIKELIHOOD_NOTE = "exact: autoregressive Transformer, 256-way softmax per sub-pixel"
 GRID_SIZE = 16   # C*H*W sampling steps per grid, even with the cache
-DDP_OPTIONS: dict = {}
+DDP_OPTIONS: dict[str, dict] = {}
+# Published numbers the report shows beside ours, only under the same protocol (test NLL on
+# CIFAR-10, 8-bit pixels, 256-way softmax); a sparse-attention Transformer, 59M parameters.
+PUBLISHED = (
+    {"model": "Sparse Transformer", "dataset": "cifar10", "metric": "bpd_test", "value": 2.80,
+     "source": "Child et al. 2019, Generating Long Sequences with Sparse Transformers, Table 2",
+     "url": "arxiv.org/abs/1904.10509", "note": "test NLL, bits/dim",
+     "protocol": "exact NLL on the 10,000 CIFAR-10 test images, 8-bit pixels",
+     "when": {"train.conditional": False}},
+)
 
 
 def to_sequence(x: torch.Tensor) -> torch.Tensor:
@@ -204,11 +213,11 @@ def _draw(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(cfg: Config, nets, n: int, labels=None, device="cpu", use_cache: bool = True,
-           progress=None) -> torch.Tensor:
+def sample(cfg: Config, nets, n: int, labels=None, device="cpu", progress=None,
+           use_cache: bool = True) -> torch.Tensor:
     """Ancestral sampling, one sub-pixel per step -> uint8 (n, C, H, W). With the cache a step
     runs one token through the blocks; without it, the whole prefix (the reference).
-    progress, if given, is called with 1 after each pixel."""
+    progress, if given, is called with 1 after each pixel position."""
     model = unwrap(nets["model"])
     c = model.image_shape[0]
     y = labels.to(device) if labels is not None else None
@@ -224,3 +233,9 @@ def sample(cfg: Config, nets, n: int, labels=None, device="cpu", use_cache: bool
         if progress is not None and (t + 1) % c == 0:
             progress(1)
     return from_sequence(seq, model.image_shape).to(torch.uint8)
+
+
+def sample_reference(cfg: Config, nets, n: int, labels=None, device="cpu",
+                     progress=None) -> torch.Tensor:
+    """The slow reference for sample(), as pixelcnn names it: the whole prefix at every step."""
+    return sample(cfg, nets, n, labels, device, progress, use_cache=False)

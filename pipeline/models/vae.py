@@ -35,6 +35,14 @@ class Config:
 
 
 PHASES = ("model",)
+PROGRESS_KEYS = ("bpd", "recon", "kl")
+# Log-uniform: both act multiplicatively.
+TUNE_SPACE = {"beta": {"loguniform": [0.1, 10.0]}, "lr": {"loguniform": [1e-4, 3e-3]}}
+SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"   # the beta = 1 bound, whatever beta trains
+LIKELIHOOD = "bound"
+LIKELIHOOD_NOTE = "IWAE upper bound on -log p(x), k importance samples (k=1 is the ELBO), beta=1"
+GRID_SIZE = 64
+DDP_OPTIONS: dict[str, dict] = {}
 
 
 class VAE(nn.Module):

@@ -5,7 +5,7 @@ NUL-terminated JSON), so it needs no driver or extra Python package: only Debian
 Collects console errors and warnings, uncaught exceptions, browser log errors and every request
 the page makes; can save a full-page screenshot.
 
-    python tests/chromium_check.py reports/X/report.html --screenshot /tmp/report.png
+    python -m testing.chromium_check reports/X/report.html --screenshot /tmp/report.png
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The GAN's sweep metric: FID on the domain classifier's features (eval/extractors.py) between
-GAN_FID samples of the generator and as many validation images. Small and cheap, so it runs at
-every report; comparable within one sweep (same extractor, same real set, same noise), never
-with `genbench eval`'s full-size fid_domain."""
+"""The sweep metric of families without a validation loss (SWEEP_METRIC None) that can sample,
+e.g. a GAN: FID on the domain classifier's features (eval/extractors.py) between n samples of
+the model and as many validation images. Small and cheap, so it runs at every report;
+comparable within one sweep (same extractor, same real set, same noise), never with
+`genbench eval`'s full-size fid_domain."""
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import torch
 from pipeline.config import Config
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES
-from tune.metrics import GAN_FID
 
+FID_METRIC = "val_fid_domain"  # small-sample FID on domain-classifier features, vs the val split
 NOISE_SEED = 1234  # the same latent draws at every report and in every trial
 
 
@@ -41,7 +42,7 @@ def _cache_env(path: str | None):
 
 
 class SmallSampleFID:
-    """payload (a checkpoint of the trial) -> {GAN_FID: value}."""
+    """payload (a checkpoint of the trial) -> {FID_METRIC: value}."""
 
     def __init__(self, cfg: Config, val: ImageData, device, n: int, cache: str | None = None):
         from eval.extractors import domain_extractor
@@ -64,15 +65,14 @@ class SmallSampleFID:
     def __call__(self, payload: dict) -> dict[str, float]:
         from eval.fidelity import extract_features, fid
 
-        family = FAMILIES["gan"]
+        family = FAMILIES[self.cfg.model]
         nets = family.build(self.cfg.family, self.image_shape, self.num_classes)
-        generator = nets["generator"].to(self.device)
-        generator.load_state_dict(payload["nets"]["generator"])
-        generator.eval()  # BatchNorm on running statistics, as the loop's sample grids
+        for name, net in nets.items():
+            net.to(self.device).load_state_dict(payload["nets"][name])
+            net.eval()  # BatchNorm on running statistics, as the loop's sample grids
         cuda = [self.device] if torch.device(self.device).type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # leave the training loop's RNG untouched
             torch.manual_seed(NOISE_SEED)
-            fake = family.sample(self.cfg.family, {"generator": generator}, self.n, self.labels,
-                                 device=self.device)
+            fake = family.sample(self.cfg.family, nets, self.n, self.labels, device=self.device)
         features = extract_features(self.extractor, fake.cpu(), quiet=True)[self.layer]
-        return {GAN_FID: fid(features, self.real)}
+        return {FID_METRIC: fid(features, self.real)}

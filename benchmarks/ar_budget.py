@@ -1,0 +1,127 @@
+"""The two autoregressive families after the same wall-clock budget: PixelCNN vs Transformer,
+exact test bits/dim side by side.
+
+Each family trains with genbench's Ray-free loop (`pipeline.loop.fit`, the code Ray Train runs
+on every worker: same batches, autocast, optimizer steps) on one process, from the same seed
+and batch size, until `--seconds` of training have passed; then its networks score the test
+split with `eval.likelihood.nll_sums` (what `genbench eval --metrics bpd` computes). The clock
+starts after the data is loaded and is checked every `--check-every` steps, where the loop
+hands over a checkpoint, so a run overshoots by at most that many steps (the table shows the
+seconds and steps actually used).
+
+    .venv/bin/python benchmarks/ar_budget.py --seconds 300                 # CPU
+    .venv/bin/python benchmarks/ar_budget.py --seconds 300 --gpu           # one GPU, bf16
+    .venv/bin/python benchmarks/ar_budget.py --seconds 20 --test-images 500 \
+        --set transformer.d_model=32 --set pixelcnn.channels=16           # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from eval.likelihood import nll_sums  # noqa: E402
+from pipeline import checkpoint as ckpt  # noqa: E402
+from pipeline.config import Config, merge, parse_overrides  # noqa: E402
+from pipeline.data import load_split  # noqa: E402
+from pipeline.loop import Context, build_nets, fit  # noqa: E402
+
+FAMILIES = ("pixelcnn", "transformer")
+
+
+class BudgetSpent(Exception):
+    def __init__(self, payload: dict, metrics: dict, seconds: float):
+        super().__init__("budget spent")
+        self.payload, self.metrics, self.seconds = payload, metrics, seconds
+
+
+def config(family: str, args, sets: dict) -> Config:
+    raw = {"model": family, "data": {"dataset": args.dataset},
+           "train": {"steps": 10**9, "batch_size": args.batch_size, "seed": args.seed,
+                     "gpu": args.gpu, "log_every": args.check_every,
+                     "checkpoint_every": args.check_every, "eval_every": 10**9}}
+    ours = {k: v for k, v in sets.items() if k in (family, "train", "data")}
+    return Config.from_dict(merge(raw, ours))
+
+
+def train_for(cfg: Config, seconds: float, device: torch.device, data, val) -> BudgetSpent:
+    """Run the loop until `seconds` have passed; the BudgetSpent carries the last checkpoint."""
+    t0 = time.perf_counter()
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        spent = time.perf_counter() - t0
+        if checkpoint_dir is not None and spent >= seconds:
+            raise BudgetSpent(ckpt.load(checkpoint_dir), metrics, spent)
+
+    try:
+        fit(cfg, Context(device=device), report, data=data, val=val)
+    except BudgetSpent as done:
+        return done
+    raise RuntimeError("the loop ended before the budget was spent")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=300, help="training budget per family")
+    ap.add_argument("--gpu", action="store_true", help="train and score on cuda (bf16 autocast)")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check-every", type=int, default=None,
+                    help="steps between budget checks (default 10 on CPU, 50 on GPU)")
+    ap.add_argument("--test-images", type=int, default=10000, help="test images scored")
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. transformer.d_model=128 (repeatable)")
+    args = ap.parse_args()
+    args.check_every = args.check_every or (50 if args.gpu else 10)
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("ar_budget: --gpu given but torch sees no CUDA device")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    sets = parse_overrides(args.set)
+
+    data = load_split(args.dataset, "train")
+    val = load_split(args.dataset, "val")
+    test = load_split(args.dataset, "test")
+    test = type(test)(test.images[:args.test_images], test.labels[:args.test_images],
+                      test.num_classes)
+    rows = []
+    for family in args.families.split(","):
+        cfg = config(family, args, sets)
+        done = train_for(cfg, args.seconds, device, data, val)
+        nets, _ = build_nets(cfg, data, device, world=1)
+        ckpt.restore(done.payload, nets, {}, "the budget checkpoint")
+        t0 = time.perf_counter()
+        sums = nll_sums(cfg, nets, test, device=device, batch_size=100 if args.gpu else 50)
+        params = sum(p.numel() for net in nets.values() for p in net.parameters())
+        rows.append((family, params, done.payload["step"], done.seconds,
+                     done.metrics.get("bpd", math.nan), sums.bits_per_dim,
+                     time.perf_counter() - t0, cfg.family))
+        print(f"  {family}: {done.payload['step']} steps in {done.seconds:.0f}s, "
+              f"test {sums.bits_per_dim:.4f} bits/dim", file=sys.stderr, flush=True)
+
+    where = (torch.cuda.get_device_name() if args.gpu
+             else f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)")
+    print(f"\nautoregressive families after {args.seconds:g}s of training each; {where}; "
+          f"{args.dataset}, batch {args.batch_size}, seed {args.seed}; exact test bits/dim on "
+          f"{len(test)} images")
+    print("| family | parameters | steps | train s | train bpd (last interval) | test bpd | "
+          "scoring s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for family, params, steps, secs, train_bpd, test_bpd, score_s, _ in rows:
+        print(f"| {family} | {params:,} | {steps} | {secs:.0f} | {train_bpd:.4f} | "
+              f"**{test_bpd:.4f}** | {score_s:.0f} |")
+    for family, *_, fam_cfg in rows:
+        print(f"{family}: {fam_cfg}")
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
