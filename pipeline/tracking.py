@@ -240,6 +240,8 @@ class RunLogger:
     def _put(self, item) -> None:
         with self._cond:
             self._raise_error()
+            if self._closing:
+                raise RuntimeError(f"the logger of MLflow run {self.run_id} is closed")
             self._queue.append(item)
             self._queued += 1
             self._cond.notify_all()
