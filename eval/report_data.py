@@ -141,6 +141,7 @@ class ReportData:
     reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
+    scaling: list = field(default_factory=list)    # eval.report_scaling.ScalingSection
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -227,7 +228,9 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         reference_note = ("No published number is shown: none was measured under this "
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
-    return ReportData(reference_note=reference_note, seed_rows=seed_rows,
+    from eval.report_scaling import collect_scaling
+    scaling = collect_scaling(runs, uri, with_images)
+    return ReportData(reference_note=reference_note, seed_rows=seed_rows, scaling=scaling,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,

@@ -63,6 +63,7 @@ class EvalOptions:
     bpd_images: int | None = None        # default: the whole test split
     probe_images: int | None = None      # train images the probe is fitted on; default: all
     inception_weights: str | None = None
+    domain_epochs: float | None = None   # a cheaper domain classifier (own cache slot); None: 5
     device: str = "auto"
     experiment: str = "genbench"         # for a checkpoint whose run is not in this store
     quiet: bool = False
@@ -81,6 +82,8 @@ class EvalOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.domain_epochs is not None and self.domain_epochs <= 0:
+            raise ConfigError(f"domain_epochs must be positive, got {self.domain_epochs}")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise ConfigError("--kid-subset-size must be at least 2")
 
@@ -190,7 +193,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
                           "use `genbench eval` or --workers 1")
 
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
-                                opts.inception_weights, opts.quiet)
+                                opts.inception_weights, opts.quiet, opts.domain_epochs)
                   for name in opts.extractors] if fidelity else []
 
     need_train = bool(fidelity) or "probe" in wanted

@@ -1,5 +1,10 @@
 """`genbench bench`: the one-command benchmark. Train every family, evaluate each, run a small
-beta/lr sweep, and write the report, all into one fresh MLflow experiment.
+beta/lr sweep, measure how training scales with workers, and write the report, all into one fresh
+MLflow experiment.
+
+--workers, --gpu and --storage-path apply to every training run and to each sweep trial; the
+scaling stage trains one family with each worker count of the preset (on CPU, and on GPU with
+--gpu), for the report's scaling table.
 
 A stage that fails is reported and the rest go on, so the report still shows what worked and
 says what is missing; the exit code is then 1.
@@ -14,15 +19,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from genbench.options import DATASET_HELP
+from genbench.options import DATASET_HELP, comma_list, positive_int
 from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images"}
-SWEEP_KEYS = {"model", "samples", "steps"}
+EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
+             "domain_epochs"}
+SWEEP_KEYS = {"model", "samples", "steps", "config"}
+PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 5 minutes on one "
+               "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
+               "the same shape (genbench/presets/quick.yaml)")
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,12 @@ class Preset:
     every_family: dict                 # {"config": {...}, "n_fake": N}
     families: dict                     # family -> the same keys, overriding every_family
     eval: dict                         # EvalOptions fields shared by every family
-    sweep: dict | None                 # {"model": family, "samples": N, "steps": S}
+    sweep: dict | None                 # {"model": family, "samples": N, "steps": S, "config"}
+    scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
-    def config(self, family: str, dataset: str) -> Config:
-        """The config this preset trains `family` with on `dataset`."""
+    def config(self, family: str, dataset: str, flags: dict | None = None) -> Config:
+        """The config this preset trains `family` with on `dataset`; flags (the command line's
+        --workers, --gpu, --storage-path as a config dict) go over it."""
         import copy
 
         base = copy.deepcopy(self.every_family.get("config") or {})
@@ -46,7 +57,8 @@ class Preset:
                 base.get("train", {}).pop(other, None)
         # no validation or sample grids mid-run: eval measures the run afterwards
         raw = merge(merge({"train": {"eval_every": 10**9}}, base), over)
-        return Config.from_dict(merge(raw, {"model": family, "data": {"dataset": dataset}}))
+        raw = merge(merge(raw, flags or {}), {"model": family, "data": {"dataset": dataset}})
+        return Config.from_dict(raw)
 
     def n_fake(self, family: str) -> int | None:
         return self.families.get(family, {}).get("n_fake", self.every_family.get("n_fake"))
@@ -64,10 +76,10 @@ def load_preset(name_or_path: str) -> Preset:
                               f"YAML file like {PRESET_DIR / 'quick.yaml'}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
     raw = load_yaml(str(path))
-    unknown = set(raw) - {"every_family", "families", "eval", "sweep"}
+    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "scaling"}
     if unknown:
         raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
-                          f"every_family, families, eval, sweep")
+                          f"every_family, families, eval, sweep, scaling")
     families = raw.get("families") or {}
     strangers = set(families) - set(names())
     if strangers:
@@ -84,7 +96,11 @@ def load_preset(name_or_path: str) -> Preset:
                           f"takes {', '.join(sorted(SWEEP_KEYS))}")
     if ev.get("extractors") is not None:
         ev["extractors"] = tuple(ev["extractors"])
-    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep)
+    scaling = raw.get("scaling")
+    if scaling is not None:
+        from genbench.scaling import check_section
+        check_section(scaling, path)
+    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, scaling)
 
 
 class Stages:
@@ -109,33 +125,74 @@ class Stages:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", metavar="{" + ",".join(PRESETS) + "} or FILE",
-                   help="quick (default): minutes on 2 CPU cores; full: sized for a GPU "
-                   "cluster; or a YAML file of the same shape (genbench/presets/quick.yaml)")
+                   help=PRESET_HELP)
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--families", type=comma_list, metavar="A,B", help="train and evaluate "
+                   "only these families (default: every registered one)")
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker, nccl, "
+                   "bf16) and evaluate on this machine's GPU; exit 2 when neither this machine "
+                   "nor the cluster has one")
+    p.add_argument("--workers", type=positive_int, help="DDP workers of every training run and "
+                   "of each sweep trial (default: the preset's, 1); the scaling stage adds this "
+                   "count to its own")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--storage-path", help="where Ray keeps checkpoints and the sweep (default "
+                   "./ray_results); shared storage such as s3://... or NFS on multi-node clusters")
+    p.add_argument("--inception-weights", metavar="PATH", help="also measure FID/IS/KID/PR with "
+                   "Inception features, from this local copy of torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
 
+def flags_config(args) -> dict:
+    """--workers, --gpu and --storage-path as a config dict, layered over every run's config."""
+    train = {k: v for k, v in (("workers", args.workers), ("storage_path", args.storage_path))
+             if v is not None}
+    if args.gpu:
+        train["gpu"] = True
+    return {"train": train} if train else {}
+
+
 def run(args) -> int:
+    from genbench import scaling
     from genbench.training import print_summary
-    from pipeline.launch import init_ray, train
+    from pipeline.launch import init_ray, joins_cluster, require_gpu, resolve_resources, train
     from pipeline.models import names
 
+    # Everything that can be wrong is found before the first stage: one line, exit 2.
     preset = load_preset(args.preset)
+    flags = flags_config(args)
     experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
     families = names()
-    configs = {family: preset.config(family, args.dataset) for family in families}
+    unknown = [f for f in args.families or () if f not in families]
+    if unknown:
+        raise ConfigError(f"--families: unknown famil(ies) {', '.join(unknown)}; registered: "
+                          f"{', '.join(families)}")
+    families = [f for f in families if f in (args.families or families)]
+    configs = {family: preset.config(family, args.dataset, flags) for family in families}
     sweep_cfg = None
     if preset.sweep:
-        sweep_cfg = Config.from_dict({"model": preset.sweep["model"],
-                                      "data": {"dataset": args.dataset},
-                                      "train": {"steps": preset.sweep["steps"]}})
-    stages = Stages(2 * len(families) + (1 if preset.sweep else 0) + 1)
-    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}; "
-          f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
+        sweep_cfg = Config.from_dict(merge(merge(
+            {"model": preset.sweep["model"], "data": {"dataset": args.dataset},
+             "train": {"steps": preset.sweep["steps"]}}, preset.sweep.get("config") or {}),
+            flags))
+    scaling_cfgs = (scaling.configs(preset.scaling, args.dataset, flags)
+                    if preset.scaling else [])
+    if args.inception_weights:
+        from eval.extractors import inception_weights
+        inception_weights(args.inception_weights)  # a wrong file fails now, not after training
+    if args.gpu:
+        require_gpu(args.address, args.verbose)
     init_ray(args.address, args.verbose)
+    resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
+    scaling_cfgs = scaling.fitting(scaling_cfgs)
+
+    stages = Stages(2 * len(families) + (1 if preset.sweep else 0) + len(scaling_cfgs) + 1)
+    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
+          f"{' (GPU)' if args.gpu else ''}; MLflow experiment {experiment!r}",
+          file=sys.stderr, flush=True)
 
     runs: dict[str, str] = {}
     for family in families:
@@ -154,7 +211,7 @@ def run(args) -> int:
             stages.run(f"eval {family}", lambda family=family: _missing(f"no trained {family}"))
             continue
         stages.run(f"eval {family}", lambda family=family: _evaluate(runs[family], family,
-                                                                      preset))
+                                                                      preset, args))
 
     if sweep_cfg is not None:
         def sweep_one():
@@ -166,6 +223,11 @@ def run(args) -> int:
                 raise RuntimeError(f"the sweep ended with exit code {code}")
 
         stages.run(f"sweep {sweep_cfg.model} ({preset.sweep['samples']} trials)", sweep_one)
+
+    for cfg in scaling_cfgs:
+        stages.run(f"scaling {scaling.describe(cfg)}",
+                   lambda cfg=cfg: scaling.train_one(cfg, experiment, preset.scaling,
+                                                     args.address, args.verbose))
 
     def report():
         from eval.report import write_report
@@ -192,10 +254,16 @@ def _missing(why: str):
     raise ConfigError(f"skipped: {why}")
 
 
-def _evaluate(run_id: str, family: str, preset: Preset):
+def _evaluate(run_id: str, family: str, preset: Preset, args=None):
     from eval.run import EvalOptions, evaluate, print_report
 
-    opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **preset.eval)
+    ev = dict(preset.eval)
+    weights = getattr(args, "inception_weights", None)
+    if weights:  # --inception-weights adds Inception features to the preset's extractors
+        ev["extractors"] = tuple(dict.fromkeys((*ev.get("extractors", ("domain",)),
+                                                "inception")))
+        ev["inception_weights"] = weights
+    opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **ev)
     result = evaluate(opts)
     print_report(result)
     return result
