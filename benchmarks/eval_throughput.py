@@ -6,7 +6,7 @@ on the weights. Without Inception weights (--inception-weights / GENBENCH_INCEPT
 the Inception row uses random weights of the same network, marked as such. One warm-up batch
 is excluded from every timing.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--n 1000] [--pixelcnn-n 8] [--device cpu]
+    .venv/bin/python benchmarks/eval_throughput.py [--n 1000] [--pixelcnn-n 64] [--device cpu]
 """
 from __future__ import annotations
 
@@ -80,8 +80,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="images per row (default 1000)")
     ap.add_argument("--inception-n", type=int, default=64)
-    ap.add_argument("--pixelcnn-n", type=int, default=8,
-                    help="PixelCNN samples (default 8: 784 full forward passes per batch)")
+    ap.add_argument("--pixelcnn-n", type=int, default=64, help="PixelCNN samples (default 64)")
     ap.add_argument("--k", type=int, default=16, help="VAE importance samples (default 16)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -7,6 +7,11 @@
     fidelity.py     FID, IS, KID, precision/recall on features (torch-fidelity's functions)
     likelihood.py   bits/dim (exact or a bound, as the family declares), reconstruction error
     probe.py        linear-probe accuracy of a frozen encoder
+    ood.py          --metrics ood: OOD sets x scores -> AUROC, AUPR, FPR@95 (ood_metrics.py,
+                    ood_sets.py, ood_scores.py, background.py, ood_plots.py)
+    bayes.py        --metrics bayes: p(y|x) by Bayes' rule on a conditional likelihood model
+    baseline.py     the domain classifier as the discriminative baseline (max softmax, ECE)
+    report_ood.py   the report's "Can it reject the unseen?" section
 
 eval never imports Ray: `genbench eval --workers N` runs through genbench/eval_workers.py.
 """

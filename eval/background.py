@@ -40,21 +40,29 @@ def train_background(cfg: Config, train: ImageData, steps: int, device="cpu", se
     """The background model's nets, in eval mode."""
     batch_size = min(batch_size, len(train))
     t = dataclasses.replace(cfg.train, steps=steps, epochs=None, batch_size=batch_size,
-                            workers=1, conditional=False, seed=seed, log_every=steps,
+                            workers=1, conditional=False, seed=seed)
+    data = ImageData(perturb(train.images, rate, seed), train.labels, train.num_classes)
+    return fit_in_process(dataclasses.replace(cfg, train=t), data, device)
+
+
+def fit_in_process(cfg: Config, data: ImageData, device="cpu") -> dict:
+    """Train cfg's model on `data` with the training loop of `genbench train`, in this process
+    (one rank, no Ray, no MLflow, no validation); returns the trained nets in eval mode."""
+    t = cfg.train
+    steps = t.steps or max(1, round((t.epochs or 1.0) * (len(data) // t.batch_size)))
+    t = dataclasses.replace(t, steps=steps, epochs=None, workers=1, log_every=steps,
                             eval_every=steps, checkpoint_every=steps)
     # val_fraction 0: no validation pass (the train images come in as `data`, already split)
-    bg_cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data,
-                                                                         val_fraction=0.0))
-    data = ImageData(perturb(train.images, rate, seed), train.labels, train.num_classes)
+    cfg = dataclasses.replace(cfg, train=t, data=dataclasses.replace(cfg.data, val_fraction=0.0))
     payload = {}
 
     def report(metrics, checkpoint_dir):
         if checkpoint_dir is not None:  # the last step's checkpoint: the trained weights
             payload.update(ckpt.load(checkpoint_dir))
 
-    fit(bg_cfg, Context(device=torch.device(device)), report, data=data, val=None)
-    nets, opts = build_nets(bg_cfg, data, torch.device(device), 1)
-    ckpt.restore(payload, nets, opts, source="background model")
+    fit(cfg, Context(device=torch.device(device)), report, data=data, val=None)
+    nets, opts = build_nets(cfg, data, torch.device(device), 1)
+    ckpt.restore(payload, nets, opts, source="in-process training")
     for net in nets.values():
         net.eval().requires_grad_(False)
     return nets

@@ -2,9 +2,9 @@
 
 Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
 and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
-for a run trained without some classes (data.exclude_classes) a classifier is trained on the same
-train images, without them, and cached beside the domain classifier; its softmax covers only the
-classes it was trained on.
+for a run trained without some classes (data.exclude_classes) a classifier is trained without
+them, with the cached domain classifier's recipe (epochs, images, width, seed), and cached beside
+it; its softmax covers only the classes it was trained on.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from eval.extractors import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier, cache_dir,
-                             cached_domain, dataset_key, save_domain_classifier, sha256_file,
-                             to_rgb_uint8, train_and_cache_domain, train_domain_classifier)
-from pipeline.data import load_raw, without_classes
+                             cached_domain, dataset_key, domain_variant,
+                             save_domain_classifier, sha256_file, to_rgb_uint8,
+                             train_and_cache_domain, train_domain_classifier)
+from pipeline.data import ImageData, load_raw, without_classes
 
 
 @dataclass
@@ -53,45 +54,62 @@ def _load(path, meta: dict, classes: list[int], device) -> Classifier:
     net.load_state_dict(payload["state_dict"])
     excluded = meta.get("excluded_classes") or []
     trained_on = (f"{meta.get('dataset', '?')} train split"
-                  + (f" without classes {excluded}" if excluded else ""))
+                  + (f" without classes {excluded}" if excluded else "")
+                  + f" ({meta.get('epochs', '?')} epochs)")
     return Classifier(net.to(device).eval(), classes, meta["sha256"],
                       float(meta.get("test_accuracy", float("nan"))), trained_on)
 
 
 def baseline_classifier(dataset: str, root: str | None, image_size: int, excluded=(),
-                        device="cpu", quiet: bool = False) -> Classifier:
-    """The cached domain classifier, or (classes excluded) one trained without those classes."""
+                        device="cpu", quiet: bool = False,
+                        epochs: float | None = None) -> Classifier:
+    """The cached domain classifier, or (classes excluded) one trained without those classes.
+    epochs: the cheaper classifier trained for that many epochs (eval's domain_epochs), the one
+    the run's FID features come from."""
     excluded = sorted(set(excluded))
+    variant = domain_variant(epochs)
     if not excluded:
-        found = cached_domain(dataset, image_size)
+        found = cached_domain(dataset, image_size, variant)
         if found is None:
             if not quiet:
                 print(f"genbench: training the domain classifier for {dataset} once; it is "
                       f"cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet)
-            found = cached_domain(dataset, image_size)
+            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
+                                   epochs=DOMAIN_EPOCHS if epochs is None else epochs,
+                                   variant=variant)
+            found = cached_domain(dataset, image_size, variant)
         path, meta = found
         return _load(path, meta, list(range(meta["num_classes"])), device)
 
     stem = (f"{dataset_key(dataset, image_size)}-without{'-'.join(map(str, excluded))}"
-            f"-v{DOMAIN_ARCH_VERSION}")
+            f"-v{DOMAIN_ARCH_VERSION}" + (f"-{variant}" if variant else ""))
     pt_path, json_path = cache_dir() / "domain" / f"{stem}.pt", cache_dir() / "domain" / f"{stem}.json"
     if pt_path.is_file() and json_path.is_file():
         meta = json.loads(json_path.read_text())
         if meta.get("sha256") == sha256_file(pt_path):
             return _load(pt_path, meta, meta["classes"], device)
+    # the recipe of the cached domain classifier (epochs, images, width, seed), where there is one
+    found = cached_domain(dataset, image_size, variant)
+    full = found[1] if found else {}
+    epochs, width, seed = (full.get("epochs", DOMAIN_EPOCHS if epochs is None else epochs),
+                           full.get("width", 16), full.get("seed", 0))
     train = without_classes(load_raw(dataset, True, root, image_size), excluded)
     test = without_classes(load_raw(dataset, False, root, image_size), excluded)
+    max_images = full.get("train_images")
+    if max_images and max_images < len(train):
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        train = ImageData(train.images[idx[:max_images]], train.labels[idx[:max_images]],
+                          train.num_classes)
     if not quiet:
         print(f"genbench: training a classifier for {dataset} without classes {excluded} once; "
               f"it is cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-    net, acc = train_domain_classifier(train, test, DOMAIN_EPOCHS, device=device, quiet=quiet,
-                                       hflip=dataset != "mnist")
+    net, acc = train_domain_classifier(train, test, epochs, width, seed=seed, device=device,
+                                       quiet=quiet, hflip=dataset != "mnist")
     classes = [c for c in range(train.num_classes) if c not in excluded]
     meta = {"dataset": dataset, "image_shape": list(train.image_shape),
             "num_classes": train.num_classes, "classes": classes, "excluded_classes": excluded,
-            "test_accuracy": acc, "epochs": DOMAIN_EPOCHS, "train_images": len(train),
-            "arch_version": DOMAIN_ARCH_VERSION}
+            "test_accuracy": acc, "epochs": epochs, "train_images": len(train), "width": width,
+            "seed": seed, "arch_version": DOMAIN_ARCH_VERSION}
     meta = save_domain_classifier(net.cpu(), meta, pt_path, json_path)
     return _load(pt_path, meta, classes, device)
 

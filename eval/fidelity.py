@@ -101,3 +101,45 @@ def fidelity_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor
         p, r = precision_recall(fake[layer["prc"]], real[layer["prc"]])
         out[f"{prefix}precision_{name}"], out[f"{prefix}recall_{name}"] = p, r
     return out
+
+
+BOOTSTRAP_LEVEL = 0.95
+
+
+def bootstrap_intervals(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor],
+                        extractor: Extractor, metrics, kid_subset_size: int, resamples: int,
+                        seed: int = 0, level: float = BOOTSTRAP_LEVEL) -> dict[str, float]:
+    """Bootstrap confidence intervals for FID and KID over the feature sets: each resample draws
+    as many generated and as many real feature vectors as there are, with replacement, and
+    recomputes the metric with the same estimator. {fid_<ext>_ci_low, fid_<ext>_ci_high,
+    kid_<ext>_ci_low, ...}.
+
+    Resampling with replacement repeats images, which raises FID on its own (FID is biased by
+    the number of distinct images), so the percentile interval is shifted back by the bootstrap's
+    bias estimate, mean(resampled) - estimate. The interval shows the spread due to the finite
+    sets; it does not remove FID's bias in n."""
+    if resamples < 2:
+        raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples}")
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    out = {}
+    for name in ("fid", "kid"):
+        if name not in metrics:
+            continue
+        f, r = fake[extractor.layers[name]], real[extractor.layers[name]]
+
+        def metric(a, b):
+            return fid(a, b) if name == "fid" else kid(a, b, kid_subset_size)[0]
+
+        estimate = metric(f, r)
+        values = []
+        for _ in range(resamples):
+            i = torch.randint(len(f), (len(f),), generator=gen)
+            j = torch.randint(len(r), (len(r),), generator=gen)
+            values.append(metric(f[i], r[j]))
+        values = torch.tensor(values, dtype=torch.float64)
+        bias = values.mean().item() - estimate
+        low, high = (torch.quantile(values, probs) - bias).tolist()
+        out[f"{name}_{extractor.name}_ci_low"] = low
+        out[f"{name}_{extractor.name}_ci_high"] = high
+    return out

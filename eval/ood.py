@@ -18,6 +18,7 @@ from eval import ood_metrics
 from eval.background import MUTATION_RATE, recipe, train_background
 from eval.baseline import Classifier
 from eval.bayes import log_prior
+from eval.likelihood import data_description, pixel_bits
 from eval.ood_plots import score_histograms_png
 from eval.ood_scores import DESCRIPTIONS, ModelScorer, family_scores, png_bits_per_dim
 from eval.ood_sets import DESCRIPTIONS as SET_DESCRIPTIONS
@@ -40,6 +41,32 @@ class OODResult:
 
 def metric_name(metric: str, set_name: str, score: str) -> str:
     return f"ood_{metric}_{set_name}_{score}"
+
+
+def parse_metric(key: str) -> tuple[str, str, str] | None:
+    """"ood_auroc_noise_bpd" -> ("auroc", "noise", "bpd"); None for other keys."""
+    parts = key.split("_")
+    if len(parts) != 4 or parts[0] != "ood" or parts[1] not in ood_metrics.METRICS:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def auroc_lines(metrics: dict[str, float]) -> list[str]:
+    """The logged ood_auroc_* as a score x set table of text lines (empty when none)."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parsed = parse_metric(key)
+        if parsed and parsed[0] == "auroc":
+            table.setdefault(parsed[2], {})[parsed[1]] = value
+    if not table:
+        return []
+    sets = [s for s in SETS if any(s in row for row in table.values())]
+    lines = ["OOD AUROC (ood_auroc_<set>_<score>; 0.5 = chance, 1 = perfect rejection)",
+             f"{'score':<12}" + "".join(f"{s:>10}" for s in sets)]
+    for score in [s for s in DESCRIPTIONS if s in table]:
+        lines.append(f"{score:<12}" + "".join(
+            f"{table[score][s]:>10.3f}" if s in table[score] else f"{'—':>10}" for s in sets))
+    return lines
 
 
 def unseen_test(cfg) -> ImageData | None:
@@ -93,7 +120,8 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
     if "bpd" in names:
         scores["bpd"] = score_all(scorer.bits_per_dim, "bits/dim")
         if "complexity" in names:
-            scores["complexity"] = {g: scores["bpd"][g] - png_bits_per_dim(x)
+            bits = pixel_bits(family, cfg.family)
+            scores["complexity"] = {g: scores["bpd"][g] - png_bits_per_dim(x, bits)
                                     for g, x in groups.items()}
         if "ratio" in names:
             _say(quiet, f"training the background model ({background_steps} steps)")
@@ -141,6 +169,8 @@ def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed
         tags[f"eval.ood.score.{score}"] = DESCRIPTIONS[score]
     if "bpd" in scores:
         tags["eval.ood.score.bpd.k"] = str(k)
+        tags["eval.ood.score.bpd.data"] = data_description(
+            pixel_bits(FAMILIES[cfg.model], cfg.family))
     if background_steps:
         tags["eval.ood.background"] = recipe(background_steps, MUTATION_RATE)
     if cfg.data.exclude_classes:

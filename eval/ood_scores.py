@@ -60,15 +60,20 @@ def family_scores(family) -> tuple[str, ...]:
     return tuple(out)
 
 
-def png_bits_per_dim(images: torch.Tensor) -> torch.Tensor:
+def png_bits_per_dim(images: torch.Tensor, pixel_bits: int = 8) -> torch.Tensor:
     """The PNG-compressed length (zlib level 9) of each uint8 (C, H, W) image, in bits per
-    sub-pixel (N,) float64: Serra et al.'s complexity L(x)."""
+    sub-pixel (N,) float64: Serra et al.'s complexity L(x). pixel_bits=1 compresses the image
+    binarized at 128 (1-bit PNG), the data a Bernoulli likelihood models."""
     from PIL import Image
 
+    if pixel_bits not in (1, 8):
+        raise ValueError(f"PNG complexity of {pixel_bits}-bit pixels is not implemented")
     out = torch.empty(len(images), dtype=torch.float64)
     for i, img in enumerate(images.cpu()):
         arr = img.permute(1, 2, 0).numpy()
         pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        if pixel_bits == 1:
+            pil = pil.convert("L").point(lambda v: 255 if v > 127 else 0).convert("1")
         buf = io.BytesIO()
         pil.save(buf, format="PNG", compress_level=9)
         out[i] = 8 * buf.tell() / img.numel()

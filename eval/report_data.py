@@ -24,6 +24,7 @@ from eval.plots import training_curves_png
 from pipeline import tracking
 
 KIND_TAG = "genbench.kind"
+EXTERNAL = "external"     # eval --samples runs: sample-quality metrics only, no training
 # KID beside FID: FID is biased by n, KID is not, so the pair shows how much of a gap is bias.
 FIDELITY = ("fid", "kid", "is", "precision", "recall", "f_score", "density", "coverage")
 FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
@@ -42,6 +43,8 @@ VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version"
                 "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
                 "hardware.gpu")
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
+NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
+OOD_PREFIXES = ("eval.ood", "eval.bayes")  # stamps that the OOD section summarises
 
 
 @dataclass
@@ -98,6 +101,7 @@ class FamilyRow:
     derived: dict = field(default_factory=dict)    # median images/s, wall seconds
     cells: dict = field(default_factory=dict)      # column id -> Cell
     seeds: list = field(default_factory=list)      # SeedRun per seed (the row's runs)
+    external: bool = False                         # samples from outside genbench
     grid: Image | None = None
     curves: Image | None = None
     refs: list = field(default_factory=list)       # (column id, Reference)
@@ -141,6 +145,7 @@ class ReportData:
     reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
+    ood: object = None                          # eval.report_ood.OODSection, or None
     scaling: list = field(default_factory=list)    # eval.report_scaling.ScalingSection
 
 
@@ -192,10 +197,15 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     trained = {r.data.tags.get("genbench.model") for r in train}
     train += [r for r in runs if kind(r) == "eval" and r.data.tags.get("genbench.model")
               not in trained]
+    # `genbench eval --samples DIR`: anyone's samples, one row per name (external:<name>)
+    train += [r for r in runs if kind(r) == EXTERNAL]
     rows = []
     for fam in families + tuple(sorted({r.data.tags.get("genbench.model", "?") for r in train}
                                        - set(families))):
         fam_runs = [r for r in train if r.data.tags.get("genbench.model") == fam]
+        # runs for the OOD section (conditional, or without some classes) stay out of the main
+        # table unless a family has no other run
+        fam_runs = [r for r in fam_runs if not ood_variant(r)] or fam_runs
         if not fam_runs:
             if fam in families:
                 missing.append(f"{fam}: no training run in this experiment "
@@ -228,18 +238,30 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         reference_note = ("No published number is shown: none was measured under this "
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
+    from eval.report_ood import collect_ood
     from eval.report_scaling import collect_scaling
+    ood = collect_ood([r for r in runs if kind(r) in ("train", "eval")],
+                      [row.family for row in rows], uri, with_images)
     scaling = collect_scaling(runs, uri, with_images)
-    return ReportData(reference_note=reference_note, seed_rows=seed_rows, scaling=scaling,
+    return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
+        scaling=scaling,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
         protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(PROTOCOL_PREFIXES)}),
+                                              if k.startswith(PROTOCOL_PREFIXES)
+                                              and not k.startswith(OOD_PREFIXES)}),
         versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
                                               if k in row.tags}),
         sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],
         missing=missing)
+
+
+def ood_variant(run) -> bool:
+    """A conditional run or one trained without some classes (data.exclude_classes)."""
+    p = run.data.params
+    return (p.get("train.conditional", "False").lower() == "true"
+            or p.get("data.exclude_classes", "[]") not in ("[]", "()", ""))
 
 
 def run_summary(run) -> dict:
@@ -282,7 +304,8 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     rid = run.info.run_id
     row = FamilyRow(fam, rid, run.info.run_name or "", run.info.status,
                     run.data.tags.get("genbench.dataset", run.data.params.get("data.dataset", "?")),
-                    dict(run.data.metrics), dict(run.data.params), dict(run.data.tags))
+                    dict(run.data.metrics), dict(run.data.params), dict(run.data.tags),
+                    external=kind(run) == EXTERNAL)
     group = seed_group(run, runs)
     row.seeds = [SeedRun(r.data.params.get(SEED_PARAM, "?"), r.info.run_id, dict(r.data.metrics),
                          dict(r.data.params), dict(r.data.tags)) for r in group]
@@ -301,7 +324,7 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     if not any(eval_metric(k) for k in row.metrics):
         row.notes.append(f"no eval metrics yet (`genbench eval --run-id {rid}`)")
     hist = {k: tracking.metric_history(rid, k, uri) for k in row.metrics
-            if not eval_metric(k) and not k.startswith("floor_")}
+            if not eval_metric(k) and not k.startswith(NOT_TRAINING)}
     ips = [v for _, v in hist.get("images_per_s", [])]
     row.derived["images_per_s_median"] = statistics.median(ips) if ips else None
     start, end = run.info.start_time, run.info.end_time
@@ -313,9 +336,10 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
         declared = curve_panels(fam)
         png = training_curves_png(f"{fam} ({rid[:8]})", hist, declared)
         notes = "; ".join(p["note"] for p in declared.values() if p.get("note"))
-        row.curves = (Image(f"curves_{fam}.png", png, f"{fam}: training curves"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fam)   # external:<name> -> a file name
+        row.curves = (Image(f"curves_{safe}.png", png, f"{fam}: training curves"
                             + (f": {notes}" if notes else "")) if png else None)
-        if row.curves is None:
+        if row.curves is None and not row.external:
             row.notes.append("no training curves logged")
     return row
 
@@ -326,7 +350,11 @@ def curve_panels(fam: str) -> dict:
     return getattr(FAMILIES[fam], "CURVE_PANELS", {}) if fam in FAMILIES else {}
 
 
+CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap: fid_domain_ci_low, ...
+
+
 def eval_metric(key: str) -> bool:
+    key = key.removesuffix(CI_SUFFIXES[0]).removesuffix(CI_SUFFIXES[1])
     return bool(FIDELITY_RE.match(strip_std(key))) or key.endswith("_test") or \
         key.startswith("probe_")
 
@@ -354,7 +382,8 @@ def latest_grid(run_id: str, fam: str, uri: str) -> Image | None:
             step = re.search(r"(\d+)", Path(pngs[-1]).stem)
             what = "reconstructions (odd rows: input, even rows: output)" \
                 if folder == "reconstructions" else "samples"
-            return Image(f"{folder}_{fam}.png", data,
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fam)   # external:<name> -> a file name
+            return Image(f"{folder}_{safe}.png", data,
                          f"{fam}: {what}" + (f" at step {int(step.group(1))}" if step else ""))
     return None
 
@@ -387,7 +416,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     extractor weights. A family measured under another protocol gets its own column group, named
     with its n, never a place in the same column."""
     keys = {k for row in rows for s in row.seeds or [row] for k in s.metrics
-            if eval_metric(k) and "_std" not in k}
+            if eval_metric(k) and "_std" not in k and not k.endswith(CI_SUFFIXES)}
     likelihood = sorted((k for k in keys if not FIDELITY_RE.match(k)),
                         key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
                                        else len(LIKELIHOOD_ORDER), k))
@@ -398,7 +427,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     for row in rows:
         for run in row.seeds or [row]:
             for k in run.metrics:
-                m = FIDELITY_RE.match(k)
+                m = FIDELITY_RE.match(k)  # (fid_domain_ci_low does not match: not a column)
                 if m and "_std" not in k:
                     stamps = {**run.params, **run.tags}
                     protocols.setdefault(m["ext"], {}).setdefault(
@@ -489,9 +518,15 @@ def metric_cell(runs: list, key: str, col: Column) -> Cell:
     sample std over the seeds, each seed's value in the note (and the seeds table)."""
     values = [r.metrics[key] for r in runs]
     if len(runs) == 1:
-        std = std_of(runs[0].metrics, key)
+        m = runs[0].metrics
+        std = std_of(m, key)
         text = fmt(values[0]) + (f" ± {std:.2g}" if std is not None else "")
-        return Cell(text, key, values[0], stamp_of(runs[0], key))
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:  # eval --bootstrap
+            text += f" [{fmt(low)}, {fmt(high)}]"
+        return Cell(text, key, values[0], "; ".join(x for x in (
+            stamp_of(runs[0], key), runs[0].tags.get(
+                f"eval.{references.extractor_of(key)}.bootstrap", "")) if x))
     mean, sd = statistics.fmean(values), statistics.stdev(values)
     each = "; ".join(f"seed {r.seed}: {fmt(v)}" for r, v in zip(runs, values))
     return Cell(f"{fmt(mean)} ± {sd:.2g} ({len(runs)} seeds)", key, mean,
@@ -516,6 +551,8 @@ def cell(row: FamilyRow, col: Column) -> Cell:
         return Cell(fmt(v), key, v, "median over the run's log intervals")
     if col.group != "training" and not applicable(row.family, key):
         return Cell("n/a", key, None, f"not applicable to {row.family}")
+    if row.external and col.group != "training" and not FIDELITY_RE.match(key):
+        return Cell("n/a", key, None, "a folder of samples has only sample-quality metrics")
     runs = measured(row.seeds or [row], col)
     if not runs:
         elsewhere = any(key in r.metrics for r in row.seeds or [row])

@@ -23,12 +23,15 @@ from typing import Callable
 import torch
 
 from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_extractor
-from eval.fidelity import (FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS,
-                           PRC_NEIGHBORHOOD, RNG_SEED, check_kid_samples, extract_features,
-                           fidelity_metrics)
+from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
+                           KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
+                           check_kid_samples, extract_features, fidelity_metrics)
 from eval.likelihood import (NLLSums, bpd_key, data_description, nll_sums, pixel_bits,
                              reconstruction_metrics)
 from eval.load import LoadedModel, load_model
+from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
+from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
+from eval.ood_sets import SETS as OOD_SETS
 from eval.probe import encode_all, probe_accuracy
 from eval.samples import generate
 from pipeline import VERSION, tracking
@@ -37,7 +40,10 @@ from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
 from pipeline.models import FAMILIES, can
 
-ALL_METRICS = ("fid", "is", "kid", "prc", "bpd", "probe")
+ALL_METRICS = ("fid", "is", "kid", "prc", "bpd", "probe", "ood", "bayes")
+# what runs without --metrics: ood (a background model to train) and bayes (a pass per class)
+# cost more and are asked for by name
+DEFAULT_METRICS = ("fid", "is", "kid", "prc", "bpd", "probe")
 DEFAULT_N = 10_000     # n_fake and n_real: 10,000 or the size of the reference split
 DEFAULT_K = 16         # VAE importance samples (k = 1 is the ELBO)
 GRID_IMAGES = 64
@@ -51,7 +57,7 @@ NLLRunner = Callable[..., NLLSums]
 class EvalOptions:
     run_id: str | None = None
     checkpoint: str | None = None
-    metrics: tuple[str, ...] = ALL_METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     extractors: tuple[str, ...] = ("domain",)
     n_fake: int | None = None
     n_real: int | None = None
@@ -62,6 +68,17 @@ class EvalOptions:
     batch_size: int = 250
     bpd_images: int | None = None        # default: the whole test split
     probe_images: int | None = None      # train images the probe is fitted on; default: all
+    bootstrap: int | None = None         # resamples for FID/KID confidence intervals
+    # --samples DIR: a folder of anyone's samples instead of a model (eval/external.py)
+    samples: str | None = None
+    dataset: str = "fashion-mnist"       # ... the dataset whose test split is the reference
+    root: str | None = None
+    image_size: int = 32
+    name: str | None = None              # ... the report row's name (default: the folder's)
+    ood_sets: tuple[str, ...] = OOD_SETS
+    ood_images: int = OOD_IMAGES         # per OOD set, and in-distribution test images
+    ood_background_steps: int = OOD_BACKGROUND_STEPS   # 0: no likelihood-ratio score
+    bayes_images: int = OOD_IMAGES       # test images the Bayes classifier labels
     inception_weights: str | None = None
     domain_epochs: float | None = None   # a cheaper domain classifier (own cache slot); None: 5
     device: str = "auto"
@@ -77,8 +94,16 @@ class EvalOptions:
         if unknown or not self.extractors:
             raise ConfigError(f"unknown extractor(s) {', '.join(unknown) or '(none given)'}; "
                               f"use {' or '.join(EXTRACTORS)}")
+        unknown = [s for s in self.ood_sets if s not in OOD_SETS]
+        if unknown or not self.ood_sets:
+            raise ConfigError(f"unknown OOD set(s) {', '.join(unknown) or '(none given)'}; "
+                              f"use a comma list of {','.join(OOD_SETS)}")
+        if self.ood_background_steps < 0:
+            raise ConfigError(f"--ood-background-steps must be >= 0, got "
+                              f"{self.ood_background_steps}")
         for name in ("n_fake", "n_real", "kid_subset_size", "k", "workers", "batch_size",
-                     "bpd_images", "probe_images"):
+                     "bpd_images", "probe_images", "ood_images", "bayes_images",
+                     "bootstrap"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -196,7 +221,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
                                 opts.inception_weights, opts.quiet, opts.domain_epochs)
                   for name in opts.extractors] if fidelity else []
 
-    need_train = bool(fidelity) or "probe" in wanted
+    need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
     train = load_config_split(d, "train") if need_train else None
     fake = None
     if fidelity:
@@ -205,34 +230,52 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
         _likelihood(opts, model, device, nll_runner, metrics, tags, notes)
     if "probe" in wanted:
         _probe(opts, model, train, device, metrics, tags, notes)
+    figures: dict[str, bytes] = {}      # name -> PNG, logged beside eval.json
+    record_extra: dict = {}             # more for eval.json
+    if wanted & {"ood", "bayes"}:
+        _generative_vs_discriminative(opts, model, train, device, wanted, metrics, tags, notes,
+                                      figures, record_extra)
 
     run_id, created = target_run(model, opts, notes)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"  # never overwrites
     artifact_dir = f"eval/{stamp}"
     tags["eval.artifacts"] = artifact_dir
     tags["eval.metrics"] = ",".join(sorted(metrics))
+    for name in figures:
+        tags[f"eval.{name.split('_')[0]}.figure"] = f"{artifact_dir}/{name}"
     logger = tracking.RunLogger(run_id, tracking.tracking_uri())
-    if metrics:
-        logger.metrics(metrics, model.step)
-    tracking.set_tags(run_id, tags)
-    if fake is not None:
-        logger.figure_png(grid_png(fake[:GRID_IMAGES]), f"{artifact_dir}/samples.png")
-    record = {"run_id": run_id, "source": model.source, "step": model.step, "metrics": metrics,
-              "protocol": tags, "notes": notes}
-    # figure_png logs any bytes as a file artifact
-    logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
-    logger.close()  # the writer is asynchronous: everything is written when evaluate returns
+    try:
+        if metrics:
+            logger.metrics(metrics, model.step)
+        tracking.set_tags(run_id, tags)
+        if fake is not None:
+            logger.figure_png(grid_png(fake[:GRID_IMAGES]), f"{artifact_dir}/samples.png")
+        for name, png in figures.items():
+            logger.figure_png(png, f"{artifact_dir}/{name}")
+        record = {"run_id": run_id, "source": model.source, "step": model.step,
+                  "metrics": metrics, "protocol": tags, "notes": notes, **record_extra}
+        # figure_png logs any bytes as a file artifact
+        logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
+    finally:
+        logger.close()  # the writer is asynchronous: everything is written when evaluate returns
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, notes, artifact_dir,
                       time.time() - t0)
 
 
-def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extractor],
-              fidelity: list[str], device, metrics, tags, notes) -> torch.Tensor:
-    cfg, test = model.cfg, model.test
+@dataclass(frozen=True)
+class FidelityPlan:
+    """How many images each set holds: checked before any slow sampling."""
+    n_fake: int
+    n_real: int
+    n_floor: int
+    kid_size: int | None
+
+
+def plan_fidelity(opts, n_fake: int, test: ImageData, train: ImageData, fidelity: list[str],
+                  notes: list[str]) -> FidelityPlan:
     n_real = opts.n_real or min(DEFAULT_N, len(test))
-    n_fake = opts.n_fake or min(DEFAULT_N, len(test))
     if n_real > len(test):
         raise ConfigError(f"--n-real {n_real} exceeds the {len(test)} images of the test split; "
                           f"lower it")
@@ -250,20 +293,32 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
             if kid_size < KID_SUBSET_SIZE:
                 notes.append(f"KID subset size lowered from {KID_SUBSET_SIZE} to {kid_size}: "
                              f"only {min(n_fake, n_real, n_floor)} samples per set")
-        check_kid_samples(min(n_fake, n_floor), n_real, kid_size)  # before the slow sampling
-    reference = subset(test, n_real, opts.seed)
-    floor_set = subset(train, n_floor, opts.seed + 1)
-    freqs = train.class_frequencies() if cfg.train.conditional else None
-    fake, labels = generate(cfg, model.nets, n_fake, test.image_shape, freqs, opts.seed,
-                            opts.batch_size, device, opts.quiet)
-    if labels is not None:  # the class mix the samples were drawn with, class 0 first
-        counts = torch.bincount(labels, minlength=train.num_classes).tolist()
-        tags["eval.sample_label_counts"] = ",".join(map(str, counts))
-    key = dataset_key(cfg.data.dataset, cfg.data.image_size)
-    ref_key = f"{key}-test-n{n_real}-seed{opts.seed}"
-    floor_key = (f"{key}-train-val{cfg.data.val_fraction}-split{cfg.data.split_seed}"
-                 f"-n{n_floor}-seed{opts.seed + 1}")
+        check_kid_samples(min(n_fake, n_floor), n_real, kid_size)
+    return FidelityPlan(n_fake, n_real, n_floor, kid_size)
+
+
+def real_sets(opts, d, test: ImageData, train: ImageData, plan: FidelityPlan):
+    """The reference (n_real test images) and floor (n_floor train images) sets with their
+    feature-cache keys: the same for a model's samples and for a folder of anyone's samples."""
+    excluded = tuple(getattr(d, "exclude_classes", ()) or ())
+    # the cache key names everything that picks the images (classes left out included)
+    key = dataset_key(d.dataset, d.image_size) + (
+        f"-without{'_'.join(map(str, excluded))}" if excluded else "")
+    reference = subset(test, plan.n_real, opts.seed)
+    floor_set = subset(train, plan.n_floor, opts.seed + 1)
+    ref_key = f"{key}-test-n{plan.n_real}-seed{opts.seed}"
+    floor_key = (f"{key}-train-val{d.val_fraction}-split{d.split_seed}"
+                 f"-n{plan.n_floor}-seed{opts.seed + 1}")
+    return (reference, ref_key), (floor_set, floor_key)
+
+
+def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tensor,
+                   extractors: list[Extractor], fidelity: list[str], plan: FidelityPlan,
+                   labels: str, metrics, tags, notes) -> None:
+    """Metrics of `fake` against the reference set, the floor, and their protocol stamps."""
+    (reference, ref_key), (floor_set, floor_key) = real_sets(opts, d, test, train, plan)
     channels = test.image_shape[0]
+    kid_size = plan.kid_size
     for ext in extractors:
         f_fake = extract_features(ext, fake, opts.batch_size, "features of samples", opts.quiet)
         f_real = reference_features(ext, reference, ref_key, opts.batch_size, opts.quiet)
@@ -272,24 +327,45 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
         floor = fidelity_metrics(f_floor, f_real, ext, fidelity, kid_size or 0, prefix="floor_")
         metrics.update({k: v for k, v in floor.items() if not k.endswith("_std")})
         p = f"eval.{ext.name}"
-        tags.update({f"{p}.n_fake": str(n_fake), f"{p}.n_real": str(n_real),
+        if opts.bootstrap:
+            metrics.update(bootstrap_intervals(f_fake, f_real, ext, fidelity, kid_size or 0,
+                                               opts.bootstrap, opts.seed))
+            tags.update({f"{p}.bootstrap": f"{BOOTSTRAP_LEVEL:.0%} interval from "
+                         f"{opts.bootstrap} resamples of both feature sets with replacement "
+                         f"(seed {opts.seed}): percentiles shifted by the bootstrap bias"})
+        tags.update({f"{p}.n_fake": str(plan.n_fake), f"{p}.n_real": str(plan.n_real),
                      f"{p}.reference_split": "test",
-                     f"{p}.floor": f"{n_floor} real train images vs the reference",
+                     f"{p}.floor": f"{plan.n_floor} real train images vs the reference",
                      f"{p}.input": "uint8 3x{}x{}{}".format(
                          *test.image_shape[1:], " (1 channel repeated)" if channels == 1 else ""),
                      f"{p}.seed": str(opts.seed), f"{p}.rng_seed": str(RNG_SEED),
                      f"{p}.is_splits": str(IS_SPLITS), f"{p}.prc_neighborhood":
-                     str(PRC_NEIGHBORHOOD), f"{p}.labels": "drawn from train class frequencies"
-                     if cfg.train.conditional else "unconditional"})
+                     str(PRC_NEIGHBORHOOD), f"{p}.labels": labels})
         if "kid" in fidelity:
-            tags.update({f"{p}.kid_subset_size": str(kid_size), f"{p}.kid_subsets": str(KID_SUBSETS)})
+            tags.update({f"{p}.kid_subset_size": str(kid_size),
+                         f"{p}.kid_subsets": str(KID_SUBSETS)})
         tags.update({f"{p}.{k}": v for k, v in ext.protocol().items()})
+
+
+def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extractor],
+              fidelity: list[str], device, metrics, tags, notes) -> torch.Tensor:
+    cfg, test = model.cfg, model.test
+    plan = plan_fidelity(opts, opts.n_fake or min(DEFAULT_N, len(test)), test, train, fidelity,
+                         notes)  # before the slow sampling
+    freqs = train.class_frequencies() if cfg.train.conditional else None
+    fake, labels = generate(cfg, model.nets, plan.n_fake, test.image_shape, freqs, opts.seed,
+                            opts.batch_size, device, opts.quiet)
+    if labels is not None:  # the class mix the samples were drawn with, class 0 first
+        counts = torch.bincount(labels, minlength=train.num_classes).tolist()
+        tags["eval.sample_label_counts"] = ",".join(map(str, counts))
+    how = "drawn from train class frequencies" if cfg.train.conditional else "unconditional"
+    score_fidelity(opts, cfg.data, test, train, fake, extractors, fidelity, plan, how,
+                   metrics, tags, notes)
     return fake
 
 
 def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, notes) -> None:
     cfg, test = model.cfg, model.test
-    family = FAMILIES[cfg.model]
     n = min(opts.bpd_images or len(test), len(test))
     data = test if n == len(test) else ImageData(test.images[:n], test.labels[:n],
                                                  test.num_classes)
@@ -344,16 +420,55 @@ def _probe(opts, model: LoadedModel, train: ImageData, device, metrics, tags, no
                  "eval.probe.test_images": str(len(model.test))})
 
 
+def _generative_vs_discriminative(opts, model: LoadedModel, train: ImageData, device, wanted,
+                                  metrics, tags, notes, figures, record) -> None:
+    """--metrics ood and/or bayes: the model's OOD scores and its Bayes classifier, next to the
+    domain classifier (trained without the run's excluded classes, if any)."""
+    from eval.baseline import baseline_classifier
+    from eval.bayes import evaluate_bayes, not_applicable
+    from eval.ood import evaluate_ood
+
+    cfg, d = model.cfg, model.cfg.data
+    family = FAMILIES[cfg.model]
+    classifier = baseline_classifier(d.dataset, d.root, d.image_size, d.exclude_classes, device,
+                                     opts.quiet, opts.domain_epochs)
+    if "ood" in wanted:
+        ood = evaluate_ood(model, train, classifier, sets=opts.ood_sets, images=opts.ood_images,
+                           k=opts.k, background_steps=opts.ood_background_steps,
+                           batch_size=opts.batch_size, seed=opts.seed, device=device,
+                           quiet=opts.quiet)
+        metrics.update(ood.metrics)
+        tags.update(ood.tags)
+        notes.extend(ood.notes)
+        record["ood_score_means"] = ood.means
+        if ood.histograms:
+            figures["ood_histograms.png"] = ood.histograms
+    if "bayes" in wanted:
+        reason = not_applicable(family, cfg.train.conditional)
+        if reason:
+            notes.append(f"bayes not applicable: {reason}")
+            tags["eval.bayes"] = f"not applicable: {reason}"
+            return
+        found, stamp = evaluate_bayes(model, train, classifier, images=opts.bayes_images,
+                                      k=opts.k, batch_size=opts.batch_size, seed=opts.seed,
+                                      device=device, quiet=opts.quiet)
+        metrics.update(found)
+        tags.update(stamp)
+
+
 def format_table(result: EvalResult) -> str:
     """Metric | value | floor (real train vs real test) lines, then notes."""
+    from eval.ood import auroc_lines
+
     rows = [(k, v) for k, v in sorted(result.metrics.items())
-            if not k.startswith("floor_") and not k.endswith("_std")]
-    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"]
+            if not k.startswith(("floor_", "ood_")) and not k.endswith("_std")]
+    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"] if rows else []
     for key, value in rows:
         std = result.metrics.get(f"{key}_std")
         floor = result.metrics.get(f"floor_{key}")
         shown = f"{value:.4g}" + (f" ±{std:.2g}" if std is not None else "")
         lines.append(f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}")
+    lines += auroc_lines(result.metrics)
     for note in result.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

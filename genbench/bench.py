@@ -32,6 +32,10 @@ SWEEP_KEYS = {"model", "samples", "steps", "config"}
 PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 5 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
                "the same shape (genbench/presets/quick.yaml)")
+# "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
+# without unseen_classes, and a conditional run of the `bayes` families (likelihood = all with one)
+OOD_KEYS = {"sets", "images", "background_steps", "unseen_classes", "bayes", "bayes_images"}
+EVERY_LIKELIHOOD = "likelihood"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Preset:
     families: dict                     # family -> the same keys, overriding every_family
     eval: dict                         # EvalOptions fields shared by every family
     sweep: dict | None                 # {"model": family, "samples": N, "steps": S, "config"}
+    ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
     def config(self, family: str, dataset: str, flags: dict | None = None) -> Config:
@@ -76,10 +81,10 @@ def load_preset(name_or_path: str) -> Preset:
                               f"YAML file like {PRESET_DIR / 'quick.yaml'}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
     raw = load_yaml(str(path))
-    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "scaling"}
+    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood", "scaling"}
     if unknown:
         raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
-                          f"every_family, families, eval, sweep, scaling")
+                          f"every_family, families, eval, sweep, ood, scaling")
     families = raw.get("families") or {}
     strangers = set(families) - set(names())
     if strangers:
@@ -96,11 +101,41 @@ def load_preset(name_or_path: str) -> Preset:
                           f"takes {', '.join(sorted(SWEEP_KEYS))}")
     if ev.get("extractors") is not None:
         ev["extractors"] = tuple(ev["extractors"])
+    ood = raw.get("ood")
+    if ood is not None:
+        from eval.ood_sets import SETS
+        if not isinstance(ood, dict) or set(ood) - OOD_KEYS:
+            raise ConfigError(f"preset {path}: ood takes {', '.join(sorted(OOD_KEYS))}")
+        bad = set(ood.get("sets") or ()) - set(SETS)
+        bad |= set(ood.get("bayes") or ()) - set(names()) - {EVERY_LIKELIHOOD}
+        if bad:
+            raise ConfigError(f"preset {path}: ood names {', '.join(sorted(map(str, bad)))}; "
+                              f"sets are {', '.join(SETS)}, bayes takes family names or "
+                              f"{EVERY_LIKELIHOOD}")
     scaling = raw.get("scaling")
     if scaling is not None:
         from genbench.scaling import check_section
         check_section(scaling, path)
-    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, scaling)
+    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood, scaling)
+
+
+def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
+    """(name, family, config additions) of the extra runs the OOD section needs: each family
+    without the unseen classes, and a conditional run of each Bayes family."""
+    from eval.ood_scores import has_likelihood
+    from pipeline.models import FAMILIES
+
+    ood = preset.ood or {}
+    out = []
+    unseen = list(ood.get("unseen_classes") or [])
+    if unseen:
+        out += [(f"{family} without class {','.join(map(str, unseen))}", family,
+                 {"data": {"exclude_classes": unseen}}) for family in families]
+    bayes = ood.get("bayes") or []
+    out += [(f"{family} conditional", family, {"train": {"conditional": True}})
+            for family in families if (family in bayes or EVERY_LIKELIHOOD in bayes)
+            and has_likelihood(FAMILIES[family])]
+    return out
 
 
 class Stages:
@@ -127,8 +162,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", metavar="{" + ",".join(PRESETS) + "} or FILE",
                    help=PRESET_HELP)
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
-    p.add_argument("--families", type=comma_list, metavar="A,B", help="train and evaluate "
-                   "only these families (default: every registered one)")
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker, nccl, "
                    "bf16) and evaluate on this machine's GPU; exit 2 when neither this machine "
                    "nor the cluster has one")
@@ -141,6 +174,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", metavar="PATH", help="also measure FID/IS/KID/PR with "
                    "Inception features, from this local copy of torch-fidelity's "
                    "weights-inception-2015-12-05-6726825d.pth")
+    p.add_argument("--seeds", type=positive_int, default=1, help="train and evaluate each "
+                   "family N times, with train.seed 0..N-1 (in the MLflow params and run "
+                   "names); the report shows mean ± std and each seed's value (default 1)")
+    p.add_argument("--families", type=comma_list, metavar="LIST", help="comma list of the "
+                   "families to benchmark (default: every registered family)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
@@ -148,9 +186,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def flags_config(args) -> dict:
     """--workers, --gpu and --storage-path as a config dict, layered over every run's config."""
-    train = {k: v for k, v in (("workers", args.workers), ("storage_path", args.storage_path))
+    train = {k: v for k, v in (("workers", getattr(args, "workers", None)),
+                               ("storage_path", getattr(args, "storage_path", None)))
              if v is not None}
-    if args.gpu:
+    if getattr(args, "gpu", False):
         train["gpu"] = True
     return {"train": train} if train else {}
 
@@ -165,12 +204,12 @@ def run(args) -> int:
     preset = load_preset(args.preset)
     flags = flags_config(args)
     experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    families = names()
-    unknown = [f for f in args.families or () if f not in families]
+    families = list(getattr(args, "families", None) or names())
+    unknown = [f for f in families if f not in names()]
     if unknown:
-        raise ConfigError(f"--families: unknown famil(ies) {', '.join(unknown)}; registered: "
-                          f"{', '.join(families)}")
-    families = [f for f in families if f in (args.families or families)]
+        raise ConfigError(f"--families names unregistered famil(ies) {', '.join(unknown)}; "
+                          f"registered: {', '.join(names())}")
+    seeds = list(range(getattr(args, "seeds", None) or 1))
     configs = {family: preset.config(family, args.dataset, flags) for family in families}
     sweep_cfg = None
     if preset.sweep:
@@ -180,38 +219,53 @@ def run(args) -> int:
             flags))
     scaling_cfgs = (scaling.configs(preset.scaling, args.dataset, flags)
                     if preset.scaling else [])
-    if args.inception_weights:
+    extra = ood_runs(preset, families)
+    for name, family, more in extra:
+        configs[name] = Config.from_dict(merge(configs[family].to_dict(), more))
+    # each family once per seed (train.seed 0..N-1); the OOD/Bayes extra runs once, at seed 0
+    jobs = [(family, family, {}) for family in families] + extra
+    if len(seeds) > 1:
+        seeded = []
+        for family in families:
+            for seed in seeds:
+                name = f"{family} seed {seed}"
+                configs[name] = Config.from_dict(merge(configs[family].to_dict(),
+                                                       {"train": {"seed": seed}}))
+                seeded.append((name, family, {}))
+        jobs = seeded + extra
+    if getattr(args, "inception_weights", None):
         from eval.extractors import inception_weights
         inception_weights(args.inception_weights)  # a wrong file fails now, not after training
-    if args.gpu:
+    if getattr(args, "gpu", False):
         require_gpu(args.address, args.verbose)
     init_ray(args.address, args.verbose)
     resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
     scaling_cfgs = scaling.fitting(scaling_cfgs)
 
-    stages = Stages(2 * len(families) + (1 if preset.sweep else 0) + len(scaling_cfgs) + 1)
+    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + len(scaling_cfgs) + 1)
     print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
-          f"{' (GPU)' if args.gpu else ''}; MLflow experiment {experiment!r}",
-          file=sys.stderr, flush=True)
+          f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}"
+          f"{' (GPU)' if getattr(args, 'gpu', False) else ''}; "
+          f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
 
     runs: dict[str, str] = {}
-    for family in families:
-        def train_one(cfg=configs[family]):
+    for name, _, _ in jobs:
+        def train_one(cfg=configs[name]):
             result = train(cfg, experiment=experiment, address=args.address,
                            verbose=args.verbose)
             print_summary(result)
             return result.run_id
 
-        run_id = stages.run(f"train {family}", train_one)
+        run_id = stages.run(f"train {name}", train_one)
         if run_id:
-            runs[family] = run_id
+            runs[name] = run_id
 
-    for family in families:
-        if family not in runs:
-            stages.run(f"eval {family}", lambda family=family: _missing(f"no trained {family}"))
+    for name, family, more in jobs:
+        if name not in runs:
+            stages.run(f"eval {name}", lambda name=name: _missing(f"no trained {name}"))
             continue
-        stages.run(f"eval {family}", lambda family=family: _evaluate(runs[family], family,
-                                                                      preset, args))
+        stages.run(f"eval {name}", lambda name=name, family=family, more=more: _evaluate(
+            runs[name], family, preset, more, getattr(args, "inception_weights", None)))
 
     if sweep_cfg is not None:
         def sweep_one():
@@ -239,8 +293,8 @@ def run(args) -> int:
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")
-    for family, run_id in runs.items():
-        print(f"  {family:<9} {run_id}")
+    for name, run_id in runs.items():
+        print(f"  {name:<14} {run_id}")
     if html:
         print(f"  report    {html}")
     if stages.failed:
@@ -254,16 +308,45 @@ def _missing(why: str):
     raise ConfigError(f"skipped: {why}")
 
 
-def _evaluate(run_id: str, family: str, preset: Preset, args=None):
-    from eval.run import EvalOptions, evaluate, print_report
+def _evaluate(run_id: str, family: str, preset: Preset, more: dict | None = None,
+              inception_weights: str | None = None):
+    from eval.run import evaluate, print_report
 
-    ev = dict(preset.eval)
-    weights = getattr(args, "inception_weights", None)
-    if weights:  # --inception-weights adds Inception features to the preset's extractors
-        ev["extractors"] = tuple(dict.fromkeys((*ev.get("extractors", ("domain",)),
-                                                "inception")))
-        ev["inception_weights"] = weights
-    opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **ev)
-    result = evaluate(opts)
+    result = evaluate(eval_options(run_id, family, preset, more, inception_weights))
     print_report(result)
     return result
+
+
+def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = None,
+                 inception_weights: str | None = None):
+    """The preset's evaluation of a family's run (with --metrics ood where the preset has an ood
+    section); a run without the unseen classes gets only the unseen set, a conditional one its
+    Bayes classifier and its p(x) on the OOD sets. inception_weights (--inception-weights) adds
+    Inception features to the preset's extractors."""
+    from eval.ood_sets import SETS
+    from eval.run import DEFAULT_METRICS, EvalOptions
+
+    ood = preset.ood or {}
+    more = more or {}
+    ev = dict(preset.eval)
+    if inception_weights:
+        ev["extractors"] = tuple(dict.fromkeys((*ev.get("extractors", ("domain",)), "inception")))
+        ev["inception_weights"] = inception_weights
+    sets = tuple(s for s in ood.get("sets") or () if s != "unseen")
+    kw = {k: ood[key] for k, key in (("ood_images", "images"), ("bayes_images", "bayes_images"),
+                                     ("ood_background_steps", "background_steps")) if key in ood}
+    for key in ("k", "domain_epochs"):  # the same bound and the same domain classifier
+        if key in preset.eval:
+            kw[key] = preset.eval[key]
+    if "exclude_classes" in more.get("data", {}):
+        opts = EvalOptions(run_id=run_id, metrics=("ood",), ood_sets=("unseen",), **kw)
+    elif more.get("train", {}).get("conditional"):
+        opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood") if sets else ("bayes",),
+                           ood_sets=sets or SETS, **{**kw, "ood_background_steps": 0})
+    else:
+        opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **ev,
+                           metrics=DEFAULT_METRICS + (("ood",) if sets else ()),
+                           ood_sets=sets or SETS,
+                           **{k: v for k, v in kw.items() if k not in ev})
+    opts.validate()
+    return opts

@@ -16,10 +16,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--run-id", help="MLflow run of `genbench train` (its checkpoint "
                         "artifact is evaluated; results are logged into the same run)")
     source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt or its directory")
+    source.add_argument("--samples", metavar="DIR", help="a folder of PNG/JPEG samples from any "
+                        "model, scored under the same protocol (extractor, reference set, n) as "
+                        "a genbench run; they must have the dataset's size and mode (e.g. 28x28 "
+                        "grey for Fashion-MNIST); logged into a new run tagged external")
+    p.add_argument("--dataset", default="fashion-mnist", help="with --samples: the dataset "
+                   "whose test split is the reference (fashion-mnist default, mnist, cifar10 or "
+                   "an ImageFolder path)")
+    p.add_argument("--root", help="with --samples: where the dataset's files are (data.root)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="with --samples and an "
+                   "ImageFolder dataset: its data.image_size (default 32)")
+    p.add_argument("--name", help="with --samples: the name of the row in the report (default: "
+                   "the folder's name)")
+    p.add_argument("--bootstrap", type=positive_int, metavar="B", help="add a 95%% bootstrap "
+                   "confidence interval for FID and KID from B resamples of the feature sets "
+                   "(fid_<extractor>_ci_low/_ci_high)")
     p.add_argument("--metrics", type=comma_list, default=None,
-                   help="comma list of fid,is,kid,prc,bpd,probe (default: all that apply: "
-                   "FID/IS/KID/PR need a sampler; bpd a likelihood, exact or a bound (families "
-                   "that only reconstruct report mse_test/psnr_test); probe an encoder)")
+                   help="comma list of fid,is,kid,prc,bpd,probe,ood,bayes (default: all that "
+                   "apply of fid,is,kid,prc,bpd,probe: FID/IS/KID/PR need a sampler; bpd a "
+                   "likelihood, exact or a bound (families that only reconstruct report "
+                   "mse_test/psnr_test); probe an encoder. ood: AUROC/AUPR/FPR@95 of the "
+                   "family's scores and the domain classifier's max softmax against OOD sets; "
+                   "bayes: p(y|x) by Bayes' rule for a conditional likelihood model)")
     p.add_argument("--extractor", type=comma_list, default=("domain",),
                    help="feature extractor(s) for FID/IS/KID/PR: domain (a small classifier "
                    "trained on the dataset, offline; default) or inception (torch-fidelity's "
@@ -39,6 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: all)")
     p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the linear probe is "
                    "fitted on (default: all)")
+    p.add_argument("--ood-sets", type=comma_list, default=None, metavar="LIST",
+                   help="OOD sets for --metrics ood (default: all that can be built: unseen,"
+                   "digits,mnist,noise,constant,flipped,inverted; unseen needs a run trained "
+                   "with data.exclude_classes, mnist its files on disk)")
+    p.add_argument("--ood-images", type=positive_int, default=1000, metavar="N",
+                   help="images per OOD set and in-distribution test images (default 1000)")
+    p.add_argument("--ood-background-steps", type=int, default=300, metavar="S",
+                   help="training steps of the likelihood-ratio background model (default "
+                   "300; 0 skips the ratio score)")
+    p.add_argument("--bayes-images", type=positive_int, default=1000, metavar="N",
+                   help="test images the Bayes classifier labels (default 1000)")
     p.add_argument("--workers", type=positive_int, default=1, help="Ray tasks that share the "
                    "bits/dim evaluation (default 1: no Ray)")
     p.add_argument("--address", help="Ray cluster address for --workers > 1")
@@ -72,10 +101,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args):
-    from eval.run import ALL_METRICS, EvalOptions
+    from eval.fidelity import FIDELITY_METRICS
+    from eval.run import DEFAULT_METRICS, OOD_SETS, EvalOptions
 
-    return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint,
-                       metrics=args.metrics or ALL_METRICS, extractors=args.extractor,
+    default = FIDELITY_METRICS if args.samples else DEFAULT_METRICS
+    return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint, samples=args.samples,
+                       dataset=args.dataset, root=args.root, image_size=args.image_size,
+                       name=args.name, bootstrap=args.bootstrap,
+                       metrics=args.metrics or default, extractors=args.extractor,
+                       ood_sets=args.ood_sets or OOD_SETS, ood_images=args.ood_images,
+                       ood_background_steps=args.ood_background_steps,
+                       bayes_images=args.bayes_images,
                        n_fake=args.n_fake, n_real=args.n_real,
                        kid_subset_size=args.kid_subset_size, k=args.k, workers=args.workers,
                        seed=args.seed, batch_size=args.batch_size, bpd_images=args.bpd_images,
@@ -89,9 +125,14 @@ def run(args) -> int:
 
     if args.eval_command == "train-classifier":
         return train_classifier(args)
-    if not args.run_id and not args.checkpoint:
-        raise ConfigError("give --run-id ID or --checkpoint PATH")
+    if not args.run_id and not args.checkpoint and not args.samples:
+        raise ConfigError("give --run-id ID, --checkpoint PATH or --samples DIR")
     from eval.run import evaluate, print_report
+
+    if args.samples:
+        from eval.external import evaluate_samples
+        print_report(evaluate_samples(options_from_args(args)))
+        return 0
 
     nll_runner = None
     if args.workers > 1:

@@ -141,7 +141,7 @@ def _class_folders(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                   and p.is_file())
 
@@ -158,7 +158,7 @@ def _idx_hint(path: Path) -> str | None:
 
 def _folder_classes(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     """The class sub-folders of an ImageFolder split, or a one-line error saying what it holds."""
-    classes = [c for c in _class_folders(path, exclude) if _image_files(c)]
+    classes = [c for c in _class_folders(path, exclude) if image_files(c)]
     if not classes:
         raise ConfigError(_idx_hint(path) or f"no images found under {path}; an ImageFolder dataset needs one "
                           f"sub-folder of images per class (e.g. {path}/cats/1.png), optionally "
@@ -166,7 +166,7 @@ def _folder_classes(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     return classes
 
 
-def _load_image(file: Path):
+def load_image(file: Path):
     """A PIL image in 'L' (grey) or 'RGB', keeping grey images grey (torchvision's default loader
     converts everything to RGB: 3 identical channels that a likelihood model gets for free)."""
     from PIL import Image, UnidentifiedImageError
@@ -193,8 +193,8 @@ def _image_folder(folders: list[Path], image_size: int) -> ImageData:
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size), v2.CenterCrop(image_size)])
     images, labels, first_of_mode = [], [], {}
     for label, folder in enumerate(folders):
-        for file in _image_files(folder):
-            img = _load_image(file)
+        for file in image_files(folder):
+            img = load_image(file)
             first_of_mode.setdefault(img.mode, file)
             if len(first_of_mode) > 1:
                 raise ConfigError(f"{folder.parent} mixes grey and colour images (e.g. "
@@ -253,7 +253,7 @@ def _image_folder_split(root: Path, train: bool, image_size: int) -> ImageData:
         raise ConfigError(f"the class folders of {test_dir} differ from the train split's "
                           f"({what}); give both splits the same class folders")
     test = _image_folder(test_classes, image_size)
-    train_mode = _load_image(_image_files(train_classes[0])[0]).mode
+    train_mode = load_image(image_files(train_classes[0])[0]).mode
     if test.image_shape[0] != (1 if train_mode == "L" else 3):
         raise ConfigError(f"{test_dir} and the train split differ in colour mode (one grey, one "
                           f"colour); convert both to one mode")

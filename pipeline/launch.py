@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +311,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
                      "genbench.kind": "train", **(extra_tags or {})})
-        run_id = tracking.start_run(experiment, f"{cfg.model}-{cfg.data.dataset}",
+        run_id = tracking.start_run(experiment,
+                                    f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
         run_dir = f"{storage_path(cfg)}/{name}"
@@ -332,7 +334,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         progress.start()
     t0 = time.time()
     try:
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
     except KeyboardInterrupt:
         _close_quietly(run_id, "KILLED")
         raise RunStopped(f"interrupted; {resume_hint(run_id, run_dir)}", 130) from None
@@ -352,6 +354,28 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     tracking.end_run(run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainResult(run_id, experiment, steps, dict(result.metrics or {}), seconds, checkpoint)
+
+
+def fit_interruptibly(trainer):
+    """trainer.fit() on a helper thread, so that Ctrl-C reaches this thread as KeyboardInterrupt.
+    On the main thread Ray Train installs its own SIGINT handler, which aborts the run and ends
+    the process (exit 0 or 1, no word said) before genbench can mark the run and say how to
+    resume it. Leaving here ends the driver, and with it the run's workers."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: a signal is handled between them
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def resume_hint(run_id: str, run_dir: str) -> str:

@@ -48,6 +48,7 @@ def check_run(uri: str, experiment: str, model: str, tmp_path: Path) -> str:
 
     params = run.data.params
     assert params["model"] == model and params["train.workers"] == "2"
+    assert run.info.run_name == f"{model}-fashion-mnist-seed{params['train.seed']}"
     assert params["train.total_steps"] == str(STEPS) and params["train.batch_size"] == "32"
     tags = run.data.tags
     assert tags["genbench.kind"] == "train" and tags["genbench.model"] == model

@@ -174,3 +174,13 @@ def test_ece_and_nll_by_hand():
     assert m["accuracy"] == 0.5
     assert m["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.2) + math.log(0.6)
                                        + math.log(0.3)) / 4)
+
+
+def test_the_ood_and_bayes_modules_never_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, eval.ood, eval.bayes, eval.baseline, eval.background, eval.ood_scores, "
+            "eval.ood_sets, eval.ood_metrics, eval.report_ood; "
+            "assert 'ray' not in sys.modules, 'eval imported ray'")
+    subprocess.run([sys.executable, "-c", code], check=True)
