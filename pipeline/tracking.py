@@ -346,6 +346,13 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
     return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
 
 
+def metric_history_timed(run_id: str, key: str, uri: str | None = None
+                         ) -> list[tuple[int, float, float]]:
+    """(step, value, timestamp in seconds) of every logged point of one metric, by step."""
+    return sorted((m.step, m.value, m.timestamp / 1000)
+                  for m in client(uri).get_metric_history(run_id, key))
+
+
 def list_artifacts(run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:
     """Artifact file paths directly under path (folders left out)."""
     return [f.path for f in client(uri).list_artifacts(run_id, path) if not f.is_dir]
