@@ -84,8 +84,16 @@ def dataset_key(dataset: str, image_size: int) -> str:
     return f"folder-{Path(dataset).name[:32]}-{digest}-{image_size}px"
 
 
-def domain_paths(dataset: str, image_size: int) -> tuple[Path, Path]:
+def domain_variant(epochs: float | None) -> str:
+    """The cache slot of a classifier trained for `epochs`: "" (the default slot) for None or
+    DOMAIN_EPOCHS, else e.g. "e1" (a cheaper one, e.g. the quick bench's, kept apart so that it
+    never stands in for the default)."""
+    return "" if epochs is None or epochs == DOMAIN_EPOCHS else f"e{epochs:g}"
+
+
+def domain_paths(dataset: str, image_size: int, variant: str = "") -> tuple[Path, Path]:
     stem = f"{dataset_key(dataset, image_size)}-v{DOMAIN_ARCH_VERSION}"
+    stem += f"-{variant}" if variant else ""
     folder = cache_dir() / "domain"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
@@ -158,10 +166,11 @@ def save_domain_classifier(net: DomainClassifier, meta: dict, pt_path: Path,
 def train_and_cache_domain(dataset: str, root: str | None = None, image_size: int = 32,
                            epochs: float = DOMAIN_EPOCHS, max_images: int | None = None,
                            width: int = 16, seed: int = 0, force: bool = False, device="cpu",
-                           quiet: bool = False) -> dict:
-    """Train the domain classifier of a dataset on its train split and cache it; returns its
-    metadata (sha256, test_accuracy, ...). An existing cache is replaced only with force."""
-    pt_path, json_path = domain_paths(dataset, image_size)
+                           quiet: bool = False, variant: str = "") -> dict:
+    """Train the domain classifier of a dataset on its train split and cache it (in the slot
+    `variant`, see domain_variant); returns its metadata (sha256, test_accuracy, ...). An
+    existing cache is replaced only with force."""
+    pt_path, json_path = domain_paths(dataset, image_size, variant)
     if pt_path.exists() and not force:
         raise ConfigError(f"a domain classifier for {dataset} is already cached at {pt_path}; "
                           f"pass --force to replace it")
@@ -181,9 +190,10 @@ def train_and_cache_domain(dataset: str, root: str | None = None, image_size: in
     return save_domain_classifier(net.cpu(), meta, pt_path, json_path)
 
 
-def cached_domain(dataset: str, image_size: int) -> tuple[Path, dict] | None:
+def cached_domain(dataset: str, image_size: int, variant: str = ""
+                  ) -> tuple[Path, dict] | None:
     """The cached classifier's path and metadata, verified by sha256; None if not cached."""
-    pt_path, json_path = domain_paths(dataset, image_size)
+    pt_path, json_path = domain_paths(dataset, image_size, variant)
     if not (pt_path.is_file() and json_path.is_file()):
         return None
     try:

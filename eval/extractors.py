@@ -23,8 +23,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
 
-from eval.domain_classifier import (DomainClassifier, cache_dir, cached_domain, sha256_file,
-                                    train_and_cache_domain)
+from eval.domain_classifier import (DOMAIN_EPOCHS, DomainClassifier, cache_dir, cached_domain,
+                                    domain_variant, sha256_file, train_and_cache_domain)
 from pipeline.errors import ConfigError
 
 EXTRACTORS = ("domain", "inception")
@@ -105,10 +105,13 @@ def _create(registry_name: str, weights: Path, device) -> FeatureExtractorBase:
 
 
 def domain_extractor(dataset: str, root: str | None, image_size: int, device="cpu",
-                     train_if_missing: bool = True, quiet: bool = False) -> Extractor:
-    """The dataset's cached domain classifier; trained once (a few minutes on CPU) if missing."""
+                     train_if_missing: bool = True, quiet: bool = False,
+                     epochs: float | None = None) -> Extractor:
+    """The dataset's cached domain classifier; trained once (a few minutes on CPU) if missing.
+    epochs: one trained for that many epochs instead of DOMAIN_EPOCHS (its own cache slot)."""
     register_domain_extractor()
-    found = cached_domain(dataset, image_size)
+    variant = domain_variant(epochs)
+    found = cached_domain(dataset, image_size, variant)
     if found is None:
         if not train_if_missing:
             raise ConfigError(f"no domain classifier cached for {dataset} under {cache_dir()}; "
@@ -116,13 +119,17 @@ def domain_extractor(dataset: str, root: str | None, image_size: int, device="cp
         if not quiet:
             print(f"genbench: training the domain classifier for {dataset} once; it is cached "
                   f"under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-        train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet)
-        found = cached_domain(dataset, image_size)
+        train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
+                               epochs=DOMAIN_EPOCHS if epochs is None else epochs,
+                               variant=variant)
+        found = cached_domain(dataset, image_size, variant)
     path, meta = found
     module = _create(DOMAIN_REGISTRY_NAME, path, device)
     return Extractor("domain", module, _default_layers(DOMAIN_REGISTRY_NAME), path,
                      meta["sha256"], "none (native size)",
-                     {"test_accuracy": f"{meta.get('test_accuracy', float('nan')):.4f}"})
+                     {"test_accuracy": f"{meta.get('test_accuracy', float('nan')):.4f}",
+                      "epochs": f"{meta.get('epochs', '?')}",
+                      "train_images": f"{meta.get('train_images', '?')}"})
 
 
 def _default_layers(registry_name: str) -> dict[str, str]:
@@ -176,9 +183,11 @@ def inception_extractor(path: str | None = None, device="cpu") -> Extractor:
 
 
 def get_extractor(name: str, dataset: str, root: str | None, image_size: int, device="cpu",
-                  inception_weights_path: str | None = None, quiet: bool = False) -> Extractor:
+                  inception_weights_path: str | None = None, quiet: bool = False,
+                  domain_epochs: float | None = None) -> Extractor:
     if name == "domain":
-        return domain_extractor(dataset, root, image_size, device, quiet=quiet)
+        return domain_extractor(dataset, root, image_size, device, quiet=quiet,
+                                epochs=domain_epochs)
     if name == "inception":
         return inception_extractor(inception_weights_path, device)
     raise ConfigError(f"unknown extractor {name!r}; use {' or '.join(EXTRACTORS)}")

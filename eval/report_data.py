@@ -138,6 +138,7 @@ class ReportData:
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
     ood: object = None                          # eval.report_ood.OODSection, or None
+    scaling: list = field(default_factory=list)    # eval.report_scaling.ScalingSection
 
 
 # --- formatting ----------------------------------------------------------------------------------
