@@ -94,7 +94,7 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
             out["loss"].backward()
             opts[phase].step()
         if (step + 1) % warmup == 0:
-            float(out["loss"])  # bound how far a GPU runs ahead, as logging does
+            out["loss"].item()  # bound how far a GPU runs ahead, as logging does
     if gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
