@@ -12,6 +12,10 @@ every registered family, in one run.
   steps, against the wall-clock figure (should be 1.00: images_per_s is wall-clock).
 
     python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
+    python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+
+A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
+seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
 
 On a busy machine the numbers move; run it on a quiet one, and say what else was running.
 """
