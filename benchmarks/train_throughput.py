@@ -12,6 +12,10 @@ every registered family, in one run.
   steps, against the wall-clock figure (should be 1.00: images_per_s is wall-clock).
 
     python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
+    python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+
+A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
+seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
 
 On a busy machine the numbers move; run it on a quiet one, and say what else was running.
 """
@@ -94,7 +98,7 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
             out["loss"].backward()
             opts[phase].step()
         if (step + 1) % warmup == 0:
-            float(out["loss"])  # bound how far a GPU runs ahead, as logging does
+            out["loss"].item()  # bound how far a GPU runs ahead, as logging does
     if gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
