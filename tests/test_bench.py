@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from evalkit import TINY, domain_cache
+from testing.evalkit import TINY, domain_cache
 from genbench.cli import main
 from pipeline import tracking
 

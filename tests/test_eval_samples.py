@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evalkit import domain_cache, fmnist_test
+from testing.evalkit import domain_cache, fmnist_test
 from genbench.cli import main
 from pipeline import tracking
 
