@@ -148,8 +148,16 @@ def dataset_key(dataset: str, image_size: int) -> str:
     return f"folder-{Path(dataset).name[:32]}-{digest}-{image_size}px"
 
 
-def domain_paths(dataset: str, image_size: int) -> tuple[Path, Path]:
+def domain_variant(epochs: float | None) -> str:
+    """The cache slot of a classifier trained for `epochs`: "" (the default slot) for None or
+    DOMAIN_EPOCHS, else e.g. "e1" (a cheaper one, e.g. the quick bench's, kept apart so that it
+    never stands in for the default)."""
+    return "" if epochs is None or epochs == DOMAIN_EPOCHS else f"e{epochs:g}"
+
+
+def domain_paths(dataset: str, image_size: int, variant: str = "") -> tuple[Path, Path]:
     stem = f"{dataset_key(dataset, image_size)}-v{DOMAIN_ARCH_VERSION}"
+    stem += f"-{variant}" if variant else ""
     folder = cache_dir() / "domain"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
@@ -222,10 +230,11 @@ def save_domain_classifier(net: DomainClassifier, meta: dict, pt_path: Path,
 def train_and_cache_domain(dataset: str, root: str | None = None, image_size: int = 32,
                            epochs: float = DOMAIN_EPOCHS, max_images: int | None = None,
                            width: int = 16, seed: int = 0, force: bool = False, device="cpu",
-                           quiet: bool = False) -> dict:
-    """Train the domain classifier of a dataset on its train split and cache it; returns its
-    metadata (sha256, test_accuracy, ...). An existing cache is replaced only with force."""
-    pt_path, json_path = domain_paths(dataset, image_size)
+                           quiet: bool = False, variant: str = "") -> dict:
+    """Train the domain classifier of a dataset on its train split and cache it (in the slot
+    `variant`, see domain_variant); returns its metadata (sha256, test_accuracy, ...). An
+    existing cache is replaced only with force."""
+    pt_path, json_path = domain_paths(dataset, image_size, variant)
     if pt_path.exists() and not force:
         raise ConfigError(f"a domain classifier for {dataset} is already cached at {pt_path}; "
                           f"pass --force to replace it")
@@ -245,9 +254,10 @@ def train_and_cache_domain(dataset: str, root: str | None = None, image_size: in
     return save_domain_classifier(net.cpu(), meta, pt_path, json_path)
 
 
-def cached_domain(dataset: str, image_size: int) -> tuple[Path, dict] | None:
+def cached_domain(dataset: str, image_size: int, variant: str = ""
+                  ) -> tuple[Path, dict] | None:
     """The cached classifier's path and metadata, verified by sha256; None if not cached."""
-    pt_path, json_path = domain_paths(dataset, image_size)
+    pt_path, json_path = domain_paths(dataset, image_size, variant)
     if not (pt_path.is_file() and json_path.is_file()):
         return None
     try:
@@ -290,10 +300,13 @@ def _create(registry_name: str, weights: Path, device) -> FeatureExtractorBase:
 
 
 def domain_extractor(dataset: str, root: str | None, image_size: int, device="cpu",
-                     train_if_missing: bool = True, quiet: bool = False) -> Extractor:
-    """The dataset's cached domain classifier; trained once (a few minutes on CPU) if missing."""
+                     train_if_missing: bool = True, quiet: bool = False,
+                     epochs: float | None = None) -> Extractor:
+    """The dataset's cached domain classifier; trained once (a few minutes on CPU) if missing.
+    epochs: one trained for that many epochs instead of DOMAIN_EPOCHS (its own cache slot)."""
     register_domain_extractor()
-    found = cached_domain(dataset, image_size)
+    variant = domain_variant(epochs)
+    found = cached_domain(dataset, image_size, variant)
     if found is None:
         if not train_if_missing:
             raise ConfigError(f"no domain classifier cached for {dataset} under {cache_dir()}; "
@@ -301,13 +314,17 @@ def domain_extractor(dataset: str, root: str | None, image_size: int, device="cp
         if not quiet:
             print(f"genbench: training the domain classifier for {dataset} once; it is cached "
                   f"under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-        train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet)
-        found = cached_domain(dataset, image_size)
+        train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
+                               epochs=DOMAIN_EPOCHS if epochs is None else epochs,
+                               variant=variant)
+        found = cached_domain(dataset, image_size, variant)
     path, meta = found
     module = _create(DOMAIN_REGISTRY_NAME, path, device)
     return Extractor("domain", module, _default_layers(DOMAIN_REGISTRY_NAME), path,
                      meta["sha256"], "none (native size)",
-                     {"test_accuracy": f"{meta.get('test_accuracy', float('nan')):.4f}"})
+                     {"test_accuracy": f"{meta.get('test_accuracy', float('nan')):.4f}",
+                      "epochs": f"{meta.get('epochs', '?')}",
+                      "train_images": f"{meta.get('train_images', '?')}"})
 
 
 def _default_layers(registry_name: str) -> dict[str, str]:
@@ -361,9 +378,11 @@ def inception_extractor(path: str | None = None, device="cpu") -> Extractor:
 
 
 def get_extractor(name: str, dataset: str, root: str | None, image_size: int, device="cpu",
-                  inception_weights_path: str | None = None, quiet: bool = False) -> Extractor:
+                  inception_weights_path: str | None = None, quiet: bool = False,
+                  domain_epochs: float | None = None) -> Extractor:
     if name == "domain":
-        return domain_extractor(dataset, root, image_size, device, quiet=quiet)
+        return domain_extractor(dataset, root, image_size, device, quiet=quiet,
+                                epochs=domain_epochs)
     if name == "inception":
         return inception_extractor(inception_weights_path, device)
     raise ConfigError(f"unknown extractor {name!r}; use {' or '.join(EXTRACTORS)}")

@@ -18,6 +18,7 @@ import markupsafe
 
 from eval import report_data
 from eval.report_data import Image, ReportData, fmt
+from eval.report_scaling import COLUMNS as SCALING_COLUMNS
 from pipeline import VERSION, tracking
 from pipeline.errors import ConfigError
 
@@ -94,6 +95,7 @@ def write_files(data: ReportData, out_dir: Path, force: bool) -> Path:
 
 def all_images(data: ReportData) -> list[Image]:
     found = [img for row in data.rows for img in (row.grid, row.curves) if img is not None]
+    found += [s.plot for s in data.scaling if s.plot is not None]
     found += data.ood.images if data.ood is not None else []
     return found + [p for s in data.sweeps for p in s.plots]
 
@@ -118,7 +120,7 @@ def environment(autoescape: bool) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(datauri=data_uri, mdcell=md_cell, ticks=code_ticks)
-    env.globals.update(fmt=fmt, label=report_data.label)
+    env.globals.update(fmt=fmt, label=report_data.label, scaling_columns=SCALING_COLUMNS)
     return env
 
 

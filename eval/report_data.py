@@ -146,6 +146,7 @@ class ReportData:
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
     ood: object = None                          # eval.report_ood.OODSection, or None
+    scaling: list = field(default_factory=list)    # eval.report_scaling.ScalingSection
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -238,9 +239,12 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
     from eval.report_ood import collect_ood
+    from eval.report_scaling import collect_scaling
     ood = collect_ood([r for r in runs if kind(r) in ("train", "eval")],
                       [row.family for row in rows], uri, with_images)
+    scaling = collect_scaling(runs, uri, with_images)
     return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
+        scaling=scaling,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,

@@ -80,6 +80,7 @@ class EvalOptions:
     ood_background_steps: int = OOD_BACKGROUND_STEPS   # 0: no likelihood-ratio score
     bayes_images: int = OOD_IMAGES       # test images the Bayes classifier labels
     inception_weights: str | None = None
+    domain_epochs: float | None = None   # a cheaper domain classifier (own cache slot); None: 5
     device: str = "auto"
     experiment: str = "genbench"         # for a checkpoint whose run is not in this store
     quiet: bool = False
@@ -106,6 +107,8 @@ class EvalOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.domain_epochs is not None and self.domain_epochs <= 0:
+            raise ConfigError(f"domain_epochs must be positive, got {self.domain_epochs}")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise ConfigError("--kid-subset-size must be at least 2")
 
@@ -215,7 +218,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
                           "use `genbench eval` or --workers 1")
 
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
-                                opts.inception_weights, opts.quiet)
+                                opts.inception_weights, opts.quiet, opts.domain_epochs)
                   for name in opts.extractors] if fidelity else []
 
     need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
@@ -428,7 +431,7 @@ def _generative_vs_discriminative(opts, model: LoadedModel, train: ImageData, de
     cfg, d = model.cfg, model.cfg.data
     family = FAMILIES[cfg.model]
     classifier = baseline_classifier(d.dataset, d.root, d.image_size, d.exclude_classes, device,
-                                     opts.quiet)
+                                     opts.quiet, opts.domain_epochs)
     if "ood" in wanted:
         ood = evaluate_ood(model, train, classifier, sets=opts.ood_sets, images=opts.ood_images,
                            k=opts.k, background_steps=opts.ood_background_steps,

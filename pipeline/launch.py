@@ -113,6 +113,38 @@ def joined_cluster(address: str | None = None) -> bool:
     return node is not None and not node.is_head()
 
 
+def joins_cluster(address: str | None = None) -> bool:
+    """Whether init_ray(address) joins a running cluster (--address, RAY_ADDRESS, or a `ray
+    start` cluster on this machine) rather than starting a local Ray. Asked before Ray starts."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given:
+        return given != "local"
+    from ray._private.services import canonicalize_bootstrap_address  # no public API
+    try:
+        return canonicalize_bootstrap_address(None) is not None
+    except Exception:  # a malformed leftover address file: ray.init will say so
+        return False
+
+
+def require_gpu(address: str | None = None, verbose: bool = False) -> None:
+    """--gpu: a one-line ConfigError when no GPU is there to use: none visible to torch here
+    and, when joining a cluster, none among the cluster's resources."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if not joins_cluster(address):
+        raise ConfigError("--gpu asked for but this machine has no GPU (torch sees no CUDA "
+                          "device); drop --gpu, or join a cluster with GPUs (--address)")
+    import ray
+
+    init_ray(address, verbose)
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        raise ConfigError(f"--gpu asked for but neither this machine nor the Ray cluster "
+                          f"({address or os.environ.get('RAY_ADDRESS') or 'found by ray.init'})"
+                          f" has a GPU; drop --gpu or add GPU nodes")
+
+
 def resolve_resources(cfg: Config, can_grow: bool = False) -> Config:
     """Check the request against the cluster; fill in cpus_per_worker (default: the cluster's
     CPUs split evenly over the workers, so 1 worker on 2 cores trains with 2 threads).
