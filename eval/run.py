@@ -461,14 +461,22 @@ def format_table(result: EvalResult) -> str:
     """Metric | value | floor (real train vs real test) lines, then notes."""
     from eval.ood import auroc_lines
 
-    rows = [(k, v) for k, v in sorted(result.metrics.items())
-            if not k.startswith(("floor_", "ood_")) and not k.endswith("_std")]
-    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"] if rows else []
+    m = result.metrics
+    rows = [(k, v) for k, v in sorted(m.items()) if not k.startswith(("floor_", "ood_"))
+            and not k.endswith(("_std", "_ci_low", "_ci_high"))]
+    ci = any(k.endswith("_ci_low") for k in m)
+    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"
+             + (f"  {'95% bootstrap interval':>24}" if ci else "")] if rows else []
     for key, value in rows:
-        std = result.metrics.get(f"{key}_std")
-        floor = result.metrics.get(f"floor_{key}")
+        std = m.get(f"{key}_std")
+        floor = m.get(f"floor_{key}")
         shown = f"{value:.4g}" + (f" ±{std:.2g}" if std is not None else "")
-        lines.append(f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}")
+        line = f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}"
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:
+            interval = f"[{low:.4g}, {high:.4g}]"
+            line += f"  {interval:>24}"
+        lines.append(line)
     lines += auroc_lines(result.metrics)
     for note in result.notes:
         lines.append(f"note: {note}")
