@@ -203,7 +203,76 @@ def test_workers_that_do_not_divide_a_batch_fail_before_anything_starts(env, cap
     assert not (env / "ray_results").exists()
 
 
-def test_unknown_family_is_one_line(env, capsys):
-    code = main(["bench", "--families", "nope"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--families: unknown famil(ies) nope" in err[0]
+
+def log_scaling_run(client, exp: str, family: str, workers: int, start: float, points: list,
+                    val: list, target: float | None = None) -> str:
+    """A scaling run as genbench logs one: params, tags, images_per_s and the validation metric
+    at the given (step, value, seconds) points; the run starts at `start` seconds."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {"genbench.kind": "scaling", "genbench.model": family,
+            "genbench.scaling.device": "cpu", "hardware.cpu": "test CPU"}
+    if target is not None:
+        tags["genbench.scaling.target"] = str(target)
+    run = client.create_run(exp, start_time=int(start * 1000),
+                            tags={k: str(v) for k, v in tags.items()})
+    rid = run.info.run_id
+    params = {"train.workers": workers, "train.batch_size": 10, "train.total_steps": 40,
+              "train.gpu": False, "train.cpus_per_worker": 2 // workers}
+    metric = FAMILIES[family].SWEEP_METRIC
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                     metrics=[Metric("images_per_s", v, int(t * 1000), s) for s, v, t in points]
+                     + [Metric(metric, v, int(t * 1000), s) for s, v, t in val])
+    client.set_terminated(rid, "FINISHED", end_time=int((points[-1][2] + 1) * 1000))
+    return rid
+
+
+@pytest.mark.parametrize("target", [None, 4.6])
+def test_scaling_section_numbers_by_hand(tmp_path, target):
+    """images/s from the first to the last logged step over MLflow timestamps, start-up from the
+    run's start to one interval before the first point, time to target from there, speed-up
+    over 1 worker: checked against numbers worked out by hand."""
+    from eval.report import write_report
+    from eval.report_scaling import collect_scaling
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("S")
+    family = timed_family()
+    t = 1_000_000.0
+    # 1 worker: training starts at t+5 (step 10 at t+7 after 100 images at 50 img/s)
+    one = log_scaling_run(client, exp, family, 1, t, [(10, 50.0, t + 7), (20, 40.0, t + 9.5),
+                                                      (40, 50.0, t + 13)],
+                          [(20, 5.0, t + 9.6), (40, 4.0, t + 13.5)], target)
+    # 2 workers: run starts at t+100, training at t+108 (100 images at 100 img/s until t+109)
+    two = log_scaling_run(client, exp, family, 2, t + 100, [(10, 100.0, t + 109),
+                                                            (40, 100.0, t + 112)],
+                          [(20, 4.5, t + 110.2), (40, 3.9, t + 112.2)], target)
+    (section,) = collect_scaling(tracking_runs(client, exp), uri, with_images=True)
+    first, second = section.runs
+    assert (first.run_id, second.run_id) == (one, two)
+    assert first.images_per_s == pytest.approx(300 / 6)      # steps 10..40 x 10 in 6 s
+    assert second.images_per_s == pytest.approx(300 / 3)
+    assert second.speedup == pytest.approx(2.0) and first.speedup == pytest.approx(1.0)
+    assert first.start_up_s == pytest.approx(5.0, abs=0.01)
+    assert second.start_up_s == pytest.approx(8.0, abs=0.01)
+    if target is None:  # the best value both runs reached: 4.0 (run 1's best)
+        assert section.target == pytest.approx(4.0)
+        assert first.to_target_s == pytest.approx(8.5, abs=0.01)
+        assert second.to_target_s == pytest.approx(4.2, abs=0.01)
+    else:
+        assert section.target == pytest.approx(4.6)
+        assert first.to_target_s == pytest.approx(8.5, abs=0.01)
+        assert second.to_target_s == pytest.approx(2.2, abs=0.01)
+    assert second.to_target_total_s == pytest.approx(second.to_target_s + 8.0, abs=0.01)
+    assert section.plot is not None and section.plot.png.startswith(b"\x89PNG")
+
+    html = write_report("S", tmp_path / "r", uri=uri, quiet=True)
+    md = html.with_name("report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| CPU |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["1", "2"]
+    assert "2.00x" in rows[1] and "50" in rows[0] and "100" in rows[1]
+
+
+def tracking_runs(client, exp):
+    return client.search_runs([exp], order_by=["attributes.start_time DESC"])
