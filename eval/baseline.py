@@ -1,4 +1,4 @@
-"""The discriminative baseline: the domain classifier (eval/extractors.py) as a classifier.
+"""The discriminative baseline: the domain classifier (eval/domain_classifier.py) as a classifier.
 
 Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
 and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from eval.extractors import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier, cache_dir,
-                             cached_domain, dataset_key, save_domain_classifier, sha256_file,
-                             to_rgb_uint8, train_and_cache_domain, train_domain_classifier)
+from eval.domain_classifier import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier,
+                                    cache_dir, cached_domain, dataset_key,
+                                    domain_variant, save_domain_classifier, sha256_file,
+                                    to_rgb_uint8, train_and_cache_domain,
+                                    train_domain_classifier)
 from pipeline.data import ImageData, load_raw, without_classes
 
 
@@ -53,38 +55,45 @@ def _load(path, meta: dict, classes: list[int], device) -> Classifier:
     net.load_state_dict(payload["state_dict"])
     excluded = meta.get("excluded_classes") or []
     trained_on = (f"{meta.get('dataset', '?')} train split"
-                  + (f" without classes {excluded}" if excluded else ""))
+                  + (f" without classes {excluded}" if excluded else "")
+                  + f" ({meta.get('epochs', '?')} epochs)")
     return Classifier(net.to(device).eval(), classes, meta["sha256"],
                       float(meta.get("test_accuracy", float("nan"))), trained_on)
 
 
 def baseline_classifier(dataset: str, root: str | None, image_size: int, excluded=(),
-                        device="cpu", quiet: bool = False) -> Classifier:
-    """The cached domain classifier, or (classes excluded) one trained without those classes."""
+                        device="cpu", quiet: bool = False,
+                        epochs: float | None = None) -> Classifier:
+    """The cached domain classifier, or (classes excluded) one trained without those classes.
+    epochs: the cheaper classifier trained for that many epochs (eval's domain_epochs), the one
+    the run's FID features come from."""
     excluded = sorted(set(excluded))
+    variant = domain_variant(epochs)
     if not excluded:
-        found = cached_domain(dataset, image_size)
+        found = cached_domain(dataset, image_size, variant)
         if found is None:
             if not quiet:
                 print(f"genbench: training the domain classifier for {dataset} once; it is "
                       f"cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet)
-            found = cached_domain(dataset, image_size)
+            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
+                                   epochs=DOMAIN_EPOCHS if epochs is None else epochs,
+                                   variant=variant)
+            found = cached_domain(dataset, image_size, variant)
         path, meta = found
         return _load(path, meta, list(range(meta["num_classes"])), device)
 
     stem = (f"{dataset_key(dataset, image_size)}-without{'-'.join(map(str, excluded))}"
-            f"-v{DOMAIN_ARCH_VERSION}")
+            f"-v{DOMAIN_ARCH_VERSION}" + (f"-{variant}" if variant else ""))
     pt_path, json_path = cache_dir() / "domain" / f"{stem}.pt", cache_dir() / "domain" / f"{stem}.json"
     if pt_path.is_file() and json_path.is_file():
         meta = json.loads(json_path.read_text())
         if meta.get("sha256") == sha256_file(pt_path):
             return _load(pt_path, meta, meta["classes"], device)
     # the recipe of the cached domain classifier (epochs, images, width, seed), where there is one
-    found = cached_domain(dataset, image_size)
+    found = cached_domain(dataset, image_size, variant)
     full = found[1] if found else {}
-    epochs, width, seed = (full.get("epochs", DOMAIN_EPOCHS), full.get("width", 16),
-                           full.get("seed", 0))
+    epochs, width, seed = (full.get("epochs", DOMAIN_EPOCHS if epochs is None else epochs),
+                           full.get("width", 16), full.get("seed", 0))
     train = without_classes(load_raw(dataset, True, root, image_size), excluded)
     test = without_classes(load_raw(dataset, False, root, image_size), excluded)
     max_images = full.get("train_images")

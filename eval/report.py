@@ -17,7 +17,9 @@ import jinja2
 import markupsafe
 
 from eval import report_data
+from eval.report_collect import collect
 from eval.report_data import Image, ReportData, fmt
+from eval.report_scaling import COLUMNS as SCALING_COLUMNS
 from pipeline import VERSION, tracking
 from pipeline.errors import ConfigError
 
@@ -35,7 +37,7 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(experiment)
     check_out_dir(out_dir, force)
     uri = uri or tracking.tracking_uri()
-    data = report_data.collect(experiment, uri)
+    data = collect(experiment, uri)
     if data is None:
         raise ConfigError(f"no MLflow experiment {experiment!r} at {uri}; check --experiment "
                           f"and MLFLOW_TRACKING_URI, or train into it first")
@@ -94,6 +96,7 @@ def write_files(data: ReportData, out_dir: Path, force: bool) -> Path:
 
 def all_images(data: ReportData) -> list[Image]:
     found = [img for row in data.rows for img in (row.grid, row.curves) if img is not None]
+    found += [s.plot for s in data.scaling if s.plot is not None]
     found += data.ood.images if data.ood is not None else []
     return found + [p for s in data.sweeps for p in s.plots]
 
@@ -118,7 +121,7 @@ def environment(autoescape: bool) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(datauri=data_uri, mdcell=md_cell, ticks=code_ticks)
-    env.globals.update(fmt=fmt, label=report_data.label)
+    env.globals.update(fmt=fmt, label=report_data.label, scaling_columns=SCALING_COLUMNS)
     return env
 
 

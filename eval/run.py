@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_extractor
+from eval.domain_classifier import cache_dir, dataset_key
+from eval.extractors import EXTRACTORS, Extractor, get_extractor
 from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
                            KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
                            check_kid_samples, extract_features, fidelity_metrics)
@@ -80,6 +81,7 @@ class EvalOptions:
     ood_background_steps: int = OOD_BACKGROUND_STEPS   # 0: no likelihood-ratio score
     bayes_images: int = OOD_IMAGES       # test images the Bayes classifier labels
     inception_weights: str | None = None
+    domain_epochs: float | None = None   # a cheaper domain classifier (own cache slot); None: 5
     device: str = "auto"
     experiment: str = "genbench"         # for a checkpoint whose run is not in this store
     quiet: bool = False
@@ -106,6 +108,8 @@ class EvalOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.domain_epochs is not None and self.domain_epochs <= 0:
+            raise ConfigError(f"domain_epochs must be positive, got {self.domain_epochs}")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise ConfigError("--kid-subset-size must be at least 2")
 
@@ -219,7 +223,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     if fidelity:  # bad set sizes are one line before an extractor is loaded (or trained)
         plan_fidelity(opts, opts.n_fake or min(DEFAULT_N, len(test)), test, train, fidelity, [])
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
-                                opts.inception_weights, opts.quiet)
+                                opts.inception_weights, opts.quiet, opts.domain_epochs)
                   for name in opts.extractors] if fidelity else []
     fake = None
     if fidelity:
@@ -429,7 +433,7 @@ def _generative_vs_discriminative(opts, model: LoadedModel, train: ImageData, de
     cfg, d = model.cfg, model.cfg.data
     family = FAMILIES[cfg.model]
     classifier = baseline_classifier(d.dataset, d.root, d.image_size, d.exclude_classes, device,
-                                     opts.quiet)
+                                     opts.quiet, opts.domain_epochs)
     if "ood" in wanted:
         ood = evaluate_ood(model, train, classifier, sets=opts.ood_sets, images=opts.ood_images,
                            k=opts.k, background_steps=opts.ood_background_steps,
@@ -458,14 +462,22 @@ def format_table(result: EvalResult) -> str:
     """Metric | value | floor (real train vs real test) lines, then notes."""
     from eval.ood import auroc_lines
 
-    rows = [(k, v) for k, v in sorted(result.metrics.items())
-            if not k.startswith(("floor_", "ood_")) and not k.endswith("_std")]
-    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"] if rows else []
+    m = result.metrics
+    rows = [(k, v) for k, v in sorted(m.items()) if not k.startswith(("floor_", "ood_"))
+            and not k.endswith(("_std", "_ci_low", "_ci_high"))]
+    ci = any(k.endswith("_ci_low") for k in m)
+    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"
+             + (f"  {'95% bootstrap interval':>24}" if ci else "")] if rows else []
     for key, value in rows:
-        std = result.metrics.get(f"{key}_std")
-        floor = result.metrics.get(f"floor_{key}")
+        std = m.get(f"{key}_std")
+        floor = m.get(f"floor_{key}")
         shown = f"{value:.4g}" + (f" ±{std:.2g}" if std is not None else "")
-        lines.append(f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}")
+        line = f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}"
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:
+            interval = f"[{low:.4g}, {high:.4g}]"
+            line += f"  {interval:>24}"
+        lines.append(line)
     lines += auroc_lines(result.metrics)
     for note in result.notes:
         lines.append(f"note: {note}")

@@ -1,5 +1,10 @@
 """`genbench bench`: the one-command benchmark. Train every family, evaluate each, run a small
-beta/lr sweep, and write the report, all into one fresh MLflow experiment.
+beta/lr sweep, measure how training scales with workers, and write the report, all into one fresh
+MLflow experiment.
+
+--workers, --gpu and --storage-path apply to every training run and to each sweep trial; the
+scaling stage trains one family with each worker count of the preset (on CPU, and on GPU with
+--gpu), for the report's scaling table.
 
 A stage that fails is reported and the rest go on, so the report still shows what worked and
 says what is missing; the exit code is then 1.
@@ -15,14 +20,17 @@ from datetime import datetime
 from pathlib import Path
 
 from genbench.options import DATASET_HELP, comma_list, positive_int
-from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images"}
-SWEEP_KEYS = {"model", "samples", "steps"}
+EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
+             "domain_epochs"}
+SWEEP_KEYS = {"model", "samples", "steps", "config"}
+PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 5 minutes on one "
+               "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
+               "the same shape (genbench/presets/quick.yaml)")
 # "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
 # without unseen_classes, and a conditional run of the `bayes` families (likelihood = all with one)
 OOD_KEYS = {"sets", "images", "background_steps", "unseen_classes", "bayes", "bayes_images"}
@@ -37,12 +45,16 @@ class Preset:
     every_family: dict                 # {"config": {...}, "n_fake": N}
     families: dict                     # family -> the same keys, overriding every_family
     eval: dict                         # EvalOptions fields shared by every family
-    sweep: dict | None                 # {"model": family, "samples": N, "steps": S}
+    sweep: dict | None                 # {"model": family, "samples": N, "steps": S, "config"}
     ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
+    scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
-    def config(self, family: str, dataset: str) -> Config:
-        """The config this preset trains `family` with on `dataset`."""
+    def config(self, family: str, dataset: str, flags: dict | None = None):
+        """The config this preset trains `family` with on `dataset`; flags (the command line's
+        --workers, --gpu, --storage-path as a config dict) go over it."""
         import copy
+
+        from pipeline.config import Config, merge
 
         base = copy.deepcopy(self.every_family.get("config") or {})
         over = self.families.get(family, {}).get("config") or {}
@@ -51,7 +63,8 @@ class Preset:
                 base.get("train", {}).pop(other, None)
         # no validation or sample grids mid-run: eval measures the run afterwards
         raw = merge(merge({"train": {"eval_every": 10**9}}, base), over)
-        return Config.from_dict(merge(raw, {"model": family, "data": {"dataset": dataset}}))
+        raw = merge(merge(raw, flags or {}), {"model": family, "data": {"dataset": dataset}})
+        return Config.from_dict(raw)
 
     def n_fake(self, family: str) -> int | None:
         return self.families.get(family, {}).get("n_fake", self.every_family.get("n_fake"))
@@ -69,10 +82,10 @@ def load_preset(name_or_path: str) -> Preset:
                               f"YAML file like {PRESET_DIR / 'quick.yaml'}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
     raw = load_yaml(str(path))
-    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood"}
+    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood", "scaling"}
     if unknown:
         raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
-                          f"every_family, families, eval, sweep, ood")
+                          f"every_family, families, eval, sweep, ood, scaling")
     families = raw.get("families") or {}
     strangers = set(families) - set(names())
     if strangers:
@@ -100,7 +113,11 @@ def load_preset(name_or_path: str) -> Preset:
             raise ConfigError(f"preset {path}: ood names {', '.join(sorted(map(str, bad)))}; "
                               f"sets are {', '.join(SETS)}, bayes takes family names or "
                               f"{EVERY_LIKELIHOOD}")
-    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood)
+    scaling = raw.get("scaling")
+    if scaling is not None:
+        from genbench.scaling import check_section
+        check_section(scaling, path)
+    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood, scaling)
 
 
 def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
@@ -144,9 +161,20 @@ class Stages:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", metavar="{" + ",".join(PRESETS) + "} or FILE",
-                   help="quick (default): minutes on 2 CPU cores; full: sized for a GPU "
-                   "cluster; or a YAML file of the same shape (genbench/presets/quick.yaml)")
+                   help=PRESET_HELP)
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker, nccl, "
+                   "bf16) and evaluate on this machine's GPU; exit 2 when neither this machine "
+                   "nor the cluster has one")
+    p.add_argument("--workers", type=positive_int, help="DDP workers of every training run and "
+                   "of each sweep trial (default: the preset's, 1); the scaling stage adds this "
+                   "count to its own")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--storage-path", help="where Ray keeps checkpoints and the sweep (default "
+                   "./ray_results); shared storage such as s3://... or NFS on multi-node clusters")
+    p.add_argument("--inception-weights", metavar="PATH", help="also measure FID/IS/KID/PR with "
+                   "Inception features, from this local copy of torch-fidelity's "
+                   "weights-inception-2015-12-05-6726825d.pth")
     p.add_argument("--seeds", type=positive_int, default=1, help="train and evaluate each "
                    "family N times, with train.seed 0..N-1 (in the MLflow params and run "
                    "names); the report shows mean ± std and each seed's value (default 1)")
@@ -154,16 +182,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "families to benchmark (default: every registered family)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
 
+def flags_config(args) -> dict:
+    """--workers, --gpu and --storage-path as a config dict, layered over every run's config."""
+    train = {k: v for k, v in (("workers", getattr(args, "workers", None)),
+                               ("storage_path", getattr(args, "storage_path", None)))
+             if v is not None}
+    if getattr(args, "gpu", False):
+        train["gpu"] = True
+    return {"train": train} if train else {}
+
+
 def run(args) -> int:
+    from genbench import scaling
     from genbench.training import print_summary
-    from pipeline.launch import init_ray, train
+    from pipeline.cluster import init_ray, joins_cluster, require_gpu, resolve_resources
+    from pipeline.config import Config, merge
+    from pipeline.launch import train
     from pipeline.models import names
 
+    # Everything that can be wrong is found before the first stage: one line, exit 2.
     preset = load_preset(args.preset)
+    flags = flags_config(args)
     experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
     families = list(getattr(args, "families", None) or names())
     unknown = [f for f in families if f not in names()]
@@ -171,12 +213,15 @@ def run(args) -> int:
         raise ConfigError(f"--families names unregistered famil(ies) {', '.join(unknown)}; "
                           f"registered: {', '.join(names())}")
     seeds = list(range(getattr(args, "seeds", None) or 1))
-    configs = {family: preset.config(family, args.dataset) for family in families}
+    configs = {family: preset.config(family, args.dataset, flags) for family in families}
     sweep_cfg = None
     if preset.sweep:
-        sweep_cfg = Config.from_dict({"model": preset.sweep["model"],
-                                      "data": {"dataset": args.dataset},
-                                      "train": {"steps": preset.sweep["steps"]}})
+        sweep_cfg = Config.from_dict(merge(merge(
+            {"model": preset.sweep["model"], "data": {"dataset": args.dataset},
+             "train": {"steps": preset.sweep["steps"]}}, preset.sweep.get("config") or {}),
+            flags))
+    scaling_cfgs = (scaling.configs(preset.scaling, args.dataset, flags)
+                    if preset.scaling else [])
     extra = ood_runs(preset, families)
     for name, family, more in extra:
         configs[name] = Config.from_dict(merge(configs[family].to_dict(), more))
@@ -191,11 +236,20 @@ def run(args) -> int:
                                                        {"train": {"seed": seed}}))
                 seeded.append((name, family, {}))
         jobs = seeded + extra
-    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + 1)
-    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
-          f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}; "
-          f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
+    if getattr(args, "inception_weights", None):
+        from eval.extractors import inception_weights
+        inception_weights(args.inception_weights)  # a wrong file fails now, not after training
+    if getattr(args, "gpu", False):
+        require_gpu(args.address, args.verbose)
     init_ray(args.address, args.verbose)
+    resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
+    scaling_cfgs = scaling.fitting(scaling_cfgs)
+
+    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + len(scaling_cfgs) + 1)
+    print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
+          f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}"
+          f"{' (GPU)' if getattr(args, 'gpu', False) else ''}; "
+          f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
 
     runs: dict[str, str] = {}
     for name, _, _ in jobs:
@@ -214,7 +268,7 @@ def run(args) -> int:
             stages.run(f"eval {name}", lambda name=name: _missing(f"no trained {name}"))
             continue
         stages.run(f"eval {name}", lambda name=name, family=family, more=more: _evaluate(
-            runs[name], family, preset, more))
+            runs[name], family, preset, more, getattr(args, "inception_weights", None)))
 
     if sweep_cfg is not None:
         def sweep_one():
@@ -226,6 +280,11 @@ def run(args) -> int:
                 raise RuntimeError(f"the sweep ended with exit code {code}")
 
         stages.run(f"sweep {sweep_cfg.model} ({preset.sweep['samples']} trials)", sweep_one)
+
+    for cfg in scaling_cfgs:
+        stages.run(f"scaling {scaling.describe(cfg)}",
+                   lambda cfg=cfg: scaling.train_one(cfg, experiment, preset.scaling,
+                                                     args.address, args.verbose))
 
     def report():
         from eval.report import write_report
@@ -252,37 +311,45 @@ def _missing(why: str):
     raise ConfigError(f"skipped: {why}")
 
 
-def _evaluate(run_id: str, family: str, preset: Preset, more: dict | None = None):
+def _evaluate(run_id: str, family: str, preset: Preset, more: dict | None = None,
+              inception_weights: str | None = None):
     from eval.run import evaluate, print_report
 
-    result = evaluate(eval_options(run_id, family, preset, more))
+    result = evaluate(eval_options(run_id, family, preset, more, inception_weights))
     print_report(result)
     return result
 
 
-def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = None):
+def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = None,
+                 inception_weights: str | None = None):
     """The preset's evaluation of a family's run (with --metrics ood where the preset has an ood
     section); a run without the unseen classes gets only the unseen set, a conditional one its
-    Bayes classifier and its p(x) on the OOD sets."""
+    Bayes classifier and its p(x) on the OOD sets. inception_weights (--inception-weights) adds
+    Inception features to the preset's extractors."""
     from eval.ood_sets import SETS
     from eval.run import DEFAULT_METRICS, EvalOptions
 
     ood = preset.ood or {}
     more = more or {}
+    ev = dict(preset.eval)
+    if inception_weights:
+        ev["extractors"] = tuple(dict.fromkeys((*ev.get("extractors", ("domain",)), "inception")))
+        ev["inception_weights"] = inception_weights
     sets = tuple(s for s in ood.get("sets") or () if s != "unseen")
     kw = {k: ood[key] for k, key in (("ood_images", "images"), ("bayes_images", "bayes_images"),
                                      ("ood_background_steps", "background_steps")) if key in ood}
-    if "k" in preset.eval:
-        kw["k"] = preset.eval["k"]
+    for key in ("k", "domain_epochs"):  # the same bound and the same domain classifier
+        if key in preset.eval:
+            kw[key] = preset.eval[key]
     if "exclude_classes" in more.get("data", {}):
         opts = EvalOptions(run_id=run_id, metrics=("ood",), ood_sets=("unseen",), **kw)
     elif more.get("train", {}).get("conditional"):
         opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood") if sets else ("bayes",),
                            ood_sets=sets or SETS, **{**kw, "ood_background_steps": 0})
     else:
-        opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **preset.eval,
+        opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **ev,
                            metrics=DEFAULT_METRICS + (("ood",) if sets else ()),
                            ood_sets=sets or SETS,
-                           **{k: v for k, v in kw.items() if k != "k"})
+                           **{k: v for k, v in kw.items() if k not in ev})
     opts.validate()
     return opts

@@ -71,7 +71,7 @@ def check_services(args) -> None:
     from pipeline import tracking
     tracking.check_store()
     if args.command in ("train", "tune", "bench") or (args.command == "eval" and args.workers > 1):
-        from pipeline.launch import check_ray_address
+        from pipeline.cluster import check_ray_address
         check_ray_address(args.address)
 
 

@@ -240,6 +240,8 @@ class RunLogger:
     def _put(self, item) -> None:
         with self._cond:
             self._raise_error()
+            if self._closing:
+                raise RuntimeError(f"the logger of MLflow run {self.run_id} is closed")
             self._queue.append(item)
             self._queued += 1
             self._cond.notify_all()
@@ -342,6 +344,13 @@ def search_runs(experiment_id: str, filter_string: str = "", uri: str | None = N
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
     """(step, value) of every logged point of one metric, by step."""
     return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def metric_history_timed(run_id: str, key: str, uri: str | None = None
+                         ) -> list[tuple[int, float, float]]:
+    """(step, value, timestamp in seconds) of every logged point of one metric, by step."""
+    return sorted((m.step, m.value, m.timestamp / 1000)
+                  for m in client(uri).get_metric_history(run_id, key))
 
 
 def list_artifacts(run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:

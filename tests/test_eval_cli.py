@@ -18,7 +18,7 @@ EXPECTED = {"vae": FIDELITY_KEYS | {"bpd_test", "probe_accuracy"},
             "pixelcnn": FIDELITY_KEYS | {"bpd_test"},
             "ae": {"mse_test", "psnr_test", "probe_accuracy"}}
 SMALL_EVAL = ["--bpd-images", "300", "--probe-images", "2000", "--k", "2", "--quiet"]
-N_FAKE = {"pixelcnn": 64}  # PixelCNN sampling: 784 full forward passes per batch
+N_FAKE = {"pixelcnn": 64}  # PixelCNN sampling: H * W * C sequential steps
 
 
 @pytest.fixture(scope="module")

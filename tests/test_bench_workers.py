@@ -1,0 +1,278 @@
+"""`genbench bench`: --workers/--gpu/--storage-path reach every run, the scaling stage and its
+report section, the presets, and one-line errors before anything starts. The tiny bench runs
+the real stack (Ray Train with 2 gloo workers, Ray Tune, MLflow in a private sqlite store) on
+Fashion-MNIST, for one family, with a preset YAML written here."""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from genbench.bench import PRESETS, load_preset
+from genbench.cli import main, make_parser
+from pipeline.errors import ConfigError
+from pipeline.models import FAMILIES, can, names
+from testing.evalkit import TINY, domain_cache
+
+GENBENCH = [sys.executable, "-m", "genbench"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_family() -> str:
+    """A family with a validation metric (the scaling stage times it) and a sampler."""
+    return next(f for f in names() if FAMILIES[f].SWEEP_METRIC and can(FAMILIES[f], "sample"))
+
+
+def tiny_preset(path: Path, family: str) -> Path:
+    size = {family: TINY.get(family, {})}
+    train = {"batch_size": 16, "log_every": 2, "checkpoint_every": 4}
+    preset = {
+        "every_family": {"config": {**size, "train": {**train, "steps": 4}}, "n_fake": 20},
+        "eval": {"n_real": 20, "extractors": ["domain"], "k": 2, "bpd_images": 20,
+                 "probe_images": 200, "batch_size": 20},
+        "sweep": {"model": family, "samples": 1, "steps": 4,
+                  "config": {**size, "train": {"batch_size": 16}}},
+        "scaling": {"model": family, "workers": [1],
+                    "config": {**size, "train": {**train, "steps": 8, "eval_every": 4}}},
+    }
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, tmp_path_factory, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_tiny_bench_with_two_workers(env, ray_local, mlflow_uri):
+    """--workers 2: every training run and each sweep trial is a 2-rank DDP run; the scaling
+    stage adds 2 to the preset's [1]; --storage-path holds the checkpoints; the report has the
+    scaling table and plot built from those runs' MLflow metrics."""
+    family = timed_family()
+    preset = tiny_preset(env / "tiny.yaml", family)
+    storage = env / "shared"
+    code = main(["bench", "--preset", str(preset), "--families", family, "--workers", "2",
+                 "--storage-path", str(storage), "--experiment", "B"])
+    assert code == 0
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("B").experiment_id
+    runs = client.search_runs([exp], max_results=100)
+    by_kind = {}
+    for r in runs:
+        by_kind.setdefault(r.data.tags.get("genbench.kind"), []).append(r)
+
+    (trained,) = by_kind["train"]
+    assert trained.data.params["train.workers"] == "2"
+    assert {"genbench.node.rank0", "genbench.node.rank1"} <= set(trained.data.tags)
+    assert trained.data.tags["genbench.ray_run_dir"].startswith(str(storage))
+    assert any(k.startswith("fid_domain") for k in trained.data.metrics)  # evaluated
+
+    (parent,) = by_kind["tune"]
+    assert parent.data.params["tune.workers"] == "2"
+    assert parent.data.tags["genbench.tune_path"].startswith(str(storage))
+    trials = by_kind["tune-trial"]
+    assert trials and all(t.data.params["train.workers"] == "2" for t in trials)
+
+    scaling = sorted(by_kind["scaling"], key=lambda r: r.data.params["train.workers"])
+    assert [r.data.params["train.workers"] for r in scaling] == ["1", "2"]
+    for r in scaling:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["genbench.scaling.device"] == "cpu"
+        assert r.data.params["train.total_steps"] == "8"
+        assert FAMILIES[family].SWEEP_METRIC in r.data.metrics
+
+    (report,) = by_kind["report"]
+    md = (env / "reports" / "B" / "report.md").read_text()
+    section = md.split("## Scaling with workers")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| CPU |")]
+    assert len(rows) == 2, section
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[1] for c in cells] == ["1", "2"]
+    assert all(c[4] not in ("—", "") for c in cells)          # images/s measured
+    assert cells[0][5] == "1.00x"                              # speed-up over itself
+    assert f"scaling_{family}.png" in section
+    assert (env / "reports" / "B" / "images" / f"scaling_{family}.png").is_file()
+    html = (env / "reports" / "B" / "report.html").read_text()
+    assert 'id="scaling"' in html and html.count('data-device="cpu"') == 2
+
+
+def test_gpu_without_a_gpu_is_one_line_before_anything_starts(tmp_path):
+    """The real command: exit 2, one line on stderr, nothing on stdout, nothing created."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --gpu is allowed here")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+               GENBENCH_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    start = time.monotonic()
+    proc = subprocess.run([*GENBENCH, "bench", "--gpu", "--workers", "2"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("genbench: error: --gpu asked for but this machine has no GPU")
+    assert proc.stdout == ""
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "reports").exists()
+    if (tmp_path / "m.db").exists():  # the check may open the store; nothing is logged to it
+        client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_help_lists_the_options_and_presets():
+    parser = make_parser()
+    bench = parser._subparsers._group_actions[0].choices["bench"]
+    text = bench.format_help()
+    for option in ("--gpu", "--workers", "--address", "--storage-path", "--families",
+                   "--inception-weights"):
+        assert option in text
+    assert {"quick", "gpu", "full"} <= set(PRESETS)
+    assert "gpu" in text and "H100/H200" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", ["quick", "gpu", "full"])
+def test_presets_load_and_cover_every_family(name):
+    """Every preset builds a valid config for every registered family, with and without the
+    command line's flags, and its scaling section names a family with a validation metric."""
+    from genbench import scaling
+    from genbench.bench import flags_config
+
+    preset = load_preset(name)
+    for flags in ({}, flags_config(argparse.Namespace(workers=2, gpu=True,
+                                                   storage_path="/nfs/x"))):
+        for family in names():
+            cfg = preset.config(family, "fashion-mnist", flags)
+            if flags:
+                assert (cfg.train.workers, cfg.train.gpu, cfg.train.storage_path) == \
+                    (2, True, "/nfs/x")
+        if preset.scaling:
+            cfgs = scaling.configs(preset.scaling, "fashion-mnist", flags)
+            assert {c.train.workers for c in cfgs} >= {1, 2}
+            assert any(c.train.gpu for c in cfgs) == bool(flags)
+            assert not all(c.train.gpu for c in cfgs)  # CPU is always measured
+
+
+def test_gpu_preset_measures_what_the_issue_asks():
+    """n_fake = n_real = 10,000 for every family, bits/dim on the whole test split, the sweep,
+    and real epochs for every family."""
+    preset = load_preset("gpu")
+    assert preset.eval["n_real"] == 10000 and preset.eval.get("bpd_images") is None
+    assert preset.sweep and preset.scaling
+    for family in names():
+        assert preset.n_fake(family) == 10000
+        cfg = preset.config(family, "fashion-mnist")
+        assert cfg.train.steps is None and cfg.train.epochs >= 1
+
+
+@pytest.mark.parametrize("section, needle", [
+    ({"model": "nope"}, "scaling.model 'nope' is not a registered family"),
+    ({"workers": [1, 2]}, "scaling takes model (required)"),
+    ({"model": "{timed}", "workers": [0]}, "scaling.workers must be a list of positive"),
+    ({"model": "{timed}", "target": "low"}, "scaling.target must be a number"),
+    ({"model": "{untimed}"}, "has no validation metric to time"),
+])
+def test_bad_scaling_section_is_one_line(tmp_path, section, needle):
+    untimed = [f for f in names() if FAMILIES[f].SWEEP_METRIC is None]
+    if section.get("model") == "{untimed}" and not untimed:
+        pytest.skip("every registered family has a validation metric")
+    fill = {"{timed}": timed_family(), "{untimed}": (untimed or [None])[0]}
+    section = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in section.items()}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"scaling": section}))
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_preset(str(path))
+
+
+def test_workers_that_do_not_divide_a_batch_fail_before_anything_starts(env, capsys):
+    family = timed_family()
+    preset = tiny_preset(env / "tiny.yaml", family)
+    code = main(["bench", "--preset", str(preset), "--families", family, "--workers", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "batch size 16 does not divide across 3 workers" in err[0]
+    assert not (env / "ray_results").exists()
+
+
+
+def log_scaling_run(client, exp: str, family: str, workers: int, start: float, points: list,
+                    val: list, target: float | None = None) -> str:
+    """A scaling run as genbench logs one: params, tags, images_per_s and the validation metric
+    at the given (step, value, seconds) points; the run starts at `start` seconds."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {"genbench.kind": "scaling", "genbench.model": family,
+            "genbench.scaling.device": "cpu", "hardware.cpu": "test CPU"}
+    if target is not None:
+        tags["genbench.scaling.target"] = str(target)
+    run = client.create_run(exp, start_time=int(start * 1000),
+                            tags={k: str(v) for k, v in tags.items()})
+    rid = run.info.run_id
+    params = {"train.workers": workers, "train.batch_size": 10, "train.total_steps": 40,
+              "train.gpu": False, "train.cpus_per_worker": 2 // workers}
+    metric = FAMILIES[family].SWEEP_METRIC
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                     metrics=[Metric("images_per_s", v, int(t * 1000), s) for s, v, t in points]
+                     + [Metric(metric, v, int(t * 1000), s) for s, v, t in val])
+    client.set_terminated(rid, "FINISHED", end_time=int((points[-1][2] + 1) * 1000))
+    return rid
+
+
+@pytest.mark.parametrize("target", [None, 4.6])
+def test_scaling_section_numbers_by_hand(tmp_path, target):
+    """images/s from the first to the last logged step over MLflow timestamps, start-up from the
+    run's start to one interval before the first point, time to target from there, speed-up
+    over 1 worker: checked against numbers worked out by hand."""
+    from eval.report import write_report
+    from eval.report_scaling import collect_scaling
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("S")
+    family = timed_family()
+    t = 1_000_000.0
+    # 1 worker: training starts at t+5 (step 10 at t+7 after 100 images at 50 img/s)
+    one = log_scaling_run(client, exp, family, 1, t, [(10, 50.0, t + 7), (20, 40.0, t + 9.5),
+                                                      (40, 50.0, t + 13)],
+                          [(20, 5.0, t + 9.6), (40, 4.0, t + 13.5)], target)
+    # 2 workers: run starts at t+100, training at t+108 (100 images at 100 img/s until t+109)
+    two = log_scaling_run(client, exp, family, 2, t + 100, [(10, 100.0, t + 109),
+                                                            (40, 100.0, t + 112)],
+                          [(20, 4.5, t + 110.2), (40, 3.9, t + 112.2)], target)
+    (section,) = collect_scaling(tracking_runs(client, exp), uri, with_images=True)
+    first, second = section.runs
+    assert (first.run_id, second.run_id) == (one, two)
+    assert first.images_per_s == pytest.approx(300 / 6)      # steps 10..40 x 10 in 6 s
+    assert second.images_per_s == pytest.approx(300 / 3)
+    assert second.speedup == pytest.approx(2.0) and first.speedup == pytest.approx(1.0)
+    assert first.start_up_s == pytest.approx(5.0, abs=0.01)
+    assert second.start_up_s == pytest.approx(8.0, abs=0.01)
+    if target is None:  # the best value both runs reached: 4.0 (run 1's best)
+        assert section.target == pytest.approx(4.0)
+        assert first.to_target_s == pytest.approx(8.5, abs=0.01)
+        assert second.to_target_s == pytest.approx(4.2, abs=0.01)
+    else:
+        assert section.target == pytest.approx(4.6)
+        assert first.to_target_s == pytest.approx(8.5, abs=0.01)
+        assert second.to_target_s == pytest.approx(2.2, abs=0.01)
+    assert second.to_target_total_s == pytest.approx(second.to_target_s + 8.0, abs=0.01)
+    assert section.plot is not None and section.plot.png.startswith(b"\x89PNG")
+
+    html = write_report("S", tmp_path / "r", uri=uri, quiet=True)
+    md = html.with_name("report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| CPU |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["1", "2"]
+    assert "2.00x" in rows[1] and "50" in rows[0] and "100" in rows[1]
+
+
+def tracking_runs(client, exp):
+    return client.search_runs([exp], order_by=["attributes.start_time DESC"])
