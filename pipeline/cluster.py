@@ -10,46 +10,7 @@ import time
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-
-
-def check_ray_address(address: str | None = None, timeout: float = 5.0, tries: int = 2) -> None:
-    """A one-line ConfigError when --address / RAY_ADDRESS names a cluster that does not accept
-    a connection: ray.init would otherwise wait for its GCS for minutes. Each try waits at most
-    `timeout` s. No address (or "local") starts a local Ray: nothing to check."""
-    import socket
-
-    given = address or os.environ.get("RAY_ADDRESS")
-    if not given or given == "local":
-        return
-    target = given
-    if given == "auto":  # the cluster `ray start` left on this machine, if any
-        from ray._private.services import canonicalize_bootstrap_address
-        try:
-            target = canonicalize_bootstrap_address("auto", None)
-        except ConnectionError:
-            raise ConfigError("no running Ray cluster on this machine for address 'auto'; "
-                              "start one (ray start --head) or drop --address / RAY_ADDRESS "
-                              "to use a local Ray") from None
-        if not target:
-            return
-    host, _, port = target.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Ray address {given!r} is not HOST:PORT (or ray://HOST:PORT, auto); "
-                          f"fix --address / RAY_ADDRESS")
-    reason = None
-    for attempt in range(tries):
-        if attempt:
-            time.sleep(1.0)
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout).close()
-            return
-        except socket.timeout:
-            reason = f"no answer within {timeout:.0f} s"
-        except OSError as exc:
-            reason = exc.strerror.lower() if exc.strerror else type(exc).__name__
-    raise ConfigError(f"cannot reach the Ray cluster at {given} ({reason}, {tries} tries); "
-                      f"start it (ray start --head --port {port}) or fix --address / "
-                      f"RAY_ADDRESS (none: a local Ray)")
+from pipeline.services import check_ray_address  # noqa: F401 (re-exported)
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
