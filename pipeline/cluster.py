@@ -1,16 +1,14 @@
-"""The Ray cluster a run goes to: check the address, connect (or start a quiet local Ray), and
-fit the run's workers to the cluster's resources, with a one-line error when they cannot fit.
-Used by `genbench train` (launch.py), sweeps (tune/) and `genbench eval --workers`."""
+"""The Ray cluster a run goes to: connect (or start a quiet local Ray; pipeline/services.py
+checks the address first) and fit the run's workers to the cluster's resources, with a one-line
+error when they cannot fit. Used by `genbench train` (launch.py), sweeps (tune/) and `genbench eval --workers`."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import time
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.services import check_ray_address  # noqa: F401 (re-exported)
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:

@@ -13,14 +13,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError
-from pipeline.services import check_store, tracking_uri, unreachable  # noqa: F401
+from pipeline.services import tracking_uri, unreachable  # noqa: F401 (part of this API)
 
 # MLflow's HTTP client retries 7 times with a growing backoff and waits up to 120 s per try, so a
 # tracking server that is down holds every call for minutes. Every process that imports this
