@@ -166,9 +166,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker, nccl, "
                    "bf16) and evaluate on this machine's GPU; exit 2 when neither this machine "
                    "nor the cluster has one")
-    p.add_argument("--workers", type=positive_int, help="DDP workers of every training run and "
-                   "of each sweep trial (default: the preset's, 1); the scaling stage adds this "
-                   "count to its own")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="DDP workers of every "
+                   "training run and of each sweep trial (default: the preset's, 1); the scaling "
+                   "stage adds this count to its own")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--storage-path", help="where Ray keeps checkpoints and the sweep (default "
                    "./ray_results); shared storage such as s3://... or NFS on multi-node clusters")

@@ -50,7 +50,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the one-command benchmark: train, evaluate and "
                        "sweep every family, then write the report",
                        description="Train every family on one dataset, evaluate each, run a "
-                       "small beta/lr sweep and write the report (reports/<experiment>/).")
+                       "small beta/lr sweep, time one family with 1, 2, ... workers (the "
+                       "report's scaling table) and write the report (reports/<experiment>/). "
+                       "--workers, --gpu and --storage-path apply to every run.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
 
