@@ -152,6 +152,8 @@ class Stages:
         try:
             return fn()
         except Exception as exc:  # keep going: the report says what is missing
+            if getattr(exc, "exit_code", None) == 130:  # Ctrl-C stops the bench, not one stage
+                raise
             if not isinstance(exc, ConfigError):
                 traceback.print_exc(limit=3, file=sys.stderr)
             print(f"genbench: stage {name!r} failed: {exc}", file=sys.stderr, flush=True)
