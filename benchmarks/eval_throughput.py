@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from eval.extractors import DomainClassifier, to_rgb_uint8
+from eval.domain_classifier import DomainClassifier, to_rgb_uint8
 from eval.likelihood import nll_sums
 from eval.samples import generate
 from pipeline.config import Config

@@ -1,19 +1,31 @@
-"""Training throughput: `genbench train` (Ray Train, 1 worker) against a plain PyTorch loop.
+"""Training throughput: `genbench train` (Ray Train, 1 worker) against a plain PyTorch loop, for
+every registered family, in one run.
 
-Both run the same family code (build, make_optimizers, loss) with the same batch size and
-thread count, side by side in one invocation. Steady-state images/s skip the first log interval
-(warm-up); genbench's figure comes from its own MLflow metrics, so Ray start-up is excluded and
-reported separately as wall time. Peak memory is each training process's max RSS (GPU: max
-allocated).
+- plain: a bare loop over the same in-memory data and family code (build, make_optimizers,
+  loss), same batch and thread count, in its own process; images/s from step `log_every` to
+  the last step.
+- genbench: `genbench train` in this process (one local Ray for all families), with
+  checkpoints every `--checkpoint-every` steps (Ray reports included) and validation off.
+  Wall-clock images/s from the first to the last logged step, from MLflow's metric timestamps:
+  measured from outside the loop, Ray start-up excluded.
+- logged/wall: the time-weighted mean of the images_per_s that genbench logged over the same
+  steps, against the wall-clock figure (should be 1.00: images_per_s is wall-clock).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 120] [--families ae,vae,gan,pixelcnn] [--gpu]
+    python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
+    python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+
+A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
+seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
+
+On a busy machine the numbers move; run it on a quiet one, and say what else was running.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,109 +33,168 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH = {"ae": 128, "vae": 128, "gan": 128, "pixelcnn": 64}
+# --small: the test suite's sizes (tests/conftest.py), for a quick check that everything runs.
+SMALL = {"ae": ["ae.width=8", "ae.latent_dim=8"], "vae": ["vae.width=8", "vae.latent_dim=8"],
+         "gan": ["gan.width=8", "gan.latent_dim=16"],
+         "pixelcnn": ["pixelcnn.channels=8", "pixelcnn.layers=2", "pixelcnn.head_channels=16"],
+         "transformer": ["transformer.d_model=16", "transformer.layers=1",
+                         "transformer.heads=2"]}
 
 
-def plain_loop(family_name: str, steps: int, warmup: int, gpu: bool) -> dict:
-    """The reference: a bare PyTorch loop over the same in-memory data and model code."""
+def family_sets(name: str, args) -> list[str]:
+    """KEY=VALUE overrides for one family: --small sizes, then --set (family keys only where
+    they belong)."""
+    from pipeline.models import FAMILIES
+
+    sets = list(SMALL.get(name, [])) if args.small else []
+    for kv in args.set:
+        section = kv.split(".", 1)[0]
+        if section == name or section not in FAMILIES:
+            sets.append(kv)
+    return sets + [f"train.batch_size={args.batch}"] if args.batch else sets
+
+
+def config(name: str, sets: list[str], steps: int):
+    from pipeline.config import Config, parse_overrides
+
+    raw = parse_overrides(sets)
+    raw["model"] = name
+    raw.setdefault("train", {})["steps"] = steps
+    return Config.from_dict(raw)
+
+
+def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
+               threads: int) -> dict:
+    """The reference: a bare PyTorch loop (no metrics, no logging, no checkpoints)."""
+    import contextlib as cl
+
     import torch
 
-    from pipeline.config import Config
     from pipeline.data import ShardedBatches, load_split
     from pipeline.models import FAMILIES
 
-    device = torch.device("cuda" if gpu else "cpu")
-    cfg = Config.from_dict({"model": family_name, "train": {"batch_size": BATCH[family_name]}})
-    family = FAMILIES[family_name]
-    data = load_split("fashion-mnist", "train")
-    batches = ShardedBatches(data, BATCH[family_name], 0, 1, 0)
-    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    cfg = config(name, sets, steps)
+    family, device = FAMILIES[name], torch.device("cuda" if gpu else "cpu")
+    d = cfg.data
+    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
+    batches = ShardedBatches(data, cfg.train.batch_size, 0, 1, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
     nets = {k: v.to(device) for k, v in family.build(cfg.family, data.image_shape, 0).items()}
     opts = family.make_optimizers(cfg.family, nets)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu else \
-        __import__("contextlib").nullcontext
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+                if gpu and cfg.train.bf16 else cl.nullcontext)
     t0 = None
     for step in range(steps):
         if step == warmup:
             if gpu:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        x, _ = batches.batch(step)
-        x = x.to(device)
+        x = batches.batch(step)[0].to(device)
         for phase in family.PHASES:
             opts[phase].zero_grad(set_to_none=True)
             with autocast():
                 out = family.loss(cfg.family, nets, x, None, phase)
             out["loss"].backward()
             opts[phase].step()
-        if step % 20 == 0:
-            float(out["loss"])  # keep the GPU from running ahead unboundedly (as logging does)
+        if (step + 1) % warmup == 0:
+            out["loss"].item()  # bound how far a GPU runs ahead, as logging does
     if gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"images_per_s": (steps - warmup) * BATCH[family_name] / seconds, "peak_mb": peak,
-            "threads": torch.get_num_threads()}
+    return {"images_per_s": (steps - warmup) * cfg.train.batch_size / seconds,
+            "batch": cfg.train.batch_size}
 
 
-def genbench_run(family_name: str, steps: int, log_every: int, gpu: bool, workdir: Path) -> dict:
+def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
+    """`genbench train` in this process; its figures from the run's MLflow metrics."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{workdir}/m.db"
-    cmd = [str(ROOT / ".venv/bin/genbench"), "train", "--model", family_name, "--steps",
-           str(steps), "--experiment", "throughput", "--set",
-           f"train.batch_size={BATCH[family_name]}", "--set", f"train.log_every={log_every}",
-           "--set", "train.eval_every=1000000", "--set", "train.checkpoint_every=1000000"]
-    if gpu:
-        cmd.append("--gpu")
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    from genbench.cli import main
+
+    argv = ["train", "--model", name, "--steps", str(args.steps), "--experiment", name,
+            "--set", f"train.log_every={args.log_every}",
+            "--set", f"train.checkpoint_every={args.checkpoint_every}",
+            "--set", "train.eval_every=1000000000", "--storage-path", args.storage]
+    for kv in sets:
+        argv += ["--set", kv]
+    if args.gpu:
+        argv.append("--gpu")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    if code != 0:
+        raise SystemExit(f"genbench train --model {name} failed ({code}):\n{err.getvalue()}")
     c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("throughput")
-    run = c.search_runs([exp.experiment_id], order_by=["start_time DESC"], max_results=1)[0]
-    history = sorted(c.get_metric_history(run.info.run_id, "images_per_s"), key=lambda m: m.step)
-    steady = [m.value for m in history[1:]] or [history[-1].value]  # skip warm-up interval
-    # time-weighted: images / seconds over the steady intervals
-    ips = len(steady) / sum(1 / v for v in steady)
-    peak = max(m.value for m in c.get_metric_history(run.info.run_id, "peak_memory_mb"))
-    return {"images_per_s": ips, "peak_mb": peak, "wall_s": wall}
+    run = c.search_runs([c.get_experiment_by_name(name).experiment_id])[0]
+    points = sorted(c.get_metric_history(run.info.run_id, "images_per_s"), key=lambda m: m.step)
+    batch = int(run.data.params["train.batch_size"])
+    first, last = points[0], points[-1]
+    seconds = (last.timestamp - first.timestamp) / 1000
+    images = (last.step - first.step) * batch
+    # The logged figure over the same steps, weighted by time (images / sum of interval times).
+    logged_seconds = sum((b.step - a.step) * batch / b.value for a, b in zip(points, points[1:]))
+    return {"images_per_s": images / seconds, "logged_images_per_s": images / logged_seconds,
+            "first_step": first.step, "last_step": last.step, "batch": batch}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--families", default="ae,vae,gan,pixelcnn")
-    ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop only
+    ap.add_argument("--families", help="comma-separated (default: every registered family)")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--batch", type=int, help="batch size (default: the config's)")
+    ap.add_argument("--small", action="store_true", help="the test suite's tiny model sizes")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every family (family keys only for theirs)")
+    ap.add_argument("--gpu", action="store_true", help="one GPU (bf16 autocast) for both loops")
+    ap.add_argument("--plain", help=argparse.SUPPRESS)  # internal: the plain loop, as JSON
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    log_every = max(10, args.steps // 6)
     if args.plain:
-        print(json.dumps(plain_loop(args.plain, args.steps, log_every, args.gpu)))
+        sets = json.loads(os.environ["GENBENCH_BENCH_SETS"])
+        print(json.dumps(plain_loop(args.plain, sets, args.steps, args.log_every, args.gpu,
+                                    args.threads)))
         return
+
+    from pipeline.models import FAMILIES
+
+    names = args.families.split(",") if args.families else list(FAMILIES)
+    # genbench's worker gets the cluster's CPUs (1 thread with a GPU): the plain loop too.
+    threads = 1 if args.gpu else os.cpu_count()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.families.split(","):
-            plain_cmd = [sys.executable, __file__, "--plain", name, "--steps", str(args.steps)]
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        args.storage = f"{tmp}/ray_results"
+        for name in names:
+            sets = family_sets(name, args)
+            cmd = [sys.executable, __file__, "--plain", name, "--steps", str(args.steps),
+                   "--log-every", str(args.log_every), "--threads", str(threads)]
             if args.gpu:
-                plain_cmd.append("--gpu")
-            plain = json.loads(subprocess.run(plain_cmd, check=True, capture_output=True,
-                                              text=True, cwd=ROOT).stdout.strip().splitlines()[-1])
-            ours = genbench_run(name, args.steps, log_every, args.gpu, Path(tmp))
-            rows.append((name, BATCH[name], plain, ours))
-            print(f"  measured {name}", file=sys.stderr, flush=True)
-    device = "GPU" if args.gpu else f"CPU ({os.cpu_count()} cores)"
-    print(f"\ntraining throughput, {device}, {args.steps} steps, steady state after "
-          f"{log_every} warm-up steps")
-    print(f"| family | batch | plain img/s | genbench img/s | ratio | plain peak MB | "
-          f"genbench peak MB | genbench wall s (incl. Ray start) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, batch, plain, ours in rows:
-        print(f"| {name} | {batch} | {plain['images_per_s']:.0f} | {ours['images_per_s']:.0f} | "
-              f"{ours['images_per_s'] / plain['images_per_s']:.3f} | {plain['peak_mb']:.0f} | "
-              f"{ours['peak_mb']:.0f} | {ours['wall_s']:.0f} |")
+                cmd.append("--gpu")
+            env = {**os.environ, "GENBENCH_BENCH_SETS": json.dumps(sets),
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"plain loop for {name} failed:\n{proc.stderr[-3000:]}")
+            plain = json.loads(proc.stdout.strip().splitlines()[-1])
+            ours = genbench_run(name, sets, args, uri)
+            rows.append((name, plain, ours))
+            print(f"  measured {name}: plain {plain['images_per_s']:.0f} img/s, genbench "
+                  f"{ours['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+    device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
+    print(f"\ntraining throughput, 1 worker, {device}; {args.steps} steps, images/s from step "
+          f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
+          f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}")
+    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio | logged / wall |")
+    print("|---|---|---|---|---|---|")
+    for name, plain, ours in rows:
+        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} | "
+              f"{ours['images_per_s']:.0f} (steps {ours['first_step']}-{ours['last_step']}) | "
+              f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
+              f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} |")
 
 
 if __name__ == "__main__":

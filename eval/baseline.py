@@ -1,4 +1,4 @@
-"""The discriminative baseline: the domain classifier (eval/extractors.py) as a classifier.
+"""The discriminative baseline: the domain classifier (eval/domain_classifier.py) as a classifier.
 
 Its max softmax probability is the OOD baseline (Hendrycks & Gimpel 2017), and its accuracy, NLL
 and calibration stand next to the Bayes classifier's. It must know the same classes as the run:
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from eval.extractors import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier, cache_dir,
-                             cached_domain, dataset_key, domain_variant,
-                             save_domain_classifier, sha256_file, to_rgb_uint8,
-                             train_and_cache_domain, train_domain_classifier)
+from eval.domain_classifier import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier,
+                                    cache_dir, cached_domain, dataset_key,
+                                    domain_variant, save_domain_classifier, sha256_file,
+                                    to_rgb_uint8, train_and_cache_domain,
+                                    train_domain_classifier)
 from pipeline.data import ImageData, load_raw, without_classes
 
 

@@ -15,7 +15,8 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import (KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
                                        prc_features_to_metric)
 
-from eval.extractors import Extractor, to_rgb_uint8
+from eval.domain_classifier import to_rgb_uint8
+from eval.extractors import Extractor
 from eval.progress import bar
 from pipeline.errors import ConfigError
 

@@ -17,6 +17,7 @@ import jinja2
 import markupsafe
 
 from eval import report_data
+from eval.report_collect import collect
 from eval.report_data import Image, ReportData, fmt
 from eval.report_scaling import COLUMNS as SCALING_COLUMNS
 from pipeline import VERSION, tracking
@@ -36,7 +37,7 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(experiment)
     check_out_dir(out_dir, force)
     uri = uri or tracking.tracking_uri()
-    data = report_data.collect(experiment, uri)
+    data = collect(experiment, uri)
     if data is None:
         raise ConfigError(f"no MLflow experiment {experiment!r} at {uri}; check --experiment "
                           f"and MLFLOW_TRACKING_URI, or train into it first")

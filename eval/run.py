@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from eval.extractors import EXTRACTORS, Extractor, cache_dir, dataset_key, get_extractor
+from eval.domain_classifier import cache_dir, dataset_key
+from eval.extractors import EXTRACTORS, Extractor, get_extractor
 from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
                            KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
                            check_kid_samples, extract_features, fidelity_metrics)
@@ -217,12 +218,13 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
         raise ConfigError("--workers > 1 needs the Ray runner of the genbench CLI; "
                           "use `genbench eval` or --workers 1")
 
+    need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
+    train = load_config_split(d, "train") if need_train else None
+    if fidelity:  # bad set sizes are one line before an extractor is loaded (or trained)
+        plan_fidelity(opts, opts.n_fake or min(DEFAULT_N, len(test)), test, train, fidelity, [])
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
                                 opts.inception_weights, opts.quiet, opts.domain_epochs)
                   for name in opts.extractors] if fidelity else []
-
-    need_train = bool(fidelity) or bool(wanted & {"probe", "ood", "bayes"})
-    train = load_config_split(d, "train") if need_train else None
     fake = None
     if fidelity:
         fake = _fidelity(opts, model, train, extractors, fidelity, device, metrics, tags, notes)
@@ -460,14 +462,22 @@ def format_table(result: EvalResult) -> str:
     """Metric | value | floor (real train vs real test) lines, then notes."""
     from eval.ood import auroc_lines
 
-    rows = [(k, v) for k, v in sorted(result.metrics.items())
-            if not k.startswith(("floor_", "ood_")) and not k.endswith("_std")]
-    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"] if rows else []
+    m = result.metrics
+    rows = [(k, v) for k, v in sorted(m.items()) if not k.startswith(("floor_", "ood_"))
+            and not k.endswith(("_std", "_ci_low", "_ci_high"))]
+    ci = any(k.endswith("_ci_low") for k in m)
+    lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"
+             + (f"  {'95% bootstrap interval':>24}" if ci else "")] if rows else []
     for key, value in rows:
-        std = result.metrics.get(f"{key}_std")
-        floor = result.metrics.get(f"floor_{key}")
+        std = m.get(f"{key}_std")
+        floor = m.get(f"floor_{key}")
         shown = f"{value:.4g}" + (f" ±{std:.2g}" if std is not None else "")
-        lines.append(f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}")
+        line = f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}"
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:
+            interval = f"[{low:.4g}, {high:.4g}]"
+            line += f"  {interval:>24}"
+        lines.append(line)
     lines += auroc_lines(result.metrics)
     for note in result.notes:
         lines.append(f"note: {note}")

@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 from genbench.options import DATASET_HELP, comma_list, positive_int
-from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
 
@@ -50,10 +49,12 @@ class Preset:
     ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
-    def config(self, family: str, dataset: str, flags: dict | None = None) -> Config:
+    def config(self, family: str, dataset: str, flags: dict | None = None):
         """The config this preset trains `family` with on `dataset`; flags (the command line's
         --workers, --gpu, --storage-path as a config dict) go over it."""
         import copy
+
+        from pipeline.config import Config, merge
 
         base = copy.deepcopy(self.every_family.get("config") or {})
         over = self.families.get(family, {}).get("config") or {}
@@ -197,7 +198,9 @@ def flags_config(args) -> dict:
 def run(args) -> int:
     from genbench import scaling
     from genbench.training import print_summary
-    from pipeline.launch import init_ray, joins_cluster, require_gpu, resolve_resources, train
+    from pipeline.cluster import init_ray, joins_cluster, require_gpu, resolve_resources
+    from pipeline.config import Config, merge
+    from pipeline.launch import train
     from pipeline.models import names
 
     # Everything that can be wrong is found before the first stage: one line, exit 2.

@@ -66,15 +66,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def check_services(args) -> None:
-    """Before a command starts anything: the MLflow store it logs to and the Ray cluster it joins
-    answer within seconds, or one line says which does not and how to fix it (exit 2)."""
+    """Before a command starts anything: the Ray cluster it joins and the MLflow store it logs
+    to answer within seconds, or one line says which does not and how to fix it (exit 2)."""
+    from pipeline.services import check_ray_address, check_store
+
     if args.command == "eval" and args.eval_command:  # train-classifier uses neither
         return
-    from pipeline import tracking
-    tracking.check_store()
     if args.command in ("train", "tune", "bench") or (args.command == "eval" and args.workers > 1):
-        from pipeline.launch import check_ray_address
         check_ray_address(args.address)
+    check_store()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def ray_nll_sums(payload: dict, *, k: int, images: int, batch_size: int, seed: i
                  workers: int, address: str | None = None, verbose: bool = False):
     """Sum of -log p(x) over the first `images` test images, computed by `workers` Ray tasks."""
     from eval.likelihood import NLLSums
-    from pipeline.launch import init_ray
+    from pipeline.cluster import init_ray
 
     init_ray(address, verbose)
     ref = ray.put(payload)

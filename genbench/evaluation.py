@@ -45,18 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", metavar="PATH", help="local copy of torch-fidelity's "
                    "weights-inception-2015-12-05-6726825d.pth (else GENBENCH_INCEPTION_WEIGHTS, "
                    "torch hub's cache, or a download)")
-    p.add_argument("--n-fake", type=positive_int, metavar="N", help="generated images (default 10000 or the "
-                   "test split's size)")
-    p.add_argument("--n-real", type=positive_int, metavar="N", help="reference images from the test split "
-                   "(default 10000 or its size)")
-    p.add_argument("--kid-subset-size", type=positive_int, metavar="N", help="KID subset size (default 1000, "
-                   "lowered with a note when there are fewer samples)")
+    p.add_argument("--n-fake", type=positive_int, metavar="N", help="generated images "
+                   "(default 10000 or the test split's size)")
+    p.add_argument("--n-real", type=positive_int, metavar="N", help="reference images from "
+                   "the test split (default 10000 or its size)")
+    p.add_argument("--kid-subset-size", type=positive_int, metavar="N", help="KID subset size "
+                   "(default 1000, lowered with a note when there are fewer samples)")
     p.add_argument("--k", type=positive_int, default=16, help="importance samples where the "
                    "likelihood is a bound (the VAE's IWAE bound; 1 is the ELBO) (default 16)")
     p.add_argument("--bpd-images", type=positive_int, metavar="N", help="test images for bits/dim "
                    "(default: all)")
-    p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the linear probe is "
-                   "fitted on (default: all)")
+    p.add_argument("--probe-images", type=positive_int, metavar="N", help="train images the "
+                   "linear probe is fitted on (default: all)")
     p.add_argument("--ood-sets", type=comma_list, default=None, metavar="LIST",
                    help="OOD sets for --metrics ood (default: all that can be built: unseen,"
                    "digits,mnist,noise,constant,flipped,inverted; unseen needs a run trained "
@@ -146,7 +146,7 @@ def run(args) -> int:
 
 
 def train_classifier(args) -> int:
-    from eval.extractors import cache_dir, train_and_cache_domain
+    from eval.domain_classifier import cache_dir, train_and_cache_domain
     from eval.run import resolve_device
 
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}

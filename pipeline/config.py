@@ -66,18 +66,19 @@ class Config:
         raw = dict(raw or {})
         model = raw.pop("model", DEFAULT_FAMILY)
         module = raw.pop("family_module", None)
-        if module is not None and not models.is_built_in(model):
-            try:
-                models.register(model, module)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+        adopted = module is not None and model not in FAMILIES
+        if adopted:  # a family registered in another process: register it here too
+            models.register(model, module)
         if model not in FAMILIES:
             raise ConfigError(f"unknown model {model!r}; use one of {', '.join(FAMILIES)}")
         try:
             family_cls = FAMILIES[model].Config
         except ImportError as exc:
-            raise ConfigError(f"family {model}: cannot import {models.module_path(model)} "
-                              f"({exc}); put it on PYTHONPATH") from None
+            where = models.module_path(model)
+            if adopted:
+                models.unregister(model)
+            raise ConfigError(f"family {model}: cannot import {where} ({exc}); put it on "
+                              f"PYTHONPATH") from None
         known = {"data", "train", model}
         for key in raw:
             if key not in known:

@@ -2,10 +2,10 @@
 tune runs it directly in single-worker trials), passing in a `report` function and a checkpoint.
 
 Per step, for each phase of the family (GAN: D then G): zero grads, loss under bf16 autocast on
-GPU, backward (DDP all-reduces gradients), optimizer step. Every log interval the metric sums are
-all-reduced across ranks, and rank 0 queues them for MLflow (written by a background thread);
-every eval interval all ranks compute validation metrics on their shard of the validation split
-and rank 0 logs a sample grid. Ray hears from the loop only at checkpoints.
+GPU, backward (DDP all-reduces gradients), optimizer step. Every log interval the metric values
+are summed and all-reduced across ranks, and rank 0 queues them for MLflow (written by a
+background thread); every eval interval all ranks compute validation metrics on their shard of
+the validation split and rank 0 logs a sample grid. Ray hears from the loop only at checkpoints.
 """
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         fault: Fault | None = None) -> dict:
     """Train until the configured step count; returns the metrics of the last step.
 
-    Between two log points nothing leaves the device: metric sums stay tensors, and nothing
-    waits for Ray or MLflow. At a log point the sums are all-reduced and read once (the only
-    host sync), then queued:
+    Between two log points nothing leaves the device: each step's metric scalars stay where
+    they are, and nothing waits for Ray or MLflow. At a log point they are summed, all-reduced
+    and read once (the only host sync), then queued:
       logger (rank 0, or None): metrics(values, step, timestamp), figure_png, artifact, flush,
           e.g. pipeline.tracking.RunLogger, which writes on its own thread;
       progress(metrics) (rank 0, optional): the driver's progress line.
@@ -88,7 +88,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     torch.manual_seed(t.seed * 7919 + ctx.rank + 104729 * step)  # noise differs across ranks
     use_bf16 = t.bf16 and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    sums: dict[str, torch.Tensor] = {}
+    values: dict[str, list[torch.Tensor]] = {}  # each metric's per-step scalars since the last log
     count, last = 0, {}
     # The previous log point's time. images_per_s is wall-clock: this clock never restarts around
     # logging, validation or checkpoints, so their cost lands in the interval that follows.
@@ -104,8 +104,8 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             out["loss"].backward()
             opts[phase].step()
             for k, v in out.items():
-                if k != "loss":
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()  # device op, no sync
+                if k != "loss":  # kept on the device as they are: no kernel, no sync
+                    values.setdefault(k, []).append(v.detach())
         step, count = step + 1, count + 1
         if fault is not None and step == fault.step:
             fault.fire()
@@ -117,7 +117,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             continue
         metrics: dict[str, float] = {}
         if do_log:
-            metrics = _reduce(sums, count, ctx)  # all-reduce, then the one read to the host
+            metrics = _reduce(values, count, ctx)  # all-reduce, then the one read to the host
             now, wall = time.perf_counter(), time.time()
             metrics["images_per_s"] = count * t.batch_size / (now - tic)
             tic = now
@@ -127,7 +127,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             metrics["epoch"] = step / batches.steps_per_epoch
             if logger is not None:
                 logger.metrics(metrics, step, wall)
-            sums, count = {}, 0
+            values, count = {}, 0
         if do_eval:
             scores = validation_metrics(cfg, nets, val, ctx, autocast)
             if logger is not None:
@@ -160,12 +160,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _reduce(sums: dict, count: int, ctx: Context) -> dict[str, float]:
+def _reduce(values: dict[str, list[torch.Tensor]], count: int, ctx: Context) -> dict[str, float]:
     """Mean of each metric over the interval's steps and over ranks (equal batches per rank)."""
-    if not sums:
+    if not values:
         return {}
-    keys = sorted(sums)
-    vec = torch.stack([sums[k] for k in keys]).to(ctx.device) / count
+    keys = sorted(values)
+    vec = torch.stack([torch.stack(values[k]).float().sum() for k in keys]).to(ctx.device) / count
     if ctx.world > 1:
         dist.all_reduce(vec)
         vec /= ctx.world

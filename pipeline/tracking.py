@@ -13,13 +13,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import ConfigError
+from pipeline.services import tracking_uri, unreachable  # noqa: F401 (part of this API)
 
 # MLflow's HTTP client retries 7 times with a growing backoff and waits up to 120 s per try, so a
 # tracking server that is down holds every call for minutes. Every process that imports this
@@ -28,67 +28,6 @@ BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BAC
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 for _name, _value in BOUNDED_HTTP.items():
     os.environ.setdefault(_name, _value)
-FIX_URI = ("set MLFLOW_TRACKING_URI to sqlite:///mlflow.db, to a running `mlflow server` "
-           "(http://host:port), or unset it")
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's own default: sqlite file mlflow.db here (absolute,
-    so Ray workers with another working directory write to the same file)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
-        return uri
-    return f"sqlite:///{Path('mlflow.db').absolute()}"
-
-
-def check_store(uri: str | None = None, timeout: float = 5.0, tries: int = 2) -> None:
-    """A one-line ConfigError, before anything is created, when MLflow cannot use the tracking
-    URI: a scheme it has no store for, the retired file store, or an HTTP server that does not
-    answer (each try waits at most `timeout` s). Creates nothing: a sqlite file stays unopened."""
-    uri = uri or tracking_uri()
-    scheme = urlparse(uri).scheme
-    if scheme in ("", "file"):
-        raise ConfigError(f"MLFLOW_TRACKING_URI={uri} is a file store, which MLflow 3 no longer "
-                          f"writes; {FIX_URI}")
-    try:
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-        _tracking_store_registry.get_store_builder(uri)
-    except (ImportError, AttributeError):  # a future MLflow moved it: the first call will tell
-        pass
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"MLFLOW_TRACKING_URI={uri} has a scheme MLflow does not know "
-                          f"({scheme}://); {FIX_URI}") from None
-    if scheme in ("http", "https"):
-        reason = unreachable(uri, timeout, tries)
-        if reason:
-            raise ConfigError(f"cannot reach the MLflow tracking server at {uri} ({reason}); "
-                              f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db "
-                              f"--port PORT) or point MLFLOW_TRACKING_URI at a running one "
-                              f"(or at sqlite:///mlflow.db)")
-
-
-def unreachable(uri: str, timeout: float = 5.0, tries: int = 2) -> str | None:
-    """Why an HTTP tracking server does not answer, or None when it does (or is no server). Any
-    HTTP answer counts (an auth error is the server's to explain); refused or silent connections
-    do not."""
-    import requests
-
-    if urlparse(uri).scheme not in ("http", "https"):
-        return None
-    reason = None
-    for attempt in range(tries):
-        if attempt:
-            time.sleep(1.0)
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=timeout)
-            return None
-        except requests.Timeout:
-            reason = f"no answer within {timeout:.0f} s"
-        except requests.ConnectionError as exc:
-            reason = "connection refused" if "refused" in str(exc).lower() else "cannot connect"
-    return f"{reason}, {tries} tries"
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -240,6 +179,8 @@ class RunLogger:
     def _put(self, item) -> None:
         with self._cond:
             self._raise_error()
+            if self._closing:
+                raise RuntimeError(f"the logger of MLflow run {self.run_id} is closed")
             self._queue.append(item)
             self._queued += 1
             self._cond.notify_all()

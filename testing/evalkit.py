@@ -45,7 +45,7 @@ def save_checkpoint(directory: Path, cfg: Config, nets, opts, step: int = 5,
 def domain_cache(base: Path) -> Path:
     """A GENBENCH_CACHE holding a test domain classifier for Fashion-MNIST (trained if absent;
     the path is per session, so every test module reuses it)."""
-    from eval.extractors import cached_domain, train_and_cache_domain
+    from eval.domain_classifier import cached_domain, train_and_cache_domain
 
     cache = base / "genbench-cache"
     old = os.environ.get("GENBENCH_CACHE")

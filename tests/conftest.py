@@ -73,27 +73,76 @@ class FinishedRun:
     uri: str
     workdir: Path
     steps: int
+    out: str = ""   # what the command printed: stdout (summary) and stderr (progress)
+    err: str = ""
+
+
+FAMILY_STEPS = 30
+REAL_COMMAND = {"gan"}  # trained by a real `genbench` process (its console output is tested)
 
 
 @pytest.fixture(scope="session")
-def ae_run(ray_local, tmp_path_factory, fast_sets):
-    """One finished `genbench train --model ae --workers 2 --steps 30` (in-process, on the shared
-    Ray), with checkpoints at steps 15 and 30. Tests that tamper with its files restore them."""
+def family_run(ray_local, tmp_path_factory, fast_sets):
+    """family_run("vae") -> the session's one trained run of that family, trained on first use:
+    `genbench train --model F --workers 2 --steps 30 --experiment train-F` on the session's Ray,
+    every family in one MLflow store, checkpoints at steps 15 and 30. The CLI, eval, resume
+    and loop tests all read these runs instead of training their own. Tests that tamper with a
+    run's files restore them."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
     from mlflow.tracking import MlflowClient
 
     from genbench.cli import main
 
-    workdir = tmp_path_factory.mktemp("ae_run")
+    workdir = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{workdir / 'm.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        code = main(["train", "--model", "ae", "--workers", "2", "--steps", "30",
-                     "--experiment", "E", *fast_sets("ae")])
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("E").experiment_id])
-    assert len(runs) == 1
-    return FinishedRun(code, runs[0].info.run_id, "E", uri, workdir, 30)
+    runs: dict[str, FinishedRun] = {}
+
+    def train(model: str) -> FinishedRun:
+        argv = ["train", "--model", model, "--workers", "2", "--steps", str(FAMILY_STEPS),
+                "--experiment", f"train-{model}", *fast_sets(model)]
+        if model in REAL_COMMAND:  # on the session's Ray too: one Ray instance per session
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+                   "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+            proc = subprocess.run([sys.executable, "-m", "genbench", *argv], cwd=workdir,
+                                  env=env, capture_output=True, text=True, timeout=900)
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
+        else:
+            out, err = io.StringIO(), io.StringIO()
+            with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
+                    contextlib.redirect_stderr(err):
+                mp.chdir(workdir)
+                mp.setenv("MLFLOW_TRACKING_URI", uri)
+                code = main(argv)
+            out, err = out.getvalue(), err.getvalue()
+        assert code == 0, err[-3000:]
+        client = MlflowClient(uri)
+        found = client.search_runs([client.get_experiment_by_name(f"train-{model}").experiment_id])
+        assert len(found) == 1
+        return FinishedRun(code, found[0].info.run_id, f"train-{model}", uri, workdir,
+                           FAMILY_STEPS, out, err)
+
+    def get(model: str) -> FinishedRun:
+        if model not in runs:
+            runs[model] = train(model)
+        return runs[model]
+    return get
+
+
+@pytest.fixture(scope="session")
+def ae_run(family_run) -> FinishedRun:
+    return family_run("ae")
+
+
+@pytest.fixture(scope="session")
+def domain_classifier(tmp_path_factory) -> Path:
+    """A GENBENCH_CACHE holding the session's test domain classifier for Fashion-MNIST, trained
+    on first use: only the tests that compute FID/IS/KID/PR ask for it."""
+    from testing.evalkit import domain_cache
+    return domain_cache(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import statistics
 
 import pytest
 
-from evalkit import TINY, domain_cache
 from genbench.cli import main
 from pipeline import tracking
+from testing.evalkit import TINY, domain_cache
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
 from genbench.cli import main
-from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
+from pipeline.resume import RUN_DIR_TAG
+from pipeline.trainer import find_latest_checkpoint
 
 GENBENCH = [sys.executable, "-m", "genbench"]
 TRAIN = ["train", "--experiment", "E", "--steps", "2"]

@@ -1,21 +1,17 @@
-"""`genbench train --model M --workers 2 --steps 30 --experiment E` for every family: exit 0, one
-FINISHED MLflow run with step metrics, params, tags, a sample-grid PNG and the checkpoint."""
-import os
-import subprocess
-import sys
+"""`genbench train --model M --workers 2 --steps 30` for every family (the session's family_run,
+conftest.py): exit 0, one FINISHED MLflow run with step metrics, params, tags, a sample-grid PNG
+and the checkpoint."""
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
-from genbench.cli import main
 
 pytestmark = pytest.mark.slow
 
 STEPS = 30
 LOSS_KEY = {"ae": "mse", "vae": "bpd", "gan": "d_loss", "pixelcnn": "bpd"}
-GENBENCH = [sys.executable, "-m", "genbench"]
 
 
 def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
@@ -74,37 +70,26 @@ def check_run(uri: str, experiment: str, model: str, tmp_path: Path) -> str:
     return run_id
 
 
-def test_train_ae(ae_run, tmp_path):
-    """The session's ae run is this very command, run in-process."""
-    assert ae_run.exit_code == 0
-    assert check_run(ae_run.uri, ae_run.experiment, "ae", tmp_path) == ae_run.run_id
+@pytest.mark.parametrize("model", ["ae", "vae", "pixelcnn"])
+def test_train_in_process(model, family_run, tmp_path):
+    """The session's run of the family is this very command, run in-process."""
+    run = family_run(model)
+    assert run.exit_code == 0
+    run_id = check_run(run.uri, run.experiment, model, tmp_path)
+    assert run_id == run.run_id
+    assert run_id in run.out and f"{STEPS} steps" in run.out       # the summary names the run
+    assert f"MLflow run {run_id}" in run.err and "Traceback" not in run.err
 
 
-@pytest.mark.parametrize("model", ["vae", "pixelcnn"])
-def test_train_in_process(model, ray_local, workdir, mlflow_uri, fast_sets, capsys):
-    code = main(["train", "--model", model, "--workers", "2", "--steps", str(STEPS),
-                 "--experiment", "E", *fast_sets(model)])
-    out, err = capsys.readouterr()
-    assert code == 0
-    run_id = check_run(mlflow_uri, "E", model, workdir / "dl")
-    assert run_id in out and f"{STEPS} steps" in out       # the summary names the run
-    assert f"MLflow run {run_id}" in err and "Traceback" not in err
-
-
-def test_train_gan_as_a_real_command(tmp_path, fast_sets):
-    """A real `genbench` process (its own Ray): exit code 0 and a quiet, readable output."""
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["MLFLOW_TRACKING_URI"] = uri
-    proc = subprocess.run(
-        [*GENBENCH, "train", "--model", "gan", "--workers", "2", "--steps", str(STEPS),
-         "--experiment", "E", *fast_sets("gan")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = check_run(uri, "E", "gan", tmp_path / "dl")
-    assert f"MLflow run    {run_id}" in proc.stdout
-    assert f"genbench: training gan on fashion-mnist with 2 worker(s)" in proc.stderr
+def test_train_gan_as_a_real_command(family_run, tmp_path):
+    """The session's gan run is a real `genbench` process (joined to the session's Ray): exit
+    code 0 and a quiet, readable output."""
+    run = family_run("gan")
+    assert run.exit_code == 0
+    run_id = check_run(run.uri, run.experiment, "gan", tmp_path)
+    assert f"MLflow run    {run_id}" in run.out
+    assert "genbench: training gan on fashion-mnist with 2 worker(s)" in run.err
     # Ray's and MLflow's own logs stay quiet: only genbench's lines and its progress
-    noise = [line for line in proc.stderr.splitlines()
+    noise = [line for line in run.err.splitlines()
              if line.strip() and not line.startswith(("genbench: ", "  step "))]
     assert not noise, "\n".join(noise[:20])

@@ -343,7 +343,7 @@ def test_a_shell_on_the_head_joins_the_running_cluster(cluster):
     # `ray attach` + `genbench train`: no --address, ray.init() finds the `ray start` cluster
     # through its temp dir; genbench must treat it as a cluster it joined (it may autoscale).
     code = ("import ray, sys; ray.init(_temp_dir=sys.argv[1], logging_level='ERROR'); "
-            "from pipeline.launch import joined_cluster; "
+            "from pipeline.cluster import joined_cluster; "
             "print('joined', joined_cluster(), len(ray.nodes()))")
     out = subprocess.run([sys.executable, "-c", code, str(cluster.ray_tmp)], env=cluster.env,
                          cwd=cluster.tmp, capture_output=True, text=True, timeout=120)

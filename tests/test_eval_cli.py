@@ -6,7 +6,7 @@ import torch
 
 from pipeline import tracking
 from genbench.cli import main
-from testing.evalkit import TINY, domain_cache, save_checkpoint, tiny_model
+from testing.evalkit import TINY, save_checkpoint, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, busy cores
 
@@ -18,19 +18,37 @@ EXPECTED = {"vae": FIDELITY_KEYS | {"bpd_test", "probe_accuracy"},
             "pixelcnn": FIDELITY_KEYS | {"bpd_test"},
             "ae": {"mse_test", "psnr_test", "probe_accuracy"}}
 SMALL_EVAL = ["--bpd-images", "300", "--probe-images", "2000", "--k", "2", "--quiet"]
-N_FAKE = {"pixelcnn": 64}  # PixelCNN sampling: 784 full forward passes per batch
+N_FAKE = {"pixelcnn": 64}  # PixelCNN sampling: H * W * C sequential steps
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A private MLflow store, the test domain classifier, a temp working directory."""
+    """A private MLflow store, a temp working directory, and an empty GENBENCH_CACHE: a test
+    that needs the domain classifier asks for `classifier`; any other never trains one."""
     base = tmp_path_factory.mktemp("eval-cli")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
-    mp.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
+    mp.setenv("GENBENCH_CACHE", str(base / "empty-cache"))
     mp.chdir(base)
     yield base
     mp.undo()
+
+
+@pytest.fixture
+def classifier(domain_classifier, monkeypatch):
+    """The session's test domain classifier, for the tests that compute FID/IS/KID/PR."""
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_classifier))
+
+
+@pytest.fixture
+def trained(env, family_run, monkeypatch):
+    """trained("vae") -> the session's vae run id (`genbench train --workers 2 --steps 30`);
+    eval then reads and logs into the session's store."""
+    def get(family: str) -> str:
+        run = family_run(family)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", run.uri)
+        return run.run_id
+    return get
 
 
 def train_args(family: str) -> list[str]:
@@ -47,19 +65,10 @@ def latest_run_id() -> str:
                          max_results=1)[0].info.run_id
 
 
-@pytest.fixture(scope="module")
-def runs(env, ray_local):
-    out = {}
-    for family in ("vae", "gan", "pixelcnn", "ae"):
-        assert main(train_args(family)) == 0
-        out[family] = latest_run_id()
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["vae", "gan", "pixelcnn", "ae"])
-def test_eval_of_a_trained_run_logs_metrics_and_protocol(family, runs, capsys):
-    run_id = runs[family]
+def test_eval_of_a_trained_run_logs_metrics_and_protocol(family, trained, classifier, capsys):
+    run_id = trained(family)
     n = str(N_FAKE.get(family, 200))
     assert main(["eval", "--run-id", run_id, "--n-fake", n, "--n-real", n, *SMALL_EVAL]) == 0
     out = capsys.readouterr().out
@@ -97,8 +106,8 @@ def test_eval_of_a_trained_run_logs_metrics_and_protocol(family, runs, capsys):
 
 
 @pytest.mark.slow
-def test_eval_with_two_ray_workers_gives_the_same_bits_per_dim(runs):
-    run_id = runs["pixelcnn"]
+def test_eval_with_two_ray_workers_gives_the_same_bits_per_dim(trained):
+    run_id = trained("pixelcnn")
     bpd = []
     for workers in ("1", "2"):
         assert main(["eval", "--run-id", run_id, "--metrics", "bpd", "--bpd-images", "300",
@@ -108,7 +117,7 @@ def test_eval_with_two_ray_workers_gives_the_same_bits_per_dim(runs):
 
 
 @pytest.mark.slow
-def test_train_with_eval_evaluates_the_new_run(env, ray_local, capsys):
+def test_train_with_eval_evaluates_the_new_run(env, classifier, ray_local, capsys):
     assert main(train_args("gan") + ["--eval", "--eval-n", "120"]) == 0
     out = capsys.readouterr().out
     metrics = tracking.get_run(latest_run_id()).data.metrics
@@ -152,6 +161,7 @@ def test_bad_eval_input_is_one_line_and_exit_2(env, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (env / "empty-cache").exists()   # refused before any classifier was trained
 
 
 def test_eval_of_a_checkpoint_without_its_run_logs_into_a_new_eval_run(env, tmp_path, capsys):

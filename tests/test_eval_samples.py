@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from evalkit import domain_cache, fmnist_test
 from genbench.cli import main
 from pipeline import tracking
+from testing.evalkit import domain_cache, fmnist_test
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

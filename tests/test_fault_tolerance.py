@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import checkpoint as ckpt
 from genbench.cli import main
 from pipeline.faults import ENV
-from pipeline.launch import RUN_DIR_TAG, find_latest_checkpoint
+from pipeline.resume import RUN_DIR_TAG
+from pipeline.trainer import find_latest_checkpoint
 from pipeline.train import FAULT_TAG, RESUMED_TAG
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,9 @@ import torch
 import torch_fidelity
 
 from eval import fidelity
-from eval.extractors import (DOMAIN_REGISTRY_NAME, cached_domain, domain_extractor,
-                             domain_paths, to_rgb_uint8, train_and_cache_domain)
+from eval.domain_classifier import (cached_domain, domain_paths, to_rgb_uint8,
+                                    train_and_cache_domain)
+from eval.extractors import DOMAIN_REGISTRY_NAME, domain_extractor
 from eval.fidelity import extract_features, fidelity_metrics
 from genbench.cli import main
 from pipeline.errors import ConfigError

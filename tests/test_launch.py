@@ -23,7 +23,7 @@ from pipeline.train import FAULT_TAG
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+STEPS = 40
 GENBENCH = [sys.executable, "-m", "genbench"]
 ARGS = ["train", "--model", "ae", "--workers", "1", "--steps", str(STEPS), "--experiment", "R",
         "--set", "ae.width=8", "--set", "ae.latent_dim=8", "--set", "train.batch_size=32",

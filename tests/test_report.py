@@ -101,13 +101,18 @@ def sweep_run(experiment: str) -> str:
     child_logger.metrics({"val_bpd": 4.0}, 20)
     child_logger.close()
     tracking.end_run(child)
-    spec = {"metric": "val_bpd", "mode": "min", "keys": ["vae.beta", "vae.lr"],
-            "space": {"vae.beta": {"loguniform": [0.1, 10]}, "vae.lr": {"loguniform":
-                      [1e-4, 1e-2]}}, "parent_run_id": parent,
-            "tracking_uri": tracking.tracking_uri()}
+    from tune.spec import SweepSpec
+    vae = Config.from_dict({"model": "vae"}).to_dict()
+    spec = SweepSpec(user_config=vae, trial_config=vae,
+                     space={"vae.beta": {"loguniform": [0.1, 10]},
+                            "vae.lr": {"loguniform": [1e-4, 1e-2]}},
+                     metric="val_bpd", mode="min", scheduler="asha", search="random", samples=3,
+                     steps=20, interval=10, experiment=experiment,
+                     tracking_uri=tracking.tracking_uri(), fid_samples=100,
+                     parent_run_id=parent)
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        summary.write_all(rows, spec, Config.from_dict({"model": "vae"}), Path(tmp))
+        summary.write_all(rows, spec, Path(tmp))
     tracking.end_run(parent)
     return parent
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eval.report import write_report
-from eval.report_data import collect
+from eval.report_collect import collect
 from pipeline import tracking
 from pipeline.grids import grid_png
 

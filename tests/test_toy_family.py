@@ -17,9 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models import register
+from pipeline.models import register, unregister
 
-register("toy", __file__)   # the one registration line
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_family():
+    register("toy", __file__)   # the one registration line
+    yield
+    unregister("toy")           # other test modules see the built-in families only
 
 
 # --- the family (contract v2) ------------------------------------------------------------------

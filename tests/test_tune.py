@@ -18,6 +18,7 @@ from genbench.options import build_config
 
 TINY_VAE = ["--set", "vae.width=8", "--set", "vae.latent_dim=4", "--set", "train.batch_size=32"]
 TINY_GAN = ["--set", "gan.width=8", "--set", "gan.latent_dim=8", "--set", "train.batch_size=32"]
+TINY_AE = ["--set", "ae.width=8", "--set", "ae.latent_dim=4", "--set", "train.batch_size=32"]
 
 
 def all_runs(uri: str) -> list:
@@ -83,12 +84,25 @@ def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, m
         assert 0.1 <= float(child.data.params["vae.beta"]) <= 10
 
 
+@pytest.mark.slow
+def test_two_worker_trials_searched_by_optuna(ray_local, workdir, mlflow_uri):
+    """--workers-per-trial 2: each trial is a 2-worker TorchTrainer (DDP) reporting through
+    Tune; --search optuna: Optuna's TPE proposes the values."""
+    rc = main(["tune", "--model", "ae", "--samples", "2", "--steps", "20", "--scheduler", "fifo",
+               "--workers-per-trial", "2", "--search", "optuna", *TINY_AE])
+    assert rc == 0
+    parent, children, _ = check_sweep(mlflow_uri, ["ae.lr"], "val_mse", samples=2)
+    assert parent.data.params["tune.search"] == "optuna"
+    for child in children:
+        assert child.data.params["train.workers"] == "2"
+        assert child.data.tags["genbench.trial_status"] == "completed"   # fifo: all run out
+        assert 1e-4 <= float(child.data.params["ae.lr"]) <= 3e-3          # AE's TUNE_SPACE
+
+
 @pytest.fixture
-def tiny_domain_classifier(tmp_path, monkeypatch):
-    """A quickly trained domain classifier in a private cache (the GAN's FID extractor)."""
-    from eval.extractors import train_and_cache_domain
-    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
-    train_and_cache_domain("fashion-mnist", max_images=1000, epochs=1, width=8, quiet=True)
+def tiny_domain_classifier(domain_classifier, monkeypatch):
+    """The session's test domain classifier (the GAN's FID extractor)."""
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_classifier))
 
 
 @pytest.mark.slow
@@ -127,7 +141,7 @@ class Lines(threading.Thread):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, workdir,
                                                                       mlflow_uri):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    env.pop("RAY_ADDRESS", None)  # the driver starts its own Ray, apart from this session's
+    env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address  # one Ray per session
     cmd = [sys.executable, "-m", "genbench", "tune", "--model", "vae", "--samples", "4",
            "--steps", "40", "--scheduler", "fifo", *TINY_VAE]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,

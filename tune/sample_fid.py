@@ -21,7 +21,8 @@ NOISE_SEED = 1234  # the same latent draws at every report and in every trial
 def prepare_extractor(cfg: Config) -> dict:
     """Driver side: train and cache the dataset's domain classifier once if it is missing;
     returns where the cache is, for trials whose Ray workers may not see GENBENCH_CACHE."""
-    from eval.extractors import cache_dir, domain_extractor
+    from eval.domain_classifier import cache_dir
+    from eval.extractors import domain_extractor
     d = cfg.data
     domain_extractor(d.dataset, d.root, d.image_size, "cpu", train_if_missing=True, quiet=False)
     return {"domain_cache": str(cache_dir())}

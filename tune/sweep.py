@@ -55,7 +55,7 @@ def concurrency(trial_cfg: Config) -> int:
     (launch's checks, as for `genbench train`)."""
     import ray
 
-    from pipeline.launch import require_shared_storage, shortfall
+    from pipeline.cluster import require_shared_storage, shortfall
 
     t = trial_cfg.train
     total = ray.cluster_resources()
@@ -96,7 +96,7 @@ def trial_dirname(trial) -> str:
 # --- the command -------------------------------------------------------------------------------
 def sweep(cfg: Config, options: SweepOptions) -> int:
     """Run a sweep of cfg's family; returns the exit code (0 when a best trial exists)."""
-    from pipeline.launch import init_ray
+    from pipeline.cluster import init_ray
 
     spec, train_data, val_data = plan(cfg, options)
     init_ray(options.address, options.verbose)
@@ -160,7 +160,7 @@ def plan(cfg: Config, options: SweepOptions) -> tuple[SweepSpec, ImageData, Imag
 def open_sweep(spec: SweepSpec) -> SweepSpec:
     """The parent MLflow run and the sweep directory (named after it, so never reused), with
     the spec that --resume reads back."""
-    from pipeline.launch import storage_path
+    from pipeline.trainer import storage_path
 
     cfg = spec.user()
     tags = tracking.versions_and_hardware(cfg.train.gpu)
@@ -186,7 +186,7 @@ def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
     """Continue an interrupted sweep from its directory, without re-running finished trials."""
     from ray import tune
 
-    from pipeline.launch import init_ray
+    from pipeline.cluster import init_ray
     from tune.trial import make_trainable
 
     sweep_dir = Path(path).absolute()

@@ -131,7 +131,7 @@ def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.launch import find_latest_checkpoint, make_trainer
+    from pipeline.trainer import find_latest_checkpoint, make_trainer
 
     cfg = trial_config(spec, sampled)
     trial_id = tune.get_context().get_trial_id()

@@ -23,7 +23,8 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
         take progress=callable, called with the number of pixel positions just finished
     nll(cfg, nets, x, y=None, k=1) -> nats per image (B,)
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
-  optional, for the report: PUBLISHED (published numbers, plain dicts; see eval/references.py), CURVE_PANELS.
+  optional: PUBLISHED (published numbers for the report, plain dicts; eval/references.py),
+    CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py)
 
 A family defined elsewhere registers with `register(name, "importable.module")` or
 `register(name, "/path/to/family.py")` (e.g. `register("wgan", __file__)` in a script). Its
@@ -40,13 +41,12 @@ import sys
 from collections.abc import Mapping
 from types import ModuleType
 
-# name -> module path
-_REGISTRY: dict[str, str] = {}
+_REGISTRY: dict[str, str] = {}           # name -> module path or .py file
+_LOADED: dict[str, ModuleType] = {}       # name -> its module, checked against the contract
 _BUILT_IN: set[str] = set()
 REQUIRED = ("Config", "PHASES", "PROGRESS_KEYS", "TUNE_SPACE", "SWEEP_METRIC", "SWEEP_MODE",
             "LIKELIHOOD", "LIKELIHOOD_NOTE", "GRID_SIZE", "DDP_OPTIONS", "build",
             "make_optimizers", "loss")
-CAPABILITIES = ("sample", "nll", "reconstruct", "encode")
 LIKELIHOODS = ("exact", "bound", None)
 
 
@@ -59,6 +59,14 @@ def register(name: str, module: str) -> None:
     if known is not None and known != module:
         raise ValueError(f"family {name!r} is already registered as {known}; pick another name")
     _REGISTRY[name] = module
+
+
+def unregister(name: str) -> None:
+    """Remove a family registered outside pipeline/models/ (built-in ones stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"{name} is a built-in family")
+    _REGISTRY.pop(name, None)
+    _LOADED.pop(name, None)
 
 
 register("ae", "pipeline.models.ae")
@@ -85,13 +93,13 @@ def is_built_in(name: str) -> bool:
 
 def get(name: str) -> ModuleType:
     """The family's module, imported and checked against the contract on first use."""
-    if name not in _REGISTRY:
-        raise KeyError(name)
-    module = _import(_REGISTRY[name])
-    if not getattr(module, "_genbench_checked", False):
+    if name not in _LOADED:
+        if name not in _REGISTRY:
+            raise KeyError(name)
+        module = _import(_REGISTRY[name])
         check(name, module)
-        module._genbench_checked = True
-    return module
+        _LOADED[name] = module
+    return _LOADED[name]
 
 
 def _import(target: str) -> ModuleType:

@@ -1,0 +1,242 @@
+"""The report's tables: columns discovered from the metrics the runs hold (a sample-quality
+column per extractor and protocol), one cell per family and column, the seeds, the real-vs-real
+floor, and what every family was measured under."""
+from __future__ import annotations
+
+import statistics
+
+from eval import references
+from eval.report_data import (CI_SUFFIXES, FIDELITY, FIDELITY_RE, LABELS, LIKELIHOOD_ORDER,
+                              Cell, Column, FamilyRow, eval_metric, fmt, fmt_seconds, label,
+                              std_of)
+
+
+PROTOCOL_FIELDS = ("n_fake", "n_real", "reference_split", "weights_sha256")
+
+
+def fidelity_protocol(stamps: dict, metric: str) -> tuple:
+    """(n_fake, n_real, reference split, extractor weights) a sample-quality metric was measured
+    under, from eval's eval.<extractor>.* stamps; None where a run did not record one."""
+    ext = references.extractor_of(metric)
+    return tuple(stamps.get(f"eval.{ext}.{name}") for name in PROTOCOL_FIELDS)
+
+
+def describe_protocol(ext: str, protocol: tuple, with_weights: bool = False) -> str:
+    """'domain features: 2000 generated vs 2000 test images'."""
+    n_fake, n_real, split, sha = protocol
+    if n_fake is None and n_real is None:
+        text = f"{ext} features: n not recorded"
+    else:
+        text = (f"{ext} features: {n_fake or '?'} generated vs {n_real or '?'} "
+                f"{split or '?'} images")
+    return text + (f", weights {str(sha)[:8]}" if with_weights and sha else "")
+
+
+def discover_columns(rows: list[FamilyRow]) -> list[Column]:
+    """Likelihood/encoder columns, then sample-quality columns grouped by extractor and protocol:
+    every value in a column was measured with the same n_fake, n_real, reference split and
+    extractor weights. A family measured under another protocol gets its own column group, named
+    with its n, never a place in the same column."""
+    keys = {k for row in rows for s in row.seeds or [row] for k in s.metrics
+            if eval_metric(k) and "_std" not in k and not k.endswith(CI_SUFFIXES)}
+    likelihood = sorted((k for k in keys if not FIDELITY_RE.match(k)),
+                        key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
+                                       else len(LIKELIHOOD_ORDER), k))
+    cols = [Column(k, LABELS.get(k, k), "likelihood & encoder") for k in likelihood]
+    if "bpd_test" not in likelihood:  # always show the (8-bit) bits/dim column
+        cols.insert(0, Column("bpd_test", "bits/dim", "likelihood & encoder"))
+    protocols: dict[str, dict[tuple, set]] = {}   # ext -> protocol -> metrics measured so
+    for row in rows:
+        for run in row.seeds or [row]:
+            for k in run.metrics:
+                m = FIDELITY_RE.match(k)  # (fid_domain_ci_low does not match: not a column)
+                if m and "_std" not in k:
+                    stamps = {**run.params, **run.tags}
+                    protocols.setdefault(m["ext"], {}).setdefault(
+                        fidelity_protocol(stamps, k), set()).add(m["metric"])
+    for ext in sorted(protocols, key=lambda e: (e != "inception", e)):
+        by_protocol = protocols[ext]
+        several = len(by_protocol) > 1
+        shas = {p[3] for p in by_protocol}
+        # larger n first: the column a paper would report
+        for p in sorted(by_protocol, key=lambda p: tuple(-int(x) if str(x).isdigit() else 0
+                                                         for x in p[:2])):
+            group = describe_protocol(ext, p, with_weights=len(shas) > 1)
+            for metric in FIDELITY:
+                if metric in by_protocol[p]:
+                    key = f"{metric}_{ext}"
+                    col_id = f"{key}@{'-'.join(str(x)[:8] for x in p)}" if several else key
+                    cols.append(Column(key, LABELS[metric], group, col_id, p))
+    cols += [Column("train.total_steps", "steps", "training"),
+             Column("wall_seconds", "wall time", "training"),
+             Column("images_per_s_median", "images/s", "training"),
+             Column("train.workers", "workers", "training"),
+             Column("hardware", "hardware", "training")]
+    return cols
+
+
+def applicable(fam: str, key: str) -> bool:
+    """Whether a family can have this metric at all (GAN bits/dim: no, and never zero)."""
+    from pipeline.models import FAMILIES, can
+
+    module = FAMILIES.get(fam)
+    if module is None:
+        return True
+    if key.startswith(("bpd", "nll")):
+        return can(module, "nll")
+    if key.startswith("probe"):
+        return can(module, "encode")
+    if key.startswith(("mse", "psnr")):  # eval's stand-in for a likelihood, where none exists
+        return can(module, "reconstruct") and not can(module, "nll")
+    if FIDELITY_RE.match(key):
+        return can(module, "sample")
+    return True
+
+
+OTHER_PROTOCOL = "measured under another protocol: see its own column"
+
+
+def fill_cells(rows: list[FamilyRow], columns: list[Column]) -> None:
+    for row in rows:
+        for col in columns:
+            row.cells[col.id] = cell(row, col)
+        unmeasured = [label(c.key) for c in columns if c.group != "training"
+                      and row.cells[c.id].text == "—" and row.cells[c.id].note != OTHER_PROTOCOL]
+        if unmeasured and any(eval_metric(k) for k in row.metrics):  # else "no eval yet" says it
+            row.notes.append(f"not measured yet: {', '.join(dict.fromkeys(unmeasured))}")
+        for col in columns:
+            if col.group == "training" or row.cells[col.id].value is None:
+                continue
+            n_fake, n_real, split, _ = col.protocol or (None, None, None, None)
+            for ref in references.matching(row.family, row.dataset, col.key, as_int(n_fake),
+                                           as_int(n_real), reference_split=split,
+                                           params=row.params):
+                row.refs.append((col.id, ref))
+
+
+def as_int(text) -> int | None:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def measured(runs: list, col: Column) -> list:
+    """The runs that have this column's metric under this column's protocol."""
+    return [r for r in runs if r.metrics.get(col.key) is not None and (
+        col.protocol is None or fidelity_protocol({**r.params, **r.tags}, col.key) == col.protocol)]
+
+
+def stamp_of(run, key: str) -> str:
+    """eval's own description of how a metric was measured, e.g. eval.bpd = 'IWAE bound, k=16'."""
+    parts = [run.tags.get(f"eval.{key.split('_')[0]}", "")]
+    if key.startswith("bpd"):
+        parts.append(run.tags.get("eval.bpd.data", ""))
+    return "; ".join(p for p in parts if p)
+
+
+def metric_cell(runs: list, key: str, col: Column) -> Cell:
+    """One run: its value (± its own spread over IS splits / KID subsets). Several seeds: mean ±
+    sample std over the seeds, each seed's value in the note (and the seeds table)."""
+    values = [r.metrics[key] for r in runs]
+    if len(runs) == 1:
+        m = runs[0].metrics
+        std = std_of(m, key)
+        text = fmt(values[0]) + (f" ± {std:.2g}" if std is not None else "")
+        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        if low is not None and high is not None:  # eval --bootstrap
+            text += f" [{fmt(low)}, {fmt(high)}]"
+        return Cell(text, key, values[0], "; ".join(x for x in (
+            stamp_of(runs[0], key), runs[0].tags.get(
+                f"eval.{references.extractor_of(key)}.bootstrap", "")) if x))
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    each = "; ".join(f"seed {r.seed}: {fmt(v)}" for r, v in zip(runs, values))
+    return Cell(f"{fmt(mean)} ± {sd:.2g} ({len(runs)} seeds)", key, mean,
+                f"mean ± sample std over {len(runs)} seeds ({each}); {stamp_of(runs[0], key)}")
+
+
+def cell(row: FamilyRow, col: Column) -> Cell:
+    key = col.key
+    if key == "hardware":
+        t = row.tags
+        text = t.get("hardware.gpu") or " ".join(x for x in (
+            t.get("hardware.cpu", ""), f"{t['hardware.cpus']} CPUs" if "hardware.cpus" in t
+            else "") if x) or "—"
+        return Cell(text, key)
+    if key in row.params:
+        return Cell(row.params[key], key)
+    if key == "wall_seconds":
+        v = row.derived.get(key)
+        return Cell(fmt_seconds(v), key, v, "run start to end, Ray start-up included")
+    if key == "images_per_s_median":
+        v = row.derived.get(key)
+        return Cell(fmt(v), key, v, "median over the run's log intervals")
+    if col.group != "training" and not applicable(row.family, key):
+        return Cell("n/a", key, None, f"not applicable to {row.family}")
+    if row.external and col.group != "training" and not FIDELITY_RE.match(key):
+        return Cell("n/a", key, None, "a folder of samples has only sample-quality metrics")
+    runs = measured(row.seeds or [row], col)
+    if not runs:
+        elsewhere = any(key in r.metrics for r in row.seeds or [row])
+        return Cell("—", key, None, OTHER_PROTOCOL if elsewhere else "not measured yet")
+    return metric_cell(runs, key, col)
+
+
+def seed_table(rows: list[FamilyRow], columns: list[Column]) -> list:
+    """(family, SeedRun, {column id: Cell}) for every seed of the rows with several seeds."""
+    out = []
+    metric_cols = [c for c in columns if c.group != "training"]
+    for row in rows:
+        if len(row.seeds) < 2:
+            continue
+        for run in row.seeds:
+            cells = {}
+            for col in metric_cols:
+                if not applicable(row.family, col.key):
+                    cells[col.id] = Cell("n/a", col.key)
+                elif measured([run], col):
+                    cells[col.id] = metric_cell([run], col.key, col)
+                else:
+                    cells[col.id] = Cell("—", col.key)
+            out.append((row.family, run, cells))
+    return out
+
+
+def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:
+    """Real-vs-real metrics; one row per distinct set of values, labelled with the protocol it
+    was measured under (the floor moves with n as the models' numbers do)."""
+    keys = sorted({k for r in rows for k in r.metrics if k.startswith("floor_")
+                   and "_std" not in k and r.metrics[k] is not None})
+    if not keys:
+        return [], []
+    per_run = [(r, {k: Cell(fmt(r.metrics[k]), k, r.metrics[k])
+                    for k in keys if k in r.metrics}) for r in rows
+               if any(k in r.metrics for k in keys)]
+    distinct: dict[tuple, tuple[list, dict]] = {}
+    for r, cells in per_run:
+        values = tuple((k, c.value) for k, c in cells.items())
+        distinct.setdefault(values, ([], cells))[0].append(r)
+    out = []
+    for fams, cells in distinct.values():
+        first = fams[0]
+        stamps = {**first.params, **first.tags}
+        protocols = []
+        for ext in dict.fromkeys(references.extractor_of(k[6:]) for k in cells):
+            n_real, split = (stamps.get(f"eval.{ext}.{x}") for x in ("n_real", "reference_split"))
+            floor = stamps.get(f"eval.{ext}.floor", "train images")
+            protocols.append(f"{ext}: {floor}, {n_real or '?'} {split or 'test'} images")
+        text = "real train vs real test (" + "; ".join(protocols) + ")"
+        if len(distinct) > 1:
+            text += f", as logged in the {', '.join(r.family for r in fams)} run(s)"
+        out.append((text, cells))
+    return keys, out
+
+
+def by_family(rows: list[FamilyRow], pick) -> list[tuple[str, dict]]:
+    table: dict[str, dict] = {}
+    for row in rows:
+        for k, v in pick(row).items():
+            table.setdefault(k, {})[row.family] = v
+    return sorted(table.items())
+
+
