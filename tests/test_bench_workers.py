@@ -276,3 +276,23 @@ def test_scaling_section_numbers_by_hand(tmp_path, target):
 
 def tracking_runs(client, exp):
     return client.search_runs([exp], order_by=["attributes.start_time DESC"])
+
+
+def test_a_cheaper_domain_classifier_has_its_own_cache_slot(tmp_path, monkeypatch):
+    """eval domain_epochs (the quick preset's): the classifier trained for fewer epochs is cached
+    apart from the default one, never stands in for it, and its epochs are in the stamp."""
+    from eval.extractors import (DOMAIN_EPOCHS, cached_domain, domain_extractor, domain_paths,
+                                 domain_variant, train_and_cache_domain)
+
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
+    assert domain_variant(None) == domain_variant(DOMAIN_EPOCHS) == ""
+    assert domain_variant(2) == "e2" and domain_variant(0.5) == "e0.5"
+    assert domain_paths("fashion-mnist", 32, "e2")[0] != domain_paths("fashion-mnist", 32)[0]
+    train_and_cache_domain("fashion-mnist", epochs=1, max_images=300, width=4, quiet=True,
+                           variant=domain_variant(1))
+    assert cached_domain("fashion-mnist", 32) is None         # the default slot stays empty
+    ext = domain_extractor("fashion-mnist", None, 32, train_if_missing=False, epochs=1)
+    assert ext.protocol()["epochs"] == "1" and ext.protocol()["train_images"] == "300"
+    assert ext.weights == domain_paths("fashion-mnist", 32, "e1")[0]
+    with pytest.raises(ConfigError, match="no domain classifier cached"):
+        domain_extractor("fashion-mnist", None, 32, train_if_missing=False)
