@@ -9,7 +9,7 @@
 #
 # Writes to $OUT (default ./gpu_bench_out): bench.log (the bench's stderr), stages.md (wall and
 # CPU seconds per stage), report.md and report.html. The bench stops after $BENCH_LIMIT seconds
-# (default 480); the report is then written from what finished. Extra arguments go to the bench
+# (default 420); the report is then written from what finished. Extra arguments go to the bench
 # (e.g. --workers 1 --inception-weights PATH).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_bench_out}
@@ -28,7 +28,7 @@ echo "setup (bundle, data): $(( $(date +%s) - t0 )) s; $(nproc) CPUs"
 
 repo=$PWD
 cd "$work" || exit 1
-python3 "$repo/benchmarks/stage_times.py" --limit "${BENCH_LIMIT:-480}" \
+python3 "$repo/benchmarks/stage_times.py" --limit "${BENCH_LIMIT:-420}" \
     --log "$OUT/bench.log" -- python3 -m genbench bench --preset gpu --gpu \
     --experiment gpu-bench "$@" 2> "$work/harness.txt"
 code=$?

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from eval.report_scaling import DEVICE_TAG, KIND, TARGET_TAG
 from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
-from eval.report_scaling import DEVICE_TAG, KIND, TARGET_TAG
 SECTION_KEYS = {"model", "workers", "config", "target"}
 
 
@@ -31,7 +31,7 @@ def check_section(section, path: Path | str) -> None:
                           f"use one of {', '.join(FAMILIES)}")
     if FAMILIES[model].SWEEP_METRIC is None:
         raise ConfigError(f"preset {path}: scaling.model {model} has no validation metric to "
-                          f"time; pick a family that has one (e.g. vae)")
+                          f"time; pick a family that declares a SWEEP_METRIC")
     workers = section.get("workers", [1, 2])
     if (not isinstance(workers, list) or not workers
             or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0

@@ -281,8 +281,9 @@ def tracking_runs(client, exp):
 def test_a_cheaper_domain_classifier_has_its_own_cache_slot(tmp_path, monkeypatch):
     """eval domain_epochs (the quick preset's): the classifier trained for fewer epochs is cached
     apart from the default one, never stands in for it, and its epochs are in the stamp."""
-    from eval.extractors import (DOMAIN_EPOCHS, cached_domain, domain_extractor, domain_paths,
-                                 domain_variant, train_and_cache_domain)
+    from eval.domain_classifier import (DOMAIN_EPOCHS, cached_domain, domain_paths,
+                                        domain_variant, train_and_cache_domain)
+    from eval.extractors import domain_extractor
 
     monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
     assert domain_variant(None) == domain_variant(DOMAIN_EPOCHS) == ""
