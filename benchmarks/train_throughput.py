@@ -54,6 +54,12 @@ def family_sets(name: str, args) -> list[str]:
     return sets + [f"train.batch_size={args.batch}"] if args.batch else sets
 
 
+def steps_of(name: str, args) -> int:
+    """--steps, or the family's own --steps-of count."""
+    own = dict(kv.split("=", 1) for kv in args.steps_of)
+    return int(own.get(name, args.steps))
+
+
 def config(name: str, sets: list[str], steps: int):
     from pipeline.config import Config, parse_overrides
 
@@ -112,7 +118,7 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
 
     from genbench.cli import main
 
-    argv = ["train", "--model", name, "--steps", str(args.steps), "--experiment", name,
+    argv = ["train", "--model", name, "--steps", str(steps_of(name, args)), "--experiment", name,
             "--set", f"train.log_every={args.log_every}",
             "--set", f"train.checkpoint_every={args.checkpoint_every}",
             "--set", "train.eval_every=1000000000", "--storage-path", args.storage]
@@ -142,6 +148,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma-separated (default: every registered family)")
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps-of", action="append", default=[], metavar="FAMILY=N",
+                    help="another step count for one family (a slow one on CPU)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--batch", type=int, help="batch size (default: the config's)")
@@ -170,7 +178,7 @@ def main() -> None:
         args.storage = f"{tmp}/ray_results"
         for name in names:
             sets = family_sets(name, args)
-            cmd = [sys.executable, __file__, "--plain", name, "--steps", str(args.steps),
+            cmd = [sys.executable, __file__, "--plain", name, "--steps", str(steps_of(name, args)),
                    "--log-every", str(args.log_every), "--threads", str(threads)]
             if args.gpu:
                 cmd.append("--gpu")
@@ -185,7 +193,8 @@ def main() -> None:
             print(f"  measured {name}: plain {plain['images_per_s']:.0f} img/s, genbench "
                   f"{ours['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
     device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
-    print(f"\ntraining throughput, 1 worker, {device}; {args.steps} steps, images/s from step "
+    counts = ", ".join(f"{name} {steps_of(name, args)}" for name, _, _ in rows)
+    print(f"\ntraining throughput, 1 worker, {device}; steps: {counts}; images/s from step "
           f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
           f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}")
     print("| family | batch | plain img/s | genbench wall-clock img/s | ratio | logged / wall |")

@@ -10,6 +10,8 @@ import sys
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by the controller it starts
+
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
     """Connect to RAY_ADDRESS / --address, or start a quiet local instance."""
@@ -29,6 +31,12 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
                   else None)
     if kwargs["include_dashboard"] is None:
         del kwargs["include_dashboard"]
+    if not joins_cluster(address):
+        # A local Ray that genbench starts: the training workers are the work. At Ray's default
+        # nice 15, Ray's own housekeeping processes preempt them, and a torch thread team that
+        # loses a core stalls whole steps: a VAE ran at 0.88-0.91 of its plain-loop speed on 2
+        # cores at nice 15, 0.98 at nice 0 (benchmarks/train_throughput.py).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -38,6 +46,10 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {kwargs['address']} "
                           f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS"
                           f"{hint}") from None
+    if not joined_cluster(address):
+        # One machine that genbench started: no node can be preempted, so Ray Train's
+        # preemption watcher (one more actor process per run, ~3 CPU-seconds to start) is off.
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
 
 
 def joined_cluster(address: str | None = None) -> bool:

@@ -36,6 +36,10 @@ class ProgressBoard:
         self._posted.clear()
         return points
 
+    async def wake(self) -> None:
+        """Ends the driver's pending take now: the run is over, its last points are posted."""
+        self._posted.set()
+
 
 def poster(board) -> Callable[[dict], None]:
     """Rank 0's progress function for pipeline.loop.fit: posts without waiting for a reply."""
@@ -79,6 +83,7 @@ class ProgressPrinter(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.board.wake.remote()  # a take may wait up to 2 s more; each run paid it at its end
         if self.is_alive():
             self.join(timeout=10)
         ray.kill(self.board)
