@@ -62,8 +62,8 @@ def main() -> None:
     p.add_argument("--background-steps", type=int, default=1000)
     p.add_argument("--k", type=int, default=16, help="VAE importance samples")
     p.add_argument("--all-sets", action="store_true", help="constant, flipped, inverted, mnist too")
-    p.add_argument("--no-bayes", action="store_true")
-    p.add_argument("--no-ood", action="store_true")
+    p.add_argument("--no-bayes", action="store_true", help="only the OOD comparison")
+    p.add_argument("--no-ood", action="store_true", help="only the Bayes comparison")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the family it names (e.g. pixelcnn.channels=16) "
