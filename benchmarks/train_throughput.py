@@ -13,6 +13,11 @@ every registered family, in one run.
 
     python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
     python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+    # 2 CPU cores, every family in one run (smaller autoregressive nets, fewer of their steps):
+    python benchmarks/train_throughput.py --steps 300 --steps-of pixelcnn=60 \
+        --steps-of transformer=30 --set pixelcnn.channels=16 --set pixelcnn.layers=4 \
+        --set pixelcnn.head_channels=32 --set transformer.d_model=32 --set transformer.layers=2 \
+        --set transformer.heads=2
 
 A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
 seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
