@@ -33,9 +33,8 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         del kwargs["include_dashboard"]
     if not joins_cluster(address):
         # A local Ray that genbench starts: the training workers are the work. At Ray's default
-        # nice 15, Ray's own housekeeping processes preempt them, and a torch thread team that
-        # loses a core stalls whole steps: a VAE ran at 0.88-0.91 of its plain-loop speed on 2
-        # cores at nice 15, 0.98 at nice 0 (benchmarks/train_throughput.py).
+        # nice 15 every housekeeping process of Ray's preempts them, and a torch thread team
+        # that loses a core for a moment stalls the whole step.
         os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(**kwargs)
