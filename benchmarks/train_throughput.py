@@ -19,6 +19,13 @@ every registered family, in one run.
         --set pixelcnn.head_channels=32 --set transformer.d_model=32 --set transformer.layers=2 \
         --set transformer.heads=2
 
+--against EXPERIMENT: no new genbench runs; each finished training run of that MLflow experiment
+(e.g. a `genbench bench --preset gpu --gpu` one) against the plain loop with the run's own
+config (from its checkpoint). Its wall-clock figure then includes what the bench's runs do
+between log points: validation, sample grids, checkpoints.
+
+    python benchmarks/train_throughput.py --gpu --against gpu-bench --steps 400
+
 A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
 seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
 
@@ -75,7 +82,7 @@ def config(name: str, sets: list[str], steps: int):
 
 
 def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
-               threads: int) -> dict:
+               threads: int, cfg=None) -> dict:
     """The reference: a bare PyTorch loop (no metrics, no logging, no checkpoints)."""
     import contextlib as cl
 
@@ -85,7 +92,7 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
     from pipeline.models import FAMILIES
 
     torch.set_num_threads(threads)
-    cfg = config(name, sets, steps)
+    cfg = cfg or config(name, sets, steps)
     family, device = FAMILIES[name], torch.device("cuda" if gpu else "cpu")
     d = cfg.data
     data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
@@ -113,8 +120,8 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
     if gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"images_per_s": (steps - warmup) * cfg.train.batch_size / seconds,
-            "batch": cfg.train.batch_size}
+    return {"family": name, "images_per_s": (steps - warmup) * cfg.train.batch_size / seconds,
+            "batch": cfg.train.batch_size, "config": cfg.to_dict()[name]}
 
 
 def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
@@ -137,7 +144,12 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
     if code != 0:
         raise SystemExit(f"genbench train --model {name} failed ({code}):\n{err.getvalue()}")
     c = MlflowClient(uri)
-    run = c.search_runs([c.get_experiment_by_name(name).experiment_id])[0]
+    return wall_clock(c, c.search_runs([c.get_experiment_by_name(name).experiment_id])[0])
+
+
+def wall_clock(c, run) -> dict:
+    """A finished run's wall-clock images/s from the first to the last logged step (MLflow
+    metric timestamps), and the time-weighted mean of what it logged over the same steps."""
     points = sorted(c.get_metric_history(run.info.run_id, "images_per_s"), key=lambda m: m.step)
     batch = int(run.data.params["train.batch_size"])
     first, last = points[0], points[-1]
@@ -147,6 +159,66 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
     logged_seconds = sum((b.step - a.step) * batch / b.value for a, b in zip(points, points[1:]))
     return {"images_per_s": images / seconds, "logged_images_per_s": images / logged_seconds,
             "first_step": first.step, "last_step": last.step, "batch": batch}
+
+
+def against(args) -> None:
+    """Every finished training run of experiment args.against against the plain loop with the
+    run's own config (the config its last checkpoint carries)."""
+    from mlflow.tracking import MlflowClient
+
+    from eval.load import download_checkpoint
+    from pipeline.config import Config
+
+    c = MlflowClient()
+    exp = c.get_experiment_by_name(args.against)
+    if exp is None:
+        raise SystemExit(f"no MLflow experiment {args.against!r} at {c.tracking_uri}")
+    runs = [r for r in c.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+            if r.data.tags.get("genbench.kind") == "train" and r.info.status == "FINISHED"]
+    threads = 1 if args.gpu else os.cpu_count()
+    # --plain-json: plain-loop figures taken earlier (one per line, as `--plain` prints them)
+    known = {}
+    for line in open(args.plain_json) if args.plain_json else []:
+        row = json.loads(line)
+        known[row["family"]] = row
+    device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
+    print(f"\ntraining throughput of experiment {args.against!r} ({device}): each run's "
+          f"wall-clock images/s (MLflow timestamps, first to last logged step) against the "
+          f"plain loop with the run's config ({args.steps} steps, images/s from step "
+          f"{args.log_every})")
+    print("| run | family | batch | plain img/s | genbench wall-clock img/s | ratio | "
+          "logged / wall |")
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        if "images_per_s" not in run.data.metrics:
+            continue
+        cfg = Config.from_dict(download_checkpoint(run.info.run_id)["config"])
+        t = cfg.train
+        if t.workers != 1 or t.gpu != args.gpu or t.conditional:  # the plain loop is neither
+            continue
+        ours = wall_clock(c, run)
+        plain = known.get(cfg.model)
+        if (plain is None or plain["batch"] != t.batch_size
+                or plain.get("config") != cfg.to_dict()[cfg.model]):
+            plain = plain_process(cfg, args, threads)
+        print(f"| {run.info.run_name} | {cfg.model} | {ours['batch']} | "
+              f"{plain['images_per_s']:.0f} | {ours['images_per_s']:.0f} (steps "
+              f"{ours['first_step']}-{ours['last_step']}) | "
+              f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
+              f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} |", flush=True)
+
+
+def plain_process(cfg, args, threads: int) -> dict:
+    """The plain loop with this config, in its own process."""
+    env = {**os.environ, "GENBENCH_BENCH_CONFIG": json.dumps(cfg.to_dict()),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, __file__, "--plain", cfg.model, "--steps", str(args.steps),
+           "--log-every", str(args.log_every), "--threads", str(threads)]
+    proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"plain loop for {cfg.model} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -162,13 +234,28 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every family (family keys only for theirs)")
     ap.add_argument("--gpu", action="store_true", help="one GPU (bf16 autocast) for both loops")
+    ap.add_argument("--against", metavar="EXPERIMENT",
+                    help="compare the finished training runs of this MLflow experiment (e.g. a "
+                         "bench's) with the plain loop, instead of starting new runs")
+    ap.add_argument("--plain-json", metavar="FILE",
+                    help="with --against: plain-loop figures measured earlier, one JSON line "
+                         "per family as --plain prints them (others are measured now)")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # internal: the plain loop, as JSON
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain:
-        sets = json.loads(os.environ["GENBENCH_BENCH_SETS"])
+        cfg = None
+        if os.environ.get("GENBENCH_BENCH_CONFIG"):  # --against: a run's own config
+            from pipeline.config import Config
+            raw = json.loads(os.environ["GENBENCH_BENCH_CONFIG"])
+            raw["train"]["steps"] = args.steps
+            cfg = Config.from_dict(raw)
+        sets = json.loads(os.environ.get("GENBENCH_BENCH_SETS", "[]"))
         print(json.dumps(plain_loop(args.plain, sets, args.steps, args.log_every, args.gpu,
-                                    args.threads)))
+                                    args.threads, cfg)))
+        return
+    if args.against:
+        against(args)
         return
 
     from pipeline.models import FAMILIES

@@ -28,7 +28,7 @@ PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
              "domain_epochs"}
 SWEEP_KEYS = {"model", "samples", "steps", "config"}
-PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 5 minutes on one "
+PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 9 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
                "the same shape (genbench/presets/quick.yaml)")
 # "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family

@@ -62,6 +62,14 @@ def joined_cluster(address: str | None = None) -> bool:
     return node is not None and not node.is_head()
 
 
+def started_ray_here() -> bool:
+    """True in a driver that started the Ray it is connected to: the Ray ends with this
+    process. False in a Ray worker process (a Tune trial) and on a cluster joined."""
+    from ray._private import worker  # no public API says who started the connected cluster
+    node = getattr(worker, "_global_node", None)
+    return node is not None and node.is_head() and not os.environ.get("RAY_ADDRESS")
+
+
 def joins_cluster(address: str | None = None) -> bool:
     """Whether init_ray(address) joins a running cluster (--address, RAY_ADDRESS, or a `ray
     start` cluster on this machine) rather than starting a local Ray. Asked before Ray starts."""

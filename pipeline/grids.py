@@ -4,12 +4,14 @@ from __future__ import annotations
 import io
 
 import torch
-from torchvision.utils import make_grid
 
 
 def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
     """uint8 (N, C, H, W) -> PNG bytes of an nrow-wide grid."""
     from PIL import Image
+    # Here, not at the top: torchvision's import (~1 s, it loads torch._dynamo) would be paid
+    # by every training worker at start-up, before its first step.
+    from torchvision.utils import make_grid
 
     grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=255)  # (C, H, W) uint8
     buf = io.BytesIO()

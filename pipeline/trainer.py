@@ -15,10 +15,9 @@ def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: st
     A run that continues an earlier one passes the checkpoint path in loop_config (Ray Train V2
     has no resume_from_checkpoint): the workers load it when Ray hands them none."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     t = cfg.train
-    return TorchTrainer(
+    return lean_trainer_class()(
         loop_fn, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -36,3 +35,33 @@ def find_latest_checkpoint(run_dir_glob: str) -> Path | None:
     found = sorted(Path(p) for p in __import__("glob").glob(f"{run_dir_glob}*/checkpoint_*"))
     found = [p for p in found if (p / ckpt.FILENAME).is_file()]
     return max(found, key=lambda p: p.name) if found else None
+
+
+# Ray Train V2 helpers a genbench run does not use, by class name (internal to Ray): the Ray
+# Dataset manager (genbench passes no Ray Datasets) and, on a Ray that this process started,
+# the detached placement-group cleaner (when this driver ends, its Ray ends with it). Each is
+# one more Python process per run, ~2-3 CPU-seconds to start, and the cleaner's start is on
+# the path to the first step.
+UNUSED_ALWAYS = ("DatasetsCallback",)
+UNUSED_ON_OWN_RAY = ("PlacementGroupCleanerCallback",)
+
+
+def lean_trainer_class():
+    """TorchTrainer without the helper actors listed above. Built on Ray's private
+    `_create_default_callbacks`: where a Ray release lacks it, this is the plain TorchTrainer."""
+    from ray.train.torch import TorchTrainer
+
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    from pipeline.cluster import started_ray_here
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            unused = UNUSED_ALWAYS if not self.datasets else ()
+            if started_ray_here():
+                unused += UNUSED_ON_OWN_RAY
+            return [cb for cb in super()._create_default_callbacks()
+                    if type(cb).__name__ not in unused]
+
+    return LeanTorchTrainer
