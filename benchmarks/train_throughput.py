@@ -108,7 +108,7 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
             if gpu:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        x = batches.batch(step)[0].to(device)
+        x = batches.batch(step)[0].to(device, non_blocking=True)  # as the loop does
         for phase in family.PHASES:
             opts[phase].zero_grad(set_to_none=True)
             with autocast():

