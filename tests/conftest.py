@@ -16,6 +16,45 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_worker_niceness", "0")  # as genbench starts a local Ray (cluster.py)
 
 
+# --- running the suite on 2 xdist workers (pyproject: -n 2 --dist loadgroup) -------------------
+# Each worker is a pytest process with its own session: its own local Ray (ray_local), its own
+# family_run. Tests are sent to the workers in "units": a unit runs whole on one worker. The
+# tests that read the session's trained family runs are one unit ("family": each run is trained
+# once), the tests of a module with a module-scoped fixture one unit per module (its fixture is
+# built once); every other test is a unit of its own. Units start longest first (LONGEST_FIRST,
+# from --durations), so that neither worker is left with a long unit at the end.
+CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
+LONGEST_FIRST: list[str] = []
+
+
+def _unit(item) -> str | None:
+    names = item.fixturenames
+    if "family_run" in names:
+        return "family"
+    defs = getattr(item, "_fixtureinfo", None)
+    for name, fixturedefs in (defs.name2fixturedefs.items() if defs else ()):
+        if name not in CHEAP_MODULE_FIXTURES and any(d.scope in ("module", "class")
+                                                      for d in fixturedefs):
+            return item.module.__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the xdist_group marks into unit names
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        unit = _unit(item)
+        if unit is not None:
+            item.add_marker(pytest.mark.xdist_group(unit))
+
+    def rank(item) -> int:
+        unit = _unit(item) or item.nodeid
+        for i, name in enumerate(LONGEST_FIRST):
+            if unit == name or unit.startswith(name):
+                return i
+        return len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the same order on every worker
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny test models run fastest on one thread; two oversubscribe a busy 2-core machine.
