@@ -19,24 +19,43 @@ os.environ.setdefault("RAY_worker_niceness", "0")  # as genbench starts a local 
 # --- running the suite on 2 xdist workers (pyproject: -n 2 --dist loadgroup) -------------------
 # Each worker is a pytest process with its own session: its own local Ray (ray_local), its own
 # family_run. Tests are sent to the workers in "units": a unit runs whole on one worker. The
-# tests that read the session's trained family runs are one unit ("family": each run is trained
-# once), the tests of a module with a module-scoped fixture one unit per module (its fixture is
-# built once); every other test is a unit of its own. Units start longest first (LONGEST_FIRST,
-# from --durations), so that neither worker is left with a long unit at the end.
+# tests that read the session's trained run of a family are one unit ("family-vae": the run is
+# trained once), the tests of a module with a module-scoped fixture one unit per module (its
+# fixture is built once); every other test is a unit of its own. Units start longest first
+# (LONGEST_FIRST, from --durations), so that neither worker is left with a long unit at the end.
 CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
 LONGEST_FIRST: list[str] = []
+
+
+def _family_of(item) -> str:
+    """The family whose session run a family_run test reads: ae_run's, the test's model/family
+    parameter, or its uses_family mark."""
+    if "ae_run" in item.fixturenames:
+        return "ae"
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for key in ("model", "family"):
+        if key in params:
+            return params[key]
+    mark = item.get_closest_marker("uses_family")
+    assert mark is not None, f"{item.nodeid} reads family_run: give it @pytest.mark.uses_family"
+    return mark.args[0]
 
 
 def _unit(item) -> str | None:
     names = item.fixturenames
     if "family_run" in names:
-        return "family"
+        return f"family-{_family_of(item)}"
     defs = getattr(item, "_fixtureinfo", None)
     for name, fixturedefs in (defs.name2fixturedefs.items() if defs else ()):
         if name not in CHEAP_MODULE_FIXTURES and any(d.scope in ("module", "class")
                                                       for d in fixturedefs):
             return item.module.__name__
     return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "uses_family(name): the test reads the session's trained "
+                            "run of that family (family_run); its xdist unit is that family's")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the xdist_group marks into unit names
