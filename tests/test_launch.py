@@ -112,7 +112,9 @@ def start_mlflow_server(port: int, root: Path) -> subprocess.Popen:
                              "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                              "--artifacts-destination", str(root / "artifacts")],
                             cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # no job runner (huey consumer processes): only tracking is used
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while tracking.unreachable(uri, timeout=2, tries=1):
