@@ -18,25 +18,30 @@ _seconds: dict[str, float] = defaultdict(float)
 _worker: dict[str, str] = {}
 
 
-def _unit_of(nodeid: str) -> str:
-    # xdist's loadgroup appends "@unit" to the node id of a grouped test
-    return nodeid.rsplit("@", 1)[1] if "@" in nodeid.split("::")[-1] else nodeid
+_seconds_by_test: dict[str, float] = defaultdict(float)
 
 
 @pytest.hookimpl
 def pytest_runtest_logreport(report):
     if getattr(report, "duration", None) is None:
         return
-    unit = _unit_of(report.nodeid)
-    _seconds[unit] += report.duration
+    _seconds_by_test[report.nodeid] += report.duration
     node = getattr(report, "node", None)
-    _worker[unit] = getattr(node, "gateway", None) and node.gateway.id or _worker.get(unit, "")
+    if node is not None:
+        _worker[report.nodeid] = node.gateway.id
 
 
 @pytest.hookimpl
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    from testing.xdist_units import load_units
+
+    units = load_units(config)
+    for nodeid, seconds in _seconds_by_test.items():
+        unit = units.get(nodeid, nodeid)
+        _seconds[unit] += seconds
+        _worker[unit] = _worker.get(nodeid, "")
     rows = sorted(_seconds.items(), key=lambda kv: -kv[1])
     terminalreporter.write_sep("=", "seconds per xdist unit")
     for unit, seconds in rows[:40]:

@@ -16,62 +16,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_worker_niceness", "0")  # as genbench starts a local Ray (cluster.py)
 
 
-# --- running the suite on 2 xdist workers (pyproject: -n 2 --dist loadgroup) -------------------
-# Each worker is a pytest process with its own session: its own local Ray (ray_local), its own
-# family_run. Tests are sent to the workers in "units": a unit runs whole on one worker. The
-# tests that read the session's trained run of a family are one unit ("family-vae": the run is
-# trained once), the tests of a module with a module-scoped fixture one unit per module (its
-# fixture is built once); every other test is a unit of its own. Units start longest first
-# (LONGEST_FIRST, from --durations), so that neither worker is left with a long unit at the end.
-CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
-LONGEST_FIRST: list[str] = []
-
-
-def _family_of(item) -> str:
-    """The family whose session run a family_run test reads: ae_run's, the test's model/family
-    parameter, or its uses_family mark."""
-    if "ae_run" in item.fixturenames:
-        return "ae"
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    for key in ("model", "family"):
-        if key in params:
-            return params[key]
-    mark = item.get_closest_marker("uses_family")
-    assert mark is not None, f"{item.nodeid} reads family_run: give it @pytest.mark.uses_family"
-    return mark.args[0]
-
-
-def _unit(item) -> str | None:
-    names = item.fixturenames
-    if "family_run" in names:
-        return f"family-{_family_of(item)}"
-    defs = getattr(item, "_fixtureinfo", None)
-    for name, fixturedefs in (defs.name2fixturedefs.items() if defs else ()):
-        if name not in CHEAP_MODULE_FIXTURES and any(d.scope in ("module", "class")
-                                                      for d in fixturedefs):
-            return item.module.__name__
-    return None
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "uses_family(name): the test reads the session's trained "
-                            "run of that family (family_run); its xdist unit is that family's")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the xdist_group marks into unit names
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        unit = _unit(item)
-        if unit is not None:
-            item.add_marker(pytest.mark.xdist_group(unit))
-
-    def rank(item) -> int:
-        unit = _unit(item) or item.nodeid
-        for i, name in enumerate(LONGEST_FIRST):
-            if unit == name or unit.startswith(name):
-                return i
-        return len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: the same order on every worker
+# Running on 2 xdist workers: which tests go together, and the longest first.
+from testing.xdist_units import (pytest_collection_modifyitems, pytest_configure,  # noqa: E402,F401
+                                 pytest_configure_node, pytest_unconfigure,
+                                 pytest_xdist_make_scheduler)
 
 
 @pytest.fixture(scope="module")

@@ -86,14 +86,14 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
     assert trials and all(t.data.params["train.workers"] == "2" for t in trials)
 
     # the scaling stage: the preset's 1 worker and --workers' 2
-    family = timed_family()
+    timed = timed_family()
     scaling = sorted(by_kind["scaling"], key=lambda r: r.data.params["train.workers"])
     assert [r.data.params["train.workers"] for r in scaling] == ["1", "2"]
     for r in scaling:
         assert r.info.status == "FINISHED"
         assert r.data.tags["genbench.scaling.device"] == "cpu"
         assert r.data.params["train.total_steps"] == "8"
-        assert REGISTRY[family].SWEEP_METRIC in r.data.metrics
+        assert REGISTRY[timed].SWEEP_METRIC in r.data.metrics
     (report,) = by_kind["report"]
 
     # the results table: mean ± std over the seeds
@@ -127,6 +127,6 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
     assert [c[1] for c in cells] == ["1", "2"]
     assert all(c[4] not in ("—", "") for c in cells)          # images/s measured
     assert cells[0][5] == "1.00x"                              # speed-up over itself
-    assert f"scaling_{family}.png" in section
-    assert (workdir / "reports" / "seeds" / "images" / f"scaling_{family}.png").is_file()
+    assert f"scaling_{timed}.png" in section
+    assert (workdir / "reports" / "seeds" / "images" / f"scaling_{timed}.png").is_file()
     assert 'id="scaling"' in html and html.count('data-device="cpu"') == 2
