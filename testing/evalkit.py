@@ -44,15 +44,22 @@ def save_checkpoint(directory: Path, cfg: Config, nets, opts, step: int = 5,
 
 def domain_cache(base: Path) -> Path:
     """A GENBENCH_CACHE holding a test domain classifier for Fashion-MNIST (trained if absent;
-    the path is per session, so every test module reuses it)."""
+    the path is per session, so every test module reuses it). Under pytest-xdist `base` (the
+    worker's basetemp, .../pytest-N/popen-gwK) is one folder per worker: the cache then lives
+    one level up, shared by the workers, and a file lock makes the first one train it while
+    the others wait for it."""
+    from filelock import FileLock
+
     from eval.domain_classifier import cached_domain, train_and_cache_domain
 
-    cache = base / "genbench-cache"
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache = root / "genbench-cache"
     old = os.environ.get("GENBENCH_CACHE")
     os.environ["GENBENCH_CACHE"] = str(cache)
     try:
-        if cached_domain("fashion-mnist", 32) is None:
-            train_and_cache_domain("fashion-mnist", quiet=True, **TEST_CLASSIFIER)
+        with FileLock(str(root / "genbench-cache.lock")):
+            if cached_domain("fashion-mnist", 32) is None:
+                train_and_cache_domain("fashion-mnist", quiet=True, **TEST_CLASSIFIER)
     finally:
         if old is None:
             del os.environ["GENBENCH_CACHE"]

@@ -16,6 +16,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_worker_niceness", "0")  # as genbench starts a local Ray (cluster.py)
 
 
+# Running on 2 xdist workers: which tests go together, and the longest first.
+from testing.xdist_units import (pytest_collection_modifyitems, pytest_configure,  # noqa: E402,F401
+                                 pytest_configure_node, pytest_unconfigure,
+                                 pytest_xdist_make_scheduler)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny test models run fastest on one thread; two oversubscribe a busy 2-core machine.

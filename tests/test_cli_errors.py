@@ -148,6 +148,7 @@ def finished(ae_run, monkeypatch):
     assert sorted(Path(run_dir).parent.iterdir()) == dirs_before  # no new Ray run dir
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_corrupt_checkpoint(finished, capsys):
     run, latest = finished
     garbage = b"this is not a torch file" * 10
@@ -157,6 +158,7 @@ def test_resume_corrupt_checkpoint(finished, capsys):
     assert latest.read_bytes() == garbage  # reported, not overwritten
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_whose_pickle_runs_code(finished, tmp_path, capsys):
     from test_checkpoint import RunsCode
 
@@ -172,6 +174,7 @@ def test_resume_checkpoint_whose_pickle_runs_code(finished, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_a_newer_format(finished, capsys):
     run, latest = finished
     payload = ckpt.load(latest)
@@ -181,6 +184,7 @@ def test_resume_checkpoint_of_a_newer_format(finished, capsys):
     assert_one_line_error(code, err, f"has format version {ckpt.FORMAT + 1}")
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_another_run(finished, capsys):
     run, latest = finished
     payload = ckpt.load(latest)
@@ -190,6 +194,7 @@ def test_resume_checkpoint_of_another_run(finished, capsys):
     assert_one_line_error(code, err, f"belongs to run {'0' * 32}", f"not {run.run_id}")
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_with_mismatched_shapes(finished, capsys):
     """The weights no longer fit the saved config (ae.width 8 -> 16)."""
     run, latest = finished
@@ -201,6 +206,7 @@ def test_resume_checkpoint_with_mismatched_shapes(finished, capsys):
                           "the config it was trained with")
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_another_family(finished, capsys):
     run, latest = finished
     payload = ckpt.load(latest)
@@ -211,6 +217,7 @@ def test_resume_checkpoint_of_another_family(finished, capsys):
     assert_one_line_error(code, err, "holds networks ['model']", "['discriminator', 'generator']")
 
 
+@pytest.mark.slow  # reads the session's trained ae run
 def test_resume_a_finished_run(finished, capsys):
     run, _ = finished
     code, err = run_cli(["train", "--resume", run.run_id], capsys)

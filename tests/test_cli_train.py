@@ -81,6 +81,7 @@ def test_train_in_process(model, family_run, tmp_path):
     assert f"MLflow run {run_id}" in run.err and "Traceback" not in run.err
 
 
+@pytest.mark.uses_family("gan")
 def test_train_gan_as_a_real_command(family_run, tmp_path):
     """The session's gan run is a real `genbench` process (joined to the session's Ray): exit
     code 0 and a quiet, readable output."""

@@ -106,6 +106,7 @@ def test_eval_of_a_trained_run_logs_metrics_and_protocol(family, trained, classi
 
 
 @pytest.mark.slow
+@pytest.mark.uses_family("pixelcnn")
 def test_eval_with_two_ray_workers_gives_the_same_bits_per_dim(trained):
     run_id = trained("pixelcnn")
     bpd = []

@@ -72,16 +72,38 @@ def check_resumed(uri: str, run_id: str) -> None:
     assert sorted(steps) == list(range(10, STEPS + 1, 10)), steps   # no gap, no copy
 
 
+def as_from_a_shell() -> None:
+    """The child starts as a program a shell starts: SIGINT handled by default and not blocked,
+    whatever this test process inherited (on an xdist worker, a driver started here once ignored
+    the SIGINT below until its timeout)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def signal_state(pid: int) -> str:
+    """SigBlk/SigIgn/SigCgt of a process (bit 1 is SIGINT), for a failure message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return ", ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def test_ctrl_c_says_how_to_resume_and_resume_finishes_the_run(ray_local, workdir, mlflow_uri,
                                                                 capsys):
     address = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "GENBENCH_FAULT": PAUSE_AFTER_25.format(300)}
     proc = subprocess.Popen([*GENBENCH, *ARGS, "--address", address], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_shell)
     try:
         run_id = wait_until_paused(mlflow_uri, proc=proc)
+        signals = signal_state(proc.pid)
         proc.send_signal(signal.SIGINT)   # Ctrl-C on the driver
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the driver did not stop on SIGINT; its signal state before: {signals}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -112,7 +134,9 @@ def start_mlflow_server(port: int, root: Path) -> subprocess.Popen:
                              "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                              "--artifacts-destination", str(root / "artifacts")],
                             cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # no job runner (huey consumer processes): only tracking is used
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while tracking.unreachable(uri, timeout=2, tries=1):

@@ -91,6 +91,7 @@ def test_validation_mean_is_per_image_over_ranks_and_chunks(small_data):
 
 
 # --- images_per_s is wall-clock ----------------------------------------------------------------
+@pytest.mark.slow  # reads the session's trained ae run
 def test_images_per_s_matches_mlflow_timestamps(ae_run):
     """For the session's `genbench train` run (2 workers, checkpoints at 15 and 30, so Ray
     reports and checkpoint writes fall inside intervals): images_per_s x interval seconds from

@@ -17,7 +17,7 @@ from pipeline.loop import Context, build_nets, fit
 # The workers cannot import this test module: ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # a Ray Train run
 
 STEPS = 3          # three optimizer steps on three different global batches
 GLOBAL_BATCH = 8

@@ -134,7 +134,7 @@ def test_toy_family_trains_evaluates_sweeps_and_is_reported(ray_local, tmp_path,
     assert run.data.tags["eval.probe"].startswith("not applicable")   # no encoder
 
     # tune: 2 trials in Tune trial processes; no validation loss, so the small-sample FID
-    assert main(["tune", "--model", "toy", "--samples", "2", "--steps", "6",
+    assert main(["tune", "--model", "toy", "--samples", "2", "--steps", "2",
                  "--scheduler", "fifo", "--experiment", "toy", *SETS]) == 0
     (parent,) = c.search_runs([exp], "tags.`genbench.kind` = 'tune'")
     assert parent.data.params["tune.metric"] == "val_fid_domain"
