@@ -11,12 +11,6 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by the controller it starts
-# How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's reports
-# wait in a queue of one that only a poll empties, so a checkpoint reported less than a poll
-# after the previous one blocks the training thread until the next poll: up to 2 s per
-# checkpoint for a run that checkpoints every second. Every 0.5 s bounds that wait; a poll
-# costs the workers well under a millisecond. Passed on to the controller of every run.
-POLL_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
@@ -27,7 +21,6 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault(*POLL_INTERVAL)
     quiet = not verbose
     if quiet:  # before init: Ray warns at start-up (e.g. about token authentication)
         for name in ("ray", "ray.train", "ray.tune", "ray.data", "mlflow"):
