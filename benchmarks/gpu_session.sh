@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# gpu_session.sh start|finish: the GPU checks of a device session in two calls, so that a bench
-# longer than one call's 10-minute limit still runs to its end, untouched by anything else.
+# gpu_session.sh start|finish|table: the GPU checks of a device session. start and finish are two
+# calls, so that a bench longer than one call's 10-minute limit still runs to its end, untouched
+# by anything else; table is one call (~6 minutes).
 #
 #   start   unpack the offline bundle and Fashion-MNIST (see gpu_bench.sh), time the plain
 #           PyTorch loop of every family at the gpu preset's batch (one GPU, bf16), then start
@@ -9,6 +10,9 @@
 #   finish  wait for the bench up to $WAIT seconds (default 100), then compare each of its
 #           training runs with the plain loop (benchmarks/train_throughput.py --against) and
 #           copy everything to $OUT.
+#   table   the throughput table (benchmarks/train_throughput.py --gpu, new runs at the gpu
+#           preset's batch and log interval) into $OUT/throughput.md, after timing the imports
+#           of a new process before and after the bundle's bytecode is compiled.
 #
 # Both phases leave in $OUT: bench.log, stages.md (wall and CPU seconds per stage), report.md,
 # report.html, plain.jsonl and, after finish, throughput.md. Run from the repo root with .gpu/
@@ -40,11 +44,41 @@ wait_and_copy() {  # $1: seconds to wait for the bench at most
     cat "$OUT/stages.md"
 }
 
-if [ "$phase" = start ]; then
-    data=/usr/share/datasets/fashion-mnist          # where genbench looks for it first
+unpack_data() {
+    local data=/usr/share/datasets/fashion-mnist    # where genbench looks for it first
     mkdir -p "$data"
     for f in .gpu/fmnist/*.xz; do xz -dc "$f" > "$data/$(basename "$f" .xz)"; done
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+}
+
+compile_bundle() {
+    # The bundle is unpacked without bytecode, and where PYTHONDONTWRITEBYTECODE is set every new
+    # process (each Ray worker and actor) compiles Ray and MLflow from source again. pip compiles
+    # at install time, so a user's machine does not pay this.
+    timeout 180 python3 -m compileall -q -j 0 /tmp/site > /dev/null
+    echo "bytecode compiled at $(( $(date +%s) - t0 )) s"
+}
+
+if [ "$phase" = table ]; then
+    unpack_data
+    echo "setup $(( $(date +%s) - t0 )) s; $(nproc) CPUs;" \
+         "PYTHONDONTWRITEBYTECODE=${PYTHONDONTWRITEBYTECODE:-}"
+    TIMEFORMAT="import ray.train.torch, mlflow in a new process: %R s wall, %U+%S s CPU"
+    time python3 -c "import ray.train.torch, mlflow"
+    time python3 -c "import ray.train.torch, mlflow"
+    compile_bundle
+    time python3 -c "import ray.train.torch, mlflow"
+    set -o pipefail
+    timeout "${TABLE_LIMIT:-400}" python3 benchmarks/train_throughput.py --gpu --batch 256 \
+        --log-every 50 --checkpoint-every 500 --steps 1500 --steps-of pixelcnn=1000 \
+        --steps-of transformer=800 2>&1 | tee "$OUT/throughput.md"
+    echo "table ended with code $? at $(( $(date +%s) - t0 )) s"
+    exit 0
+fi
+
+if [ "$phase" = start ]; then
+    unpack_data
+    compile_bundle
     echo "setup $(( $(date +%s) - t0 )) s; $(nproc) CPUs"
     # the gpu preset's batch, 1000 steps (400, 1.4 s for the AE, were too few to trust)
     for f in ae vae gan pixelcnn transformer; do

@@ -3,13 +3,17 @@ every registered family, in one run.
 
 - plain: a bare loop over the same in-memory data and family code (build, make_optimizers,
   loss), same batch and thread count, in its own process; images/s from step `log_every` to
-  the last step.
+  the last step. It runs before and after genbench's run and the table gives the mean of the
+  two (both in brackets): on a shared VM the speed drifts by ~10% from minute to minute, and
+  a single plain run before genbench's put that drift on one side of the ratio.
 - genbench: `genbench train` in this process (one local Ray for all families), with
   checkpoints every `--checkpoint-every` steps (Ray reports included) and validation off.
   Wall-clock images/s from the first to the last logged step, from MLflow's metric timestamps:
   measured from outside the loop, Ray start-up excluded.
 - logged/wall: the time-weighted mean of the images_per_s that genbench logged over the same
   steps, against the wall-clock figure (should be 1.00: images_per_s is wall-clock).
+- first log s: from the `genbench train` call to its first logged step: Ray Train's start
+  (controller, worker, process group), the worker's imports and data, the first log_every steps.
 
     python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
     python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
@@ -124,6 +128,20 @@ def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
             "batch": cfg.train.batch_size, "config": cfg.to_dict()[name]}
 
 
+def plain_subprocess(name: str, steps: int, args, threads: int, env: dict) -> dict:
+    """The plain loop for one family in its own process; env gives its config: the overrides
+    (GENBENCH_BENCH_SETS) or a whole run's config (GENBENCH_BENCH_CONFIG)."""
+    cmd = [sys.executable, __file__, "--plain", name, "--steps", str(steps),
+           "--log-every", str(args.log_every), "--threads", str(threads)]
+    env = {**os.environ, **env,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"plain loop for {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
     """`genbench train` in this process; its figures from the run's MLflow metrics."""
     from mlflow.tracking import MlflowClient
@@ -139,12 +157,17 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
     if args.gpu:
         argv.append("--gpu")
     out, err = io.StringIO(), io.StringIO()
+    started = time.time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
     if code != 0:
         raise SystemExit(f"genbench train --model {name} failed ({code}):\n{err.getvalue()}")
     c = MlflowClient(uri)
-    return wall_clock(c, c.search_runs([c.get_experiment_by_name(name).experiment_id])[0])
+    ours = wall_clock(c, c.search_runs([c.get_experiment_by_name(name).experiment_id])[0])
+    # From the command to its first logged step: Ray Train's start (controller, worker, process
+    # group), the worker's imports and data, and the first log_every steps.
+    ours["first_log_s"] = ours.pop("first_timestamp") - started
+    return ours
 
 
 def wall_clock(c, run) -> dict:
@@ -158,7 +181,8 @@ def wall_clock(c, run) -> dict:
     # The logged figure over the same steps, weighted by time (images / sum of interval times).
     logged_seconds = sum((b.step - a.step) * batch / b.value for a, b in zip(points, points[1:]))
     return {"images_per_s": images / seconds, "logged_images_per_s": images / logged_seconds,
-            "first_step": first.step, "last_step": last.step, "batch": batch}
+            "first_step": first.step, "last_step": last.step, "batch": batch,
+            "first_timestamp": first.timestamp / 1000}
 
 
 def against(args) -> None:
@@ -200,25 +224,13 @@ def against(args) -> None:
         plain = known.get(cfg.model)
         if (plain is None or plain["batch"] != t.batch_size
                 or plain.get("config") != cfg.to_dict()[cfg.model]):
-            plain = plain_process(cfg, args, threads)
+            plain = plain_subprocess(cfg.model, args.steps, args, threads,
+                                     {"GENBENCH_BENCH_CONFIG": json.dumps(cfg.to_dict())})
         print(f"| {run.info.run_name} | {cfg.model} | {ours['batch']} | "
               f"{plain['images_per_s']:.0f} | {ours['images_per_s']:.0f} (steps "
               f"{ours['first_step']}-{ours['last_step']}) | "
               f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
               f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} |", flush=True)
-
-
-def plain_process(cfg, args, threads: int) -> dict:
-    """The plain loop with this config, in its own process."""
-    env = {**os.environ, "GENBENCH_BENCH_CONFIG": json.dumps(cfg.to_dict()),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, __file__, "--plain", cfg.model, "--steps", str(args.steps),
-           "--log-every", str(args.log_every), "--threads", str(threads)]
-    proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), capture_output=True,
-                          text=True, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"plain loop for {cfg.model} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -270,32 +282,34 @@ def main() -> None:
         args.storage = f"{tmp}/ray_results"
         for name in names:
             sets = family_sets(name, args)
-            cmd = [sys.executable, __file__, "--plain", name, "--steps", str(steps_of(name, args)),
-                   "--log-every", str(args.log_every), "--threads", str(threads)]
-            if args.gpu:
-                cmd.append("--gpu")
-            env = {**os.environ, "GENBENCH_BENCH_SETS": json.dumps(sets),
-                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"plain loop for {name} failed:\n{proc.stderr[-3000:]}")
-            plain = json.loads(proc.stdout.strip().splitlines()[-1])
+            # The plain loop before and after genbench's run, and their mean: a machine whose
+            # speed drifts over the minute between them (a shared VM) tilts neither side.
+            own = {"GENBENCH_BENCH_SETS": json.dumps(sets)}
+            before = plain_subprocess(name, steps_of(name, args), args, threads, own)
             ours = genbench_run(name, sets, args, uri)
+            after = plain_subprocess(name, steps_of(name, args), args, threads, own)
+            mean = (before["images_per_s"] + after["images_per_s"]) / 2
+            plain = {**before, "images_per_s": mean, "before": before["images_per_s"],
+                     "after": after["images_per_s"]}
             rows.append((name, plain, ours))
-            print(f"  measured {name}: plain {plain['images_per_s']:.0f} img/s, genbench "
+            print(f"  measured {name}: plain {before['images_per_s']:.0f} / "
+                  f"{after['images_per_s']:.0f} img/s (before / after), genbench "
                   f"{ours['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
     device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
     counts = ", ".join(f"{name} {steps_of(name, args)}" for name, _, _ in rows)
     print(f"\ntraining throughput, 1 worker, {device}; steps: {counts}; images/s from step "
           f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
           f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}")
-    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio | logged / wall |")
-    print("|---|---|---|---|---|---|")
+    print("| family | batch | plain img/s (before / after) | genbench wall-clock img/s | ratio | "
+          "logged / wall | first log s |")
+    print("|---|---|---|---|---|---|---|")
     for name, plain, ours in rows:
-        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} | "
+        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} ({plain['before']:.0f}"
+              f" / {plain['after']:.0f}) | "
               f"{ours['images_per_s']:.0f} (steps {ours['first_step']}-{ours['last_step']}) | "
               f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
-              f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} |")
+              f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} | "
+              f"{ours['first_log_s']:.1f} |")
 
 
 if __name__ == "__main__":
