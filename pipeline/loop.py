@@ -72,8 +72,10 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
           e.g. pipeline.tracking.RunLogger, which writes on its own thread;
       progress(metrics) (rank 0, optional): the driver's progress line.
     report(metrics, checkpoint_dir_or_None) is called by every rank at the checkpoint steps
-    only (the same steps on every rank); rank 0's directory holds the checkpoint. The logger
-    is flushed first, so a registered checkpoint never runs ahead of the logged metrics.
+    only (the same steps on every rank); rank 0's directory holds the checkpoint and lasts until
+    report returns. report must not let the checkpoint be registered before the logger has
+    stored every point up to its step (logger.flush() on any thread), which is what makes a
+    restart from it exactly-once (pipeline/train.py flushes on Ray's upload thread).
     fault: an injected fault for this rank (tests; see pipeline.faults), fired after its step.
     """
     family = FAMILIES[cfg.model]
@@ -140,14 +142,11 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         if progress is not None:
             progress(metrics)
         if do_ckpt:
-            if logger is not None:
-                logger.flush()  # every point up to this step is stored before Ray holds it
             with tempfile.TemporaryDirectory() as tmp:
                 if ctx.rank == 0:
                     ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id)
-                    if is_last and logger is not None:
+                    if is_last and logger is not None:  # read now: queued before the report
                         logger.artifact(f"{tmp}/{ckpt.FILENAME}", "checkpoint")
-                        logger.flush()
                 report(metrics, tmp if ctx.rank == 0 else None)
     return last
 

@@ -114,8 +114,8 @@ def get_run(run_id: str):
 class RunLogger:
     """Rank 0's handle on one MLflow run. Calls only queue the record: a background thread writes
     them in batches, so the training loop never waits for the tracking store. flush() waits
-    until everything queued is written (before a checkpoint is handed to Ray); close() flushes
-    and stops the thread.
+    until everything queued is written (on Ray's upload thread, before a checkpoint is
+    registered); close() flushes and stops the thread. Any thread may call flush().
 
     A write that fails after retries is raised by the next call from the loop (the worker then
     fails and Ray restarts it from its last checkpoint; nothing is lost, see below).
@@ -123,7 +123,8 @@ class RunLogger:
     Exactly once after a restart: a worker group restarted from a checkpoint at step k repeats
     the steps after k, whose metric points the failed group may already have written. The
     thread reads the run's logged (key, step) pairs before its first write and skips those;
-    the loop flushes before every checkpoint, so every point up to k is already there.
+    a checkpoint is registered only after a flush (pipeline/train.py), so every point up to k
+    is already there.
     """
 
     BATCH = 1000      # MLflow's limit of metrics per log_batch

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import time
+import os
+import shutil
+import tempfile
 
 import ray.train
 import ray.train.torch
@@ -51,11 +53,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tracking.set_tags(ctx.run_id, {RESUMED_TAG: start["step"]}, ctx.tracking_uri)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        step = int(metrics["step"])
-        checkpoint = (ray.train.Checkpoint.from_directory(checkpoint_dir)
-                      if checkpoint_dir else None)
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"checkpoint_{step:09d}" if checkpoint_dir else None)
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+            return
+        # Ray copies the checkpoint into storage on its upload thread (ASYNC) and deletes this
+        # process's copy afterwards, so the loop goes on at once; on that thread the MLflow
+        # writer is flushed first: Ray registers a checkpoint only after every point up to its
+        # step is stored, so a restart from it is exactly-once.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+                             take_over(checkpoint_dir)),
+                         checkpoint_dir_name=f"checkpoint_{int(metrics['step']):09d}",
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         delete_local_checkpoint_after_upload=True,
+                         checkpoint_upload_fn=flushed_upload(logger))
 
     tag_placement(ctx)
     board = loop_config.get("progress_board")
@@ -77,6 +87,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.close()
 
 
+def take_over(directory: str) -> str:
+    """The checkpoint's files moved into a new directory of this process's own (fit() deletes
+    its directory when report returns; Ray's upload thread reads and then deletes this one)."""
+    owned = tempfile.mkdtemp(prefix="genbench-ckpt-")
+    for name in os.listdir(directory):
+        shutil.move(os.path.join(directory, name), owned)  # a rename on the same filesystem
+    return owned
+
+
+def flushed_upload(logger: RunLogger | None):
+    """Ray's checkpoint_upload_fn (run on its upload thread): waits until the MLflow writer has
+    stored every point queued so far, then copies the checkpoint into the run's storage as Ray
+    itself would."""
+    def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+        if logger is not None:
+            logger.flush()
+        return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint,
+                                                                                dir_name)
+    return upload
+
+
 def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:
     """The injected fault (GENBENCH_FAULT, read by the driver) if it is this rank's and has not
     fired in this run yet: firing tags the MLflow run first, so a restarted group goes on."""
@@ -96,15 +127,13 @@ def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:
 
 
 def wait_until_reports_collected(timeout: float = 30.0) -> None:
-    """Wait until Ray Train's controller has taken this worker's last report (it polls every
-    few seconds). A fault fired before that would lose the checkpoint just reported, and where
-    the restarted group resumes would depend on timing."""
-    from ray.train.v2._internal.execution.context import get_train_context  # no public API
-
-    queue = get_train_context().get_result_queue()
-    deadline = time.monotonic() + timeout
-    while not queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """Wait until Ray Train's controller has registered every rank's reports so far (it polls
+    every half second, and rank 0 uploads checkpoints on a thread of its own). A fault fired
+    before that would lose the checkpoint just reported, and where the restarted group resumes
+    would depend on timing."""
+    # On timeout it returns all the same; the fault fires and the test says what went wrong.
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout)
 
 
 def tag_placement(ctx: Context) -> None:
