@@ -3,9 +3,10 @@ every registered family, in one run.
 
 - plain: a bare loop over the same in-memory data and family code (build, make_optimizers,
   loss), same batch and thread count, in its own process; images/s from step `log_every` to
-  the last step. It runs before and after genbench's run and the table gives the mean of the
-  two (both in brackets): on a shared VM the speed drifts by ~10% from minute to minute, and
-  a single plain run before genbench's put that drift on one side of the ratio.
+  the last step. It runs before and after each genbench run (plain, genbench, plain, ...,
+  --repeats genbench runs) and the table gives the mean of each side (every run in
+  brackets): on a shared VM the speed drifts by ~10% from minute to minute and from one
+  process to the next, and a single plain run before genbench's put that on one side.
 - genbench: `genbench train` in this process (one local Ray for all families), with
   checkpoints every `--checkpoint-every` steps (Ray reports included) and validation off.
   Wall-clock images/s from the first to the last logged step, from MLflow's metric timestamps:
@@ -42,6 +43,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,6 +187,10 @@ def wall_clock(c, run) -> dict:
             "first_timestamp": first.timestamp / 1000}
 
 
+def runs_text(values: list[float]) -> str:
+    return " / ".join(f"{v:.0f}" for v in values)
+
+
 def against(args) -> None:
     """Every finished training run of experiment args.against against the plain loop with the
     run's own config (the config its last checkpoint carries)."""
@@ -240,6 +246,8 @@ def main() -> None:
     ap.add_argument("--steps-of", action="append", default=[], metavar="FAMILY=N",
                     help="another step count for one family (a slow one on CPU)")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="genbench runs per family, each followed by a plain run (default 1)")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--batch", type=int, help="batch size (default: the config's)")
     ap.add_argument("--small", action="store_true", help="the test suite's tiny model sizes")
@@ -282,31 +290,37 @@ def main() -> None:
         args.storage = f"{tmp}/ray_results"
         for name in names:
             sets = family_sets(name, args)
-            # The plain loop before and after genbench's run, and their mean: a machine whose
-            # speed drifts over the minute between them (a shared VM) tilts neither side.
+            # plain, genbench, plain, ... plain: every genbench run between two plain ones, and
+            # the mean of each side. A machine whose speed drifts from minute to minute (a shared
+            # VM) tilts neither side, and --repeats averages out what one process happens to get.
             own = {"GENBENCH_BENCH_SETS": json.dumps(sets)}
-            before = plain_subprocess(name, steps_of(name, args), args, threads, own)
-            ours = genbench_run(name, sets, args, uri)
-            after = plain_subprocess(name, steps_of(name, args), args, threads, own)
-            mean = (before["images_per_s"] + after["images_per_s"]) / 2
-            plain = {**before, "images_per_s": mean, "before": before["images_per_s"],
-                     "after": after["images_per_s"]}
-            rows.append((name, plain, ours))
-            print(f"  measured {name}: plain {before['images_per_s']:.0f} / "
-                  f"{after['images_per_s']:.0f} img/s (before / after), genbench "
-                  f"{ours['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+            plains = [plain_subprocess(name, steps_of(name, args), args, threads, own)]
+            ours = []
+            for _ in range(args.repeats):
+                ours.append(genbench_run(name, sets, args, uri))
+                plains.append(plain_subprocess(name, steps_of(name, args), args, threads, own))
+            plain = {**plains[0], "runs": [p["images_per_s"] for p in plains]}
+            plain["images_per_s"] = statistics.mean(plain["runs"])
+            mean = {k: statistics.mean(o[k] for o in ours) for k in
+                    ("images_per_s", "logged_images_per_s", "first_log_s")}
+            rows.append((name, plain, {**ours[0], **mean,
+                                       "runs": [o["images_per_s"] for o in ours]}))
+            print(f"  measured {name}: plain {runs_text(plain['runs'])} img/s, genbench "
+                  f"{runs_text(rows[-1][2]['runs'])} img/s", file=sys.stderr, flush=True)
     device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
     counts = ", ".join(f"{name} {steps_of(name, args)}" for name, _, _ in rows)
     print(f"\ntraining throughput, 1 worker, {device}; steps: {counts}; images/s from step "
           f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
-          f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}")
-    print("| family | batch | plain img/s (before / after) | genbench wall-clock img/s | ratio | "
+          f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}; "
+          f"means of {args.repeats} genbench run(s) and of the {args.repeats + 1} plain runs "
+          f"around them (each run in brackets)")
+    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio | "
           "logged / wall | first log s |")
     print("|---|---|---|---|---|---|---|")
     for name, plain, ours in rows:
-        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} ({plain['before']:.0f}"
-              f" / {plain['after']:.0f}) | "
-              f"{ours['images_per_s']:.0f} (steps {ours['first_step']}-{ours['last_step']}) | "
+        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} "
+              f"({runs_text(plain['runs'])}) | {ours['images_per_s']:.0f} "
+              f"({runs_text(ours['runs'])}; steps {ours['first_step']}-{ours['last_step']}) | "
               f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
               f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} | "
               f"{ours['first_log_s']:.1f} |")
