@@ -10,10 +10,11 @@ from pipeline.config import Config
 
 # How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's reports
 # wait in a queue of one that only a poll empties, so a checkpoint reported less than a poll
-# after the previous one blocks the training thread until the next poll: up to 2 s per
-# checkpoint for a run that checkpoints every second. Every 0.5 s bounds that wait; a poll
-# costs the workers well under a millisecond. Ray passes it from the process that calls fit()
-# to the run's controller.
+# after the previous one waits for the next poll: up to 2 s per checkpoint for a run that
+# checkpoints every second (on the training thread in a sweep's multi-worker trials; on Ray's
+# upload thread in genbench train, where later checkpoints queue behind it). Every 0.5 s bounds
+# that wait; a poll costs the workers well under a millisecond. Ray passes it from the process
+# that calls fit() to the run's controller.
 POLL_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
