@@ -117,8 +117,10 @@ class RunLogger:
     until everything queued is written (on Ray's upload thread, before a checkpoint is
     registered); close() flushes and stops the thread. Any thread may call flush().
 
-    A write that fails after retries is raised by the next call from the loop (the worker then
-    fails and Ray restarts it from its last checkpoint; nothing is lost, see below).
+    A write that fails after retries is raised by every later call, the loop's and the upload
+    thread's flush alike (the worker then fails and Ray restarts it from its last checkpoint;
+    nothing is lost, see below): raised only once, the loop could take it while a checkpoint
+    whose points were never stored went on to be registered.
 
     Exactly once after a restart: a worker group restarted from a checkpoint at step k repeats
     the steps after k, whose metric points the failed group may already have written. The
@@ -139,6 +141,7 @@ class RunLogger:
         self._queued = self._written = 0
         self._urgent = self._closing = False
         self._error: BaseException | None = None
+        self._error_raised = False
         self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -168,9 +171,14 @@ class RunLogger:
             self._raise_error()
 
     def close(self) -> None:
-        """Flush and stop the thread; safe to call twice."""
+        """Flush and stop the thread; safe to call twice. A write error already raised to the
+        caller is not raised again."""
+        raised_before = self._error_raised
         try:
             self.flush()
+        except RuntimeError:
+            if not raised_before:
+                raise
         finally:
             with self._cond:
                 self._closing = True
@@ -187,9 +195,10 @@ class RunLogger:
             self._cond.notify_all()
 
     def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError(f"logging to MLflow run {self.run_id} failed: {error}") from error
+        if self._error is not None:  # kept: the logger is broken for good
+            self._error_raised = True
+            raise RuntimeError(f"logging to MLflow run {self.run_id} failed: "
+                               f"{self._error}") from self._error
 
     # --- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
