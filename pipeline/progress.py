@@ -1,14 +1,14 @@
-"""Training progress on the driver without reading the tracking store back: rank 0 posts each
-logged point to a small Ray actor (a call it does not wait for), and a driver thread long-polls
-the actor and prints one line per point. Works wherever the workers run (Ray carries the calls),
-whether or not Ray forwards worker output to the driver (it does not unless --verbose)."""
+"""Training progress on the driver without reading the tracking store back: rank 0 posts logged
+points (at most one a second) to a small Ray actor (a call it does not wait for), and a driver
+thread long-polls the actor and prints one line per point. Works wherever the workers run (Ray
+carries the calls), whether or not Ray forwards worker output to the driver (it does not unless
+--verbose)."""
 from __future__ import annotations
 
 import asyncio
 import sys
 import threading
 import time
-from typing import Callable
 
 import ray
 
@@ -41,11 +41,32 @@ class ProgressBoard:
         self._posted.set()
 
 
-def poster(board) -> Callable[[dict], None]:
-    """Rank 0's progress function for pipeline.loop.fit: posts without waiting for a reply."""
-    def post(metrics: dict) -> None:
-        board.post.remote(dict(metrics))
-    return post
+# At most one progress line per this many seconds (points with validation scores and the last
+# point always): a GPU logs many points a second, and every post is an actor call that takes
+# CPU from the training process on a small machine. MLflow still gets every point.
+POST_EVERY_S = 1.0
+
+
+class Poster:
+    """Rank 0's progress function for pipeline.loop.fit: posts without waiting for a reply, at
+    most one point per `every` seconds; close() posts the last point if it was held back."""
+
+    def __init__(self, board, every: float = POST_EVERY_S):
+        self.board, self.every = board, every
+        self.posted_at, self.held = -float("inf"), None
+
+    def __call__(self, metrics: dict) -> None:
+        now = time.monotonic()
+        if now - self.posted_at < self.every and not any(k.startswith("val_") for k in metrics):
+            self.held = dict(metrics)
+            return
+        self.board.post.remote(dict(metrics))
+        self.posted_at, self.held = now, None
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.board.post.remote(self.held)
+            self.held = None
 
 
 def progress_line(point: dict, total: int, keys: tuple[str, ...], elapsed: float) -> str:
@@ -75,7 +96,8 @@ class ProgressPrinter(threading.Thread):
                 points = ray.get(self.board.take.remote(0.5 if stopping else 2.0), timeout=60)
             except Exception:  # the board is gone or Ray is shutting down: nothing to print
                 return
-            for point in points:
+            # An async actor may run one caller's posts out of order.
+            for point in sorted(points, key=lambda p: p.get("step", 0)):
                 print(progress_line(point, self.total, self.keys, time.time() - self.t0),
                       file=self.stream or sys.stderr, flush=True)
             if stopping:
