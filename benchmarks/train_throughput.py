@@ -3,10 +3,13 @@ every registered family, in one run.
 
 - plain: a bare loop over the same in-memory data and family code (build, make_optimizers,
   loss), same batch and thread count, in its own process; images/s from step `log_every` to
-  the last step. It runs before and after each genbench run (plain, genbench, plain, ...,
-  --repeats genbench runs) and the table gives the mean of each side (every run in
-  brackets): on a shared VM the speed drifts by ~10% from minute to minute and from one
-  process to the next, and a single plain run before genbench's put that on one side.
+  the last step. It runs before and after each genbench run: plain, genbench, plain, ...,
+  with --repeats genbench runs (--repeats-of for one family).
+- ratio: each genbench run against the mean of the two plain runs either side of it (a
+  paired comparison), and the median of those pair ratios. On a shared VM the same loop's
+  speed drifts by 10-20% from one minute to the next, more than the overhead measured: a
+  pair shares its minutes, and the median is not moved by one disturbed run. The ratio of
+  the two sides' means is given too (every run in brackets).
 - genbench: `genbench train` in this process (one local Ray for all families), with
   checkpoints every `--checkpoint-every` steps (Ray reports included) and validation off.
   Wall-clock images/s from the first to the last logged step, from MLflow's metric timestamps:
@@ -18,9 +21,11 @@ every registered family, in one run.
 
     python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
     python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
-    # 2 CPU cores, every family in one run (smaller autoregressive nets, fewer of their steps):
-    python benchmarks/train_throughput.py --steps 300 --steps-of pixelcnn=60 \
-        --steps-of transformer=30 --set pixelcnn.channels=16 --set pixelcnn.layers=4 \
+    # 2 CPU cores, every family in one run (~45 min; smaller autoregressive nets, fewer of
+    # their steps, more pairs of the fast families):
+    python benchmarks/train_throughput.py --steps 500 --steps-of gan=300 --steps-of pixelcnn=120 \
+        --steps-of transformer=60 --repeats 3 --repeats-of ae=6 --repeats-of vae=6 \
+        --repeats-of gan=4 --set pixelcnn.channels=16 --set pixelcnn.layers=4 \
         --set pixelcnn.head_channels=32 --set transformer.d_model=32 --set transformer.layers=2 \
         --set transformer.heads=2
 
@@ -74,8 +79,19 @@ def family_sets(name: str, args) -> list[str]:
 
 def steps_of(name: str, args) -> int:
     """--steps, or the family's own --steps-of count."""
-    own = dict(kv.split("=", 1) for kv in args.steps_of)
-    return int(own.get(name, args.steps))
+    return own_count(name, args.steps_of, args.steps)
+
+
+def own_count(name: str, pairs: list[str], default: int) -> int:
+    """The count a FAMILY=N option gives this family, or the default."""
+    own = dict(kv.split("=", 1) for kv in pairs)
+    return int(own.get(name, default))
+
+
+def pair_ratios(plains: list[float], ours: list[float]) -> list[float]:
+    """Each genbench run (ours[i], between plains[i] and plains[i + 1]) against the mean of the
+    two plain runs either side of it."""
+    return [o / ((a + b) / 2) for o, a, b in zip(ours, plains, plains[1:])]
 
 
 def config(name: str, sets: list[str], steps: int):
@@ -248,6 +264,8 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1,
                     help="genbench runs per family, each followed by a plain run (default 1)")
+    ap.add_argument("--repeats-of", action="append", default=[], metavar="FAMILY=N",
+                    help="another number of genbench runs for one family")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--batch", type=int, help="batch size (default: the config's)")
     ap.add_argument("--small", action="store_true", help="the test suite's tiny model sizes")
@@ -290,37 +308,42 @@ def main() -> None:
         args.storage = f"{tmp}/ray_results"
         for name in names:
             sets = family_sets(name, args)
-            # plain, genbench, plain, ... plain: every genbench run between two plain ones, and
-            # the mean of each side. A machine whose speed drifts from minute to minute (a shared
-            # VM) tilts neither side, and --repeats averages out what one process happens to get.
+            # plain, genbench, plain, ... plain: every genbench run between two plain ones, so a
+            # machine whose speed drifts from minute to minute (a shared VM) moves both sides of
+            # each pair alike; the median pair ratio is not moved by one disturbed run.
             own = {"GENBENCH_BENCH_SETS": json.dumps(sets)}
             plains = [plain_subprocess(name, steps_of(name, args), args, threads, own)]
             ours = []
-            for _ in range(args.repeats):
+            for _ in range(own_count(name, args.repeats_of, args.repeats)):
                 ours.append(genbench_run(name, sets, args, uri))
                 plains.append(plain_subprocess(name, steps_of(name, args), args, threads, own))
             plain = {**plains[0], "runs": [p["images_per_s"] for p in plains]}
             plain["images_per_s"] = statistics.mean(plain["runs"])
             mean = {k: statistics.mean(o[k] for o in ours) for k in
                     ("images_per_s", "logged_images_per_s", "first_log_s")}
-            rows.append((name, plain, {**ours[0], **mean,
-                                       "runs": [o["images_per_s"] for o in ours]}))
+            runs = [o["images_per_s"] for o in ours]
+            pairs = pair_ratios(plain["runs"], runs)
+            rows.append((name, plain, {**ours[0], **mean, "runs": runs, "pairs": pairs}))
             print(f"  measured {name}: plain {runs_text(plain['runs'])} img/s, genbench "
-                  f"{runs_text(rows[-1][2]['runs'])} img/s", file=sys.stderr, flush=True)
+                  f"{runs_text(runs)} img/s, pair ratios "
+                  f"{' / '.join(f'{r:.3f}' for r in pairs)}", file=sys.stderr, flush=True)
     device = "1 GPU" if args.gpu else f"CPU, {os.cpu_count()} cores, {threads} threads"
     counts = ", ".join(f"{name} {steps_of(name, args)}" for name, _, _ in rows)
     print(f"\ntraining throughput, 1 worker, {device}; steps: {counts}; images/s from step "
           f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
           f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}; "
-          f"means of {args.repeats} genbench run(s) and of the {args.repeats + 1} plain runs "
-          f"around them (each run in brackets)")
-    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio | "
-          "logged / wall | first log s |")
-    print("|---|---|---|---|---|---|---|")
+          f"each genbench run between two plain runs; img/s: the mean of each side (every run "
+          f"in brackets, in order); ratio: the median of the pair ratios (each genbench run / "
+          f"the mean of the plain runs either side)")
+    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio (median pair) | "
+          "pair ratios | ratio of means | logged / wall | first log s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, plain, ours in rows:
         print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} "
               f"({runs_text(plain['runs'])}) | {ours['images_per_s']:.0f} "
               f"({runs_text(ours['runs'])}; steps {ours['first_step']}-{ours['last_step']}) | "
+              f"{statistics.median(ours['pairs']):.3f} | "
+              f"{' / '.join(f'{r:.3f}' for r in ours['pairs'])} | "
               f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
               f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} | "
               f"{ours['first_log_s']:.1f} |")
