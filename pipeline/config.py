@@ -45,6 +45,10 @@ class TrainConfig:
     log_every: int = 20              # steps between metric points
     eval_every: int = 500            # steps between sample grids and validation metrics
     checkpoint_every: int = 200
+    # genbench train skips a checkpoint step this soon after the last checkpoint (the last
+    # step's never): Ray Train takes one report per poll (0.5 s, pipeline/trainer.py), and
+    # faster ones queue up and hold the end of the run. 0: every checkpoint_every steps.
+    checkpoint_min_interval_s: float = 0.5
     keep_checkpoints: int = 2
     max_failures: int = 3            # worker failures tolerated; each resumes from a checkpoint
     storage_path: str | None = None  # Ray checkpoints; shared storage (s3://, NFS) on clusters
@@ -138,6 +142,9 @@ class Config:
                               f"workers; use a multiple of {t.workers}")
         if t.max_failures < 0:
             raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
+        if not t.checkpoint_min_interval_s >= 0:  # also refuses nan
+            raise ConfigError(f"train.checkpoint_min_interval_s must be >= 0 seconds, got "
+                              f"{t.checkpoint_min_interval_s}")
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.data.val_fraction}")
         check_dataset_name(self.data.dataset)

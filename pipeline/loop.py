@@ -62,7 +62,7 @@ def build_nets(cfg: Config, data: ImageData, device, world: int):
 def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         start: dict | None = None, logger=None, data: ImageData | None = None,
         val: ImageData | None = None, progress: Callable[[dict], None] | None = None,
-        fault: Fault | None = None) -> dict:
+        fault: Fault | None = None, min_checkpoint_interval_s: float = 0.0) -> dict:
     """Train until the configured step count; returns the metrics of the last step.
 
     Between two log points nothing leaves the device: each step's metric scalars stay where
@@ -77,6 +77,10 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     stored every point up to its step (logger.flush() on any thread), which is what makes a
     restart from it exactly-once (pipeline/train.py flushes on Ray's upload thread).
     fault: an injected fault for this rank (tests; see pipeline.faults), fired after its step.
+    min_checkpoint_interval_s: a checkpoint step that comes sooner than this after the last
+    checkpoint is skipped (the first and the last step's never are); rank 0's clock decides for
+    every rank. genbench train passes train.checkpoint_min_interval_s: Ray Train takes one
+    report per poll, and faster ones queue up and hold the end of the run.
     """
     family = FAMILIES[cfg.model]
     d, t = cfg.data, cfg.train
@@ -92,6 +96,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     values: dict[str, list[torch.Tensor]] = {}  # each metric's per-step scalars since the last log
     count, last = 0, {}
+    last_checkpoint = -math.inf  # rank 0's clock at the last checkpoint
     # The previous log point's time. images_per_s is wall-clock: this clock never restarts around
     # logging, validation or checkpoints, so their cost lands in the interval that follows.
     tic = time.perf_counter()
@@ -112,11 +117,13 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         if fault is not None and step == fault.step:
             fault.fire()
         is_last = step == steps
-        do_ckpt = step % t.checkpoint_every == 0 or is_last
-        do_log = step % t.log_every == 0 or do_ckpt
+        ckpt_step = step % t.checkpoint_every == 0 or is_last
+        do_log = step % t.log_every == 0 or ckpt_step
         do_eval = step % t.eval_every == 0 or is_last
         if not (do_log or do_eval):
             continue
+        do_ckpt = ckpt_step and (is_last or min_checkpoint_interval_s <= 0 or rank0_says(
+            time.perf_counter() - last_checkpoint >= min_checkpoint_interval_s, ctx))
         metrics: dict[str, float] = {}
         if do_log:
             metrics = _reduce(values, count, ctx)  # all-reduce, then the one read to the host
@@ -142,6 +149,7 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
         if progress is not None:
             progress(metrics)
         if do_ckpt:
+            last_checkpoint = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 if ctx.rank == 0:
                     ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id)
@@ -149,6 +157,16 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
                         logger.artifact(f"{tmp}/{ckpt.FILENAME}", "checkpoint")
                 report(metrics, tmp if ctx.rank == 0 else None)
     return last
+
+
+def rank0_says(flag: bool, ctx: Context) -> bool:
+    """Rank 0's flag, on every rank: a decision taken on one clock that all ranks must share
+    (a checkpoint is a collective in Ray Train)."""
+    if ctx.world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -78,7 +78,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     try:
         fit(cfg, ctx, report, start=start, logger=logger,
             progress=post,
-            fault=armed_fault(loop_config.get("fault"), ctx))
+            fault=armed_fault(loop_config.get("fault"), ctx),
+            min_checkpoint_interval_s=cfg.train.checkpoint_min_interval_s)
     except BaseException:
         if logger is not None:
             with contextlib.suppress(Exception):  # the loop's error is the one to see

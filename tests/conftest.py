@@ -66,7 +66,9 @@ FAST = {"ae": ["ae.width=8", "ae.latent_dim=8"],
         "vae": ["vae.width=8", "vae.latent_dim=8"],
         "gan": ["gan.width=8", "gan.latent_dim=16"],
         "pixelcnn": ["pixelcnn.channels=8", "pixelcnn.layers=2", "pixelcnn.head_channels=16"]}
-FAST_TRAIN = ["train.batch_size=32", "train.log_every=10", "train.checkpoint_every=15"]
+# checkpoints at exactly 15 and 30 (no skipping of close ones: tests rely on both steps)
+FAST_TRAIN = ["train.batch_size=32", "train.log_every=10", "train.checkpoint_every=15",
+              "train.checkpoint_min_interval_s=0"]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 killed at a known step resumes from the last checkpoint in the same MLflow run; a driver killed
 while a worker pauses at a known step is continued with `genbench train --resume RUN_ID`. Either
 way every metric ends with exactly one point per logged step. Both use the session's Ray."""
+import glob
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 GENBENCH = [sys.executable, "-m", "genbench"]
 TINY = ["--model", "ae", "--workers", "2", "--set", "ae.width=8", "--set", "ae.latent_dim=8",
         "--set", "train.batch_size=16", "--set", "train.log_every=10",
-        "--set", "train.eval_every=1000"]
+        "--set", "train.eval_every=1000", "--set", "train.checkpoint_min_interval_s=0"]
 TRAIN_KEYS = ("mse", "images_per_s", "lr", "epoch", "peak_memory_mb")
 
 
@@ -122,3 +123,28 @@ def test_resume_an_interrupted_run(ray_local, workdir, mlflow_uri, capsys):
     assert run.data.tags[RESUMED_TAG] == "40"
     check_finished(client, run_id, 60, workdir)
     check_exactly_once(client, run_id, 60, 10)
+
+
+def test_checkpoints_sooner_than_the_min_interval_are_skipped_on_every_rank(ray_local, workdir,
+                                                                            mlflow_uri, capsys):
+    """checkpoint_every=1 at hundreds of steps a second, 2 workers, the default
+    train.checkpoint_min_interval_s (0.5 s): Ray Train takes one report per poll, so reporting
+    every step would queue ~100 reports behind the run's end. Steps within 0.5 s of the last
+    checkpoint are skipped, by rank 0's clock on both ranks (a report is a collective: a
+    mismatch would hang); the first and the last step keep theirs, and every step is logged."""
+    steps = 100
+    default_spacing = TINY[:-2]  # TINY less its checkpoint_min_interval_s=0
+    code = main(["train", *default_spacing, "--steps", str(steps), "--experiment", "S",
+                 "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=1000"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    client, run = the_only_run(mlflow_uri, "S")
+    assert run.data.params["train.checkpoint_min_interval_s"] == "0.5"
+    files = glob.glob(f"{run.data.tags[RUN_DIR_TAG]}*/checkpoint_*/{ckpt.FILENAME}")
+    saved = sorted(ckpt.load(p)["step"] for p in files)
+    history = sorted(client.get_metric_history(run.info.run_id, "mse"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, steps + 1))
+    span = (history[-1].timestamp - history[0].timestamp) / 1000
+    assert saved[0] == 1 and saved[-1] == steps
+    # at most one per 0.5 s after the first, and the last (whole-ms timestamps: one spare)
+    assert len(saved) <= 3 + span / 0.5, (saved, span)
+    assert len(saved) < steps / 2, saved

@@ -28,7 +28,7 @@ GENBENCH = [sys.executable, "-m", "genbench"]
 ARGS = ["train", "--model", "ae", "--workers", "1", "--steps", str(STEPS), "--experiment", "R",
         "--set", "ae.width=8", "--set", "ae.latent_dim=8", "--set", "train.batch_size=32",
         "--set", "train.log_every=10", "--set", "train.checkpoint_every=10",
-        "--set", "train.eval_every=1000"]
+        "--set", "train.eval_every=1000", "--set", "train.checkpoint_min_interval_s=0"]
 PAUSE_AFTER_25 = "rank=0,step=25,action=pause,seconds={}"
 
 

@@ -1,8 +1,10 @@
 """The training loop's step/log/report machinery (pipeline/loop.py), run for real: fit() on a
-tiny AE with real data and a real MLflow store, validation over a real 3-process gloo group, and
-the images_per_s of a real `genbench train` run against MLflow's own timestamps."""
+tiny AE with real data and a real MLflow store, validation over a real 3-process gloo group,
+checkpoint spacing (rank 0's clock decides for every rank), and the images_per_s of a real
+`genbench train` run against MLflow's own timestamps."""
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.config import Config
 from pipeline.data import ImageData, load_split
-from pipeline.loop import Context, build_nets, fit, validation_metrics
+from pipeline.loop import Context, build_nets, fit, rank0_says, validation_metrics
 from pipeline.models import FAMILIES
 from pipeline.tracking import RunLogger
 
@@ -58,6 +60,12 @@ def test_eval_every_off_the_log_grid_still_validates(small_data, tmp_path):
 WORLD, CHUNK = 3, 40
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _validate_on_rank(rank: int, port: int, val: ImageData, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -76,11 +84,8 @@ def test_validation_mean_is_per_image_over_ranks_and_chunks(small_data):
     """301 images over 3 ranks (101, 100, 100) in chunks of 40 (last chunks of 21 and 20): the
     mean equals one forward over all 301 images, which is the mean per image."""
     _, val = small_data
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_validate_on_rank, args=(port, val, results), nprocs=WORLD, join=True)
+    mp.spawn(_validate_on_rank, args=(free_port(), val, results), nprocs=WORLD, join=True)
     cfg = Config.from_dict(TINY_AE)
     nets, _ = build_nets(cfg, val, torch.device("cpu"), 1)
     nets["model"].eval()
@@ -88,6 +93,45 @@ def test_validation_mean_is_per_image_over_ranks_and_chunks(small_data):
         expected = FAMILIES["ae"].loss(cfg.family, nets, val.images, None, "model")["mse"]
     for rank in range(WORLD):
         assert results[rank]["val_mse"] == pytest.approx(float(expected), rel=1e-6)
+
+
+# --- checkpoints no closer than min_checkpoint_interval_s ------------------------------------
+@pytest.mark.parametrize("interval, slow_report, expected", [
+    (0.0, 0.0, list(range(1, 13))),    # off: every checkpoint_every steps
+    (1e9, 0.0, [1, 12]),               # the first and the last are never skipped
+    (0.2, 0.25, list(range(1, 13))),   # measured from the last checkpoint: spaced ones stay
+])
+def test_checkpoints_closer_than_the_interval_are_skipped(small_data, interval, slow_report,
+                                                          expected):
+    data, _ = small_data
+    cfg = Config.from_dict({**TINY_AE, "data": {"val_fraction": 0.0},
+                            "train": {"steps": 12, "batch_size": 16, "log_every": 100,
+                                      "eval_every": 1000, "checkpoint_every": 1}})
+    reports = []
+
+    def report(metrics, directory):
+        reports.append((metrics["step"], directory is not None))
+        time.sleep(slow_report)
+
+    fit(cfg, Context(), report, data=data, min_checkpoint_interval_s=interval)
+    assert reports == [(step, True) for step in expected]
+
+
+def _rank0_says_on_rank(rank: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        ctx = Context(rank=rank, world=WORLD)
+        out[rank] = (rank0_says(rank == 0, ctx), rank0_says(rank != 0, ctx))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank0_decides_for_every_rank():
+    """Whether a step checkpoints is rank 0's call on every rank (the ranks' clocks differ)."""
+    results = mp.Manager().dict()
+    mp.spawn(_rank0_says_on_rank, args=(free_port(), results), nprocs=WORLD, join=True)
+    assert dict(results) == {rank: (True, False) for rank in range(WORLD)}
 
 
 # --- images_per_s is wall-clock ----------------------------------------------------------------
