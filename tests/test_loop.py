@@ -2,9 +2,11 @@
 tiny AE with real data and a real MLflow store, validation over a real 3-process gloo group,
 checkpoint spacing (rank 0's clock decides for every rank), and the images_per_s of a real
 `genbench train` run against MLflow's own timestamps."""
+import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,13 +62,22 @@ def test_eval_every_off_the_log_grid_still_validates(small_data, tmp_path):
 WORLD, CHUNK = 3, 40
 
 
+def ranks_wrote(directory: Path) -> dict:
+    """What each rank left in directory. Files, not a multiprocessing.Manager: a Manager forks
+    this process, a live Ray driver (the session's ray_local) with gRPC threads, which is unsafe:
+    twice the worker that had run this module then hung on its next Ray call (an actor it never
+    saw ALIVE, ray.cluster_resources())."""
+    return {rank: json.loads((directory / f"rank{rank}.json").read_text())
+            for rank in range(WORLD)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _validate_on_rank(rank: int, port: int, val: ImageData, out: dict) -> None:
+def _validate_on_rank(rank: int, port: int, val: ImageData, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -74,18 +85,19 @@ def _validate_on_rank(rank: int, port: int, val: ImageData, out: dict) -> None:
         cfg = Config.from_dict(TINY_AE)
         nets, _ = build_nets(cfg, val, torch.device("cpu"), 1)  # same seed: same weights
         from contextlib import nullcontext
-        out[rank] = validation_metrics(cfg, nets, val, Context(rank=rank, world=WORLD),
-                                       nullcontext, chunk=CHUNK)
+        scores = validation_metrics(cfg, nets, val, Context(rank=rank, world=WORLD),
+                                    nullcontext, chunk=CHUNK)
+        (out / f"rank{rank}.json").write_text(json.dumps(scores))
     finally:
         dist.destroy_process_group()
 
 
-def test_validation_mean_is_per_image_over_ranks_and_chunks(small_data):
+def test_validation_mean_is_per_image_over_ranks_and_chunks(small_data, tmp_path):
     """301 images over 3 ranks (101, 100, 100) in chunks of 40 (last chunks of 21 and 20): the
     mean equals one forward over all 301 images, which is the mean per image."""
     _, val = small_data
-    results = mp.Manager().dict()
-    mp.spawn(_validate_on_rank, args=(free_port(), val, results), nprocs=WORLD, join=True)
+    mp.spawn(_validate_on_rank, args=(free_port(), val, tmp_path), nprocs=WORLD, join=True)
+    results = ranks_wrote(tmp_path)
     cfg = Config.from_dict(TINY_AE)
     nets, _ = build_nets(cfg, val, torch.device("cpu"), 1)
     nets["model"].eval()
@@ -117,21 +129,21 @@ def test_checkpoints_closer_than_the_interval_are_skipped(small_data, interval, 
     assert reports == [(step, True) for step in expected]
 
 
-def _rank0_says_on_rank(rank: int, port: int, out: dict) -> None:
+def _rank0_says_on_rank(rank: int, port: int, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         ctx = Context(rank=rank, world=WORLD)
-        out[rank] = (rank0_says(rank == 0, ctx), rank0_says(rank != 0, ctx))
+        said = [rank0_says(rank == 0, ctx), rank0_says(rank != 0, ctx)]
+        (out / f"rank{rank}.json").write_text(json.dumps(said))
     finally:
         dist.destroy_process_group()
 
 
-def test_rank0_decides_for_every_rank():
+def test_rank0_decides_for_every_rank(tmp_path):
     """Whether a step checkpoints is rank 0's call on every rank (the ranks' clocks differ)."""
-    results = mp.Manager().dict()
-    mp.spawn(_rank0_says_on_rank, args=(free_port(), results), nprocs=WORLD, join=True)
-    assert dict(results) == {rank: (True, False) for rank in range(WORLD)}
+    mp.spawn(_rank0_says_on_rank, args=(free_port(), tmp_path), nprocs=WORLD, join=True)
+    assert ranks_wrote(tmp_path) == {rank: [True, False] for rank in range(WORLD)}
 
 
 # --- images_per_s is wall-clock ----------------------------------------------------------------
