@@ -152,7 +152,7 @@ class Stages:
         try:
             return fn()
         except Exception as exc:  # keep going: the report says what is missing
-            if getattr(exc, "exit_code", None) == 130:  # Ctrl-C stops the bench, not one stage
+            if getattr(exc, "exit_code", None) in (130, 143):  # Ctrl-C, SIGTERM: the whole bench
                 raise
             if not isinstance(exc, ConfigError):
                 traceback.print_exc(limit=3, file=sys.stderr)

@@ -28,6 +28,10 @@ def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_i
     return path
 
 
+class CorruptCheckpoint(ConfigError):
+    """The file does not load at all: torn by a kill mid-copy, truncated, or not a torch file."""
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -37,9 +41,10 @@ def load(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"checkpoint {path} is corrupt or not a genbench checkpoint "
-                          f"({type(exc).__name__}); resume from an earlier checkpoint "
-                          f"or start a new run") from None
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt or not a genbench checkpoint "
+                          f"({type(exc).__name__}); use an earlier checkpoint of the run "
+                          f"(train --resume takes the newest that loads) or start a new run"
+                          ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise ConfigError(f"checkpoint {path} is not a genbench checkpoint (no format "
                           f"version); pass a checkpoint.pt that genbench train wrote")

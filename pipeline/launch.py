@@ -21,6 +21,8 @@ from pipeline.data import load_config_split
 from pipeline.errors import ConfigError, RunStopped
 from pipeline.models import FAMILIES
 from pipeline.resume import RUN_DIR_TAG, prepare_resume, resume_hint, validate_checkpoint_shapes
+from pipeline.signals import Terminated, handle_sigterm
+from pipeline.signals import exit_code as signal_exit_code
 from pipeline.trainer import make_trainer, storage_path
 
 @dataclass
@@ -69,6 +71,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
                           f"of {steps}; nothing to resume")
     init_ray(address, verbose)
+    handle_sigterm()  # again: ray.init replaced the handler with Ray's (a stack dump, no cleanup)
     joined = joined_cluster(address)
     cfg = resolve_resources(cfg, can_grow=joined)
     require_shared_storage(cfg, grows=joined and shortfall(cfg, ray.cluster_resources())
@@ -110,9 +113,11 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     t0 = time.time()
     try:
         result = fit_interruptibly(trainer)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (pipeline/signals.py)
         _close_quietly(run_id, "KILLED")
-        raise RunStopped(f"interrupted; {resume_hint(run_id, run_dir)}", 130) from None
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        raise RunStopped(f"{how}; {resume_hint(run_id, run_dir)}",
+                         signal_exit_code(stop)) from None
     except Exception:
         lost = tracking.unreachable(tracking.tracking_uri())
         _close_quietly(run_id, "FAILED")

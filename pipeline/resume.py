@@ -2,6 +2,7 @@
 fits the model before Ray starts, and say how to continue a run that stopped."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
@@ -9,27 +10,39 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.errors import ConfigError
-from pipeline.trainer import find_latest_checkpoint
+from pipeline.trainer import find_latest_checkpoint, newest_loadable_checkpoint
 
 RUN_DIR_TAG = "genbench.ray_run_dir"   # the run's Ray directory, where its checkpoints are
 
 
 def prepare_resume(run_id: str) -> tuple[Config, dict, Path]:
-    """Config, checkpoint payload and path of an interrupted run, or a one-line error."""
+    """Config, checkpoint payload and path of an interrupted run, or a one-line error.
+
+    The newest checkpoint that loads is used: a kill while Ray copied the newest one into
+    storage can leave it torn, and the one before it is still whole. Each skipped checkpoint
+    is said in one line on stderr."""
     run = tracking.get_run(run_id)
     run_dir = run.data.tags.get(RUN_DIR_TAG)
     if not run_dir:
         raise ConfigError(f"MLflow run {run_id} was not made by genbench train; "
                           f"nothing to resume")
-    latest = find_latest_checkpoint(run_dir)
-    if latest is None:
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"run {run_id} is FINISHED; nothing to resume (start a new run "
+                          f"for more steps)")
+    latest, payload, skipped = newest_loadable_checkpoint(run_dir)
+    torn = ", ".join(f"{name} (corrupt)" for name in skipped)
+    if latest is None and not skipped:
         raise ConfigError(f"run {run_id} has no checkpoint under {run_dir}; "
                           f"start it again without --resume")
-    payload = ckpt.load(latest)
+    if latest is None:
+        raise ConfigError(f"no checkpoint of run {run_id} loads ({torn}); start a new run")
     if payload.get("mlflow_run_id") != run_id:
         raise ConfigError(f"checkpoint {latest} belongs to run {payload.get('mlflow_run_id')}, "
                           f"not {run_id}; resume that run instead")
     cfg = Config.from_dict(payload["config"])
+    if skipped:
+        print(f"genbench: skipped checkpoint(s) that do not load: {torn}; resuming from "
+              f"{latest.name}", file=sys.stderr, flush=True)
     return cfg, payload, latest
 
 

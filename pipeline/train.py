@@ -47,8 +47,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start = ckpt.load(loop_config["resume_from"])
     logger = None
     if ctx.rank == 0:
-        # A group that starts from a checkpoint repeats steps the last one may have logged.
-        logger = RunLogger(ctx.run_id, ctx.tracking_uri, restarted=start is not None)
+        # Any group may repeat steps an earlier one logged: one restarted from a checkpoint
+        # repeats those after it, and one restarted before the first checkpoint starts again
+        # at step 0. The logger reads the run's points once, before its first write.
+        logger = RunLogger(ctx.run_id, ctx.tracking_uri, restarted=True)
         if start is not None:
             tracking.set_tags(ctx.run_id, {RESUMED_TAG: start["step"]}, ctx.tracking_uri)
 
@@ -102,14 +104,30 @@ def take_over(directory: str) -> str:
 
 def flushed_upload(logger: RunLogger | None):
     """Ray's checkpoint_upload_fn (run on its upload thread): waits until the MLflow writer has
-    stored every point queued so far, then copies the checkpoint into the run's storage as Ray
-    itself would."""
+    stored every point queued so far, then publishes the checkpoint into the run's storage."""
     def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
         if logger is not None:
             logger.flush()
-        return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint,
-                                                                                dir_name)
+        return publish(checkpoint, dir_name)
     return upload
+
+
+def publish(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+    """Copy the checkpoint into storage so that its directory appears complete or not at all.
+    Ray copies straight into the final directory, and a kill mid-copy leaves a torn checkpoint
+    that looks like the newest. On a local or NFS store the copy goes to a hidden staging
+    directory (no `checkpoint_*` glob matches it) that is then renamed; on an object store
+    each file is one object, which appears only once its upload is complete."""
+    import pyarrow.fs
+
+    storage = ray.train.get_context().get_storage()
+    fs = storage.storage_filesystem
+    if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return storage.persist_current_checkpoint(checkpoint, dir_name)
+    staged = storage.persist_current_checkpoint(checkpoint, f".{dir_name}.partial")
+    final = storage.build_checkpoint_path_from_name(dir_name)
+    fs.move(staged.path, final)  # rename(2): atomic on one filesystem
+    return ray.train.Checkpoint(filesystem=fs, path=final)
 
 
 def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:

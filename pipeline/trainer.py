@@ -2,6 +2,7 @@
 its checkpoints live."""
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -41,11 +42,31 @@ def storage_path(cfg: Config) -> str:
     return cfg.train.storage_path or str(Path("ray_results").absolute())
 
 
+def list_checkpoints(run_dir_glob: str) -> list[Path]:
+    """Every checkpoint_<step> holding a checkpoint file under this run's Ray directories (local
+    storage), newest first. Whether each one loads is the caller's question."""
+    found = [Path(p) for p in glob.glob(f"{glob.escape(run_dir_glob)}*/checkpoint_*")]
+    return sorted((p for p in found if (p / ckpt.FILENAME).is_file()),
+                  key=lambda p: p.name, reverse=True)
+
+
+def newest_loadable_checkpoint(run_dir_glob: str) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest checkpoint that loads, its payload, and the names of the newer ones skipped
+    because they do not (torn by a kill while Ray copied them, truncated). A checkpoint that
+    loads but is refused for another reason (another format, not genbench's) is an error."""
+    skipped = []
+    for path in list_checkpoints(run_dir_glob):
+        try:
+            return path, ckpt.load(path), skipped
+        except ckpt.CorruptCheckpoint:
+            skipped.append(path.name)
+    return None, None, skipped
+
+
 def find_latest_checkpoint(run_dir_glob: str) -> Path | None:
     """The newest checkpoint_<step> under this run's Ray directories (local storage)."""
-    found = sorted(Path(p) for p in __import__("glob").glob(f"{run_dir_glob}*/checkpoint_*"))
-    found = [p for p in found if (p / ckpt.FILENAME).is_file()]
-    return max(found, key=lambda p: p.name) if found else None
+    found = list_checkpoints(run_dir_glob)
+    return found[0] if found else None
 
 
 # Ray Train V2 helpers a genbench run does not use, by class name (internal to Ray): the Ray

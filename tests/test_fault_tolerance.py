@@ -77,52 +77,114 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, workdir, mlflow_u
     assert "  step 300/300 | mse " in err
 
 
-def test_resume_an_interrupted_run(ray_local, workdir, mlflow_uri, capsys):
-    """The driver is SIGKILLed while rank 0 pauses after step 45 (checkpoints every 20);
-    --resume RUN_ID finishes the same run from step 40."""
-    address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri,
-           ENV: "rank=0,step=45,action=pause,seconds=300"}
-    proc = subprocess.Popen([*GENBENCH, "train", *TINY, "--steps", "60", "--set",
-                             "train.checkpoint_every=20", "--experiment", "R",
-                             "--address", address],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def test_worker_killed_before_the_first_checkpoint(ray_local, workdir, mlflow_uri, capsys,
+                                                   monkeypatch):
+    """Rank 1 is SIGKILLed at step 150 of 300 with no checkpoint yet: Ray restarts the group
+    from step 0, and the 15 points per metric the first group logged are not logged again."""
+    monkeypatch.setenv(ENV, "rank=1,step=150,action=kill")
+    code = main(["train", *TINY, "--steps", "300", "--set", "train.checkpoint_every=1000",
+                 "--experiment", "F0"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    client, run = the_only_run(mlflow_uri, "F0")
+    assert FAULT_TAG in run.data.tags, "the fault never fired"
+    assert RESUMED_TAG not in run.data.tags  # no checkpoint to start from: step 0 again
+    check_finished(client, run.info.run_id, 300, workdir)
+    check_exactly_once(client, run.info.run_id, 300, 10)
+
+
+def kill_driver(proc: subprocess.Popen, ray_local) -> None:
+    """SIGKILL a `genbench train` driver on the session's Ray and wait until Ray has ended its
+    workers (their CPUs are free again)."""
     try:
-        deadline = time.time() + 300
-        client = MlflowClient(mlflow_uri)
-        while True:  # the tag is set once the pause begins
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "the worker never reached the pause"
-            exp = client.get_experiment_by_name("R")
-            runs = client.search_runs([exp.experiment_id]) if exp else []
-            if runs and FAULT_TAG in runs[0].data.tags:
-                break
-            time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # Ray ends the dead driver's workers: wait until their CPUs are free.
     deadline = time.time() + 120
     while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
         assert time.time() < deadline, "the killed driver's workers never ended"
         time.sleep(0.2)
+
+
+def start_driver(ray_local, workdir, mlflow_uri, experiment: str, steps: int,
+                 fault: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env.pop(ENV, None)
+    if fault:
+        env[ENV] = fault
+    return subprocess.Popen([*GENBENCH, "train", *TINY, "--steps", str(steps), "--set",
+                             "train.checkpoint_every=20", "--experiment", experiment,
+                             "--address", ray_local.get_runtime_context().gcs_address],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, f"{what} never happened"
+        time.sleep(0.2)
+
+
+def test_resume_an_interrupted_run_whose_newest_checkpoint_is_torn(ray_local, workdir,
+                                                                   mlflow_uri, capsys):
+    """The driver is SIGKILLed while rank 0 pauses after step 45 (checkpoints every 20), and
+    the newest checkpoint (step 40) is cut in half, as a kill mid-copy leaves it: --resume
+    RUN_ID says it skips it and finishes the same run from step 20, every point once."""
+    proc = start_driver(ray_local, workdir, mlflow_uri, "R", 60,
+                        fault="rank=0,step=45,action=pause,seconds=300")
+    client = MlflowClient(mlflow_uri)
+
+    def paused() -> bool:  # the tag is set once the pause begins
+        exp = client.get_experiment_by_name("R")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        return bool(runs) and FAULT_TAG in runs[0].data.tags
+    wait_for(proc, paused, "the worker's pause")
+    kill_driver(proc, ray_local)
     client, run = the_only_run(mlflow_uri, "R")
     run_id = run.info.run_id
     assert run.info.status == "RUNNING"  # nobody closed it: the driver died
-    assert ckpt.load(find_latest_checkpoint(run.data.tags[RUN_DIR_TAG]))["step"] == 40
+    newest = find_latest_checkpoint(run.data.tags[RUN_DIR_TAG]) / ckpt.FILENAME
+    assert ckpt.load(newest)["step"] == 40
     assert max(m.step for m in client.get_metric_history(run_id, "mse")) == 40
+    whole = newest.read_bytes()
+    newest.write_bytes(whole[:len(whole) // 2])
 
     code = main(["train", "--resume", run_id, "--experiment", "R"])
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
+    assert f"skipped checkpoint(s) that do not load: {newest.parent.name} (corrupt)" in err
     assert f"MLflow run    {run_id}" in out and "60 steps" in out
     client, run = the_only_run(mlflow_uri, "R")
-    assert run.data.tags[RESUMED_TAG] == "40"
+    assert run.data.tags[RESUMED_TAG] == "20"
     check_finished(client, run_id, 60, workdir)
     check_exactly_once(client, run_id, 60, 10)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_driver_killed_at_a_random_moment_then_resumed(ray_local, workdir, mlflow_uri, capsys,
+                                                       seed):
+    """The driver is SIGKILLed at a random moment after its first checkpoint (mid-step, mid-log,
+    mid-copy: wherever it falls); --resume finishes the run with one point per logged step."""
+    import random
+
+    proc = start_driver(ray_local, workdir, mlflow_uri, f"K{seed}", 400)
+    client = MlflowClient(mlflow_uri)
+
+    def checkpointed() -> bool:
+        exp = client.get_experiment_by_name(f"K{seed}")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        return bool(runs) and find_latest_checkpoint(runs[0].data.tags.get(RUN_DIR_TAG, "/-"))
+    wait_for(proc, checkpointed, "the first checkpoint")
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    kill_driver(proc, ray_local)
+    client, run = the_only_run(mlflow_uri, f"K{seed}")
+    code = main(["train", "--resume", run.info.run_id, "--experiment", f"K{seed}"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    check_finished(client, run.info.run_id, 400, workdir)
+    check_exactly_once(client, run.info.run_id, 400, 10)
 
 
 def test_checkpoints_sooner_than_the_min_interval_are_skipped_on_every_rank(ray_local, workdir,

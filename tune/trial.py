@@ -66,7 +66,10 @@ class Reporter:
                  send: Callable[[dict, str | None], None], seconds_before: float = 0.0):
         from tune.metrics import extra_metric_fn
         self.ctx, self.send = ctx, send
-        self.logger = tracking.RunLogger(ctx.run_id, ctx.tracking_uri) if ctx.rank == 0 else None
+        # restarted=True: a trial that Tune or Ray Train restarts (before its first checkpoint, or
+        # after a sweep driver was killed) repeats steps its child run may already hold.
+        self.logger = (tracking.RunLogger(ctx.run_id, ctx.tracking_uri, restarted=True)
+                       if ctx.rank == 0 else None)
         self.extra = extra_metric_fn(cfg, val, ctx.device, spec) if ctx.rank == 0 else None
         self.seconds_before, self.t0 = seconds_before, time.perf_counter()
 
@@ -131,15 +134,16 @@ def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.trainer import find_latest_checkpoint, make_trainer
+    from pipeline.trainer import make_trainer, newest_loadable_checkpoint
 
     cfg = trial_config(spec, sampled)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_child_run(spec, sampled, cfg, trial_id)
     storage = f"{spec.sweep_dir}/trainers"
-    # A restarted trial (resumed sweep) continues from its trainer's last checkpoint, under a
-    # new trainer name so Ray Train does not mix the two attempts.
-    latest = find_latest_checkpoint(f"{storage}/{trial_id}")
+    # A restarted trial (resumed sweep) continues from its trainer's last checkpoint that loads
+    # (a killed sweep may have torn the newest), under a new trainer name so Ray Train does not
+    # mix the two attempts.
+    latest, _, _ = newest_loadable_checkpoint(f"{storage}/{trial_id}")
     attempt = len(list(__import__("glob").glob(f"{storage}/{trial_id}*"))) + 1
     trainer = make_trainer(
         tune_loop_per_worker,
