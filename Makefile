@@ -6,12 +6,14 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: run test venv data browser bench clean
 
-$(BIN)/genbench: pyproject.toml
+$(BIN)/genbench: pyproject.toml testing/toy_family/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch/torchvision first, pinned: on this machine they come from local disk.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test,tune]'
+	# the toy model family of tests/test_toy_family.py, installed as users install a family
+	$(BIN)/pip install -q -e testing/toy_family
 	touch $(BIN)/genbench
 
 venv: $(BIN)/genbench

@@ -45,6 +45,8 @@ def download_checkpoint(run_id: str) -> dict:
 def model_from_payload(payload: dict, device="cpu", source: str = "checkpoint") -> LoadedModel:
     try:
         cfg = Config.from_dict(payload["config"])
+    except ConfigError as exc:  # e.g. a config that names code to import: say whose it is
+        raise ConfigError(f"{source}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{source} has no usable config ({exc}); is it a genbench "
                           f"checkpoint?") from None

@@ -181,7 +181,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "family N times, with train.seed 0..N-1 (in the MLflow params and run "
                    "names); the report shows mean ± std and each seed's value (default 1)")
     p.add_argument("--families", type=comma_list, metavar="LIST", help="comma list of the "
-                   "families to benchmark (default: every registered family)")
+                   "families to benchmark (default: the built-in ones, and installed ones that the "
+                   "preset names)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
@@ -203,13 +204,16 @@ def run(args) -> int:
     from pipeline.cluster import init_ray, joins_cluster, require_gpu, resolve_resources
     from pipeline.config import Config, merge
     from pipeline.launch import train
-    from pipeline.models import names
+    from pipeline.models import is_built_in, names
 
     # Everything that can be wrong is found before the first stage: one line, exit 2.
     preset = load_preset(args.preset)
     flags = flags_config(args)
     experiment = args.experiment or f"bench-{preset.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    families = list(getattr(args, "families", None) or names())
+    # Installed plug-in families join when asked for (--families, or a line in the preset): a
+    # package on the machine does not make itself part of every benchmark.
+    families = list(getattr(args, "families", None)
+                    or [f for f in names() if is_built_in(f) or f in preset.families])
     unknown = [f for f in families if f not in names()]
     if unknown:
         raise ConfigError(f"--families names unregistered famil(ies) {', '.join(unknown)}; "

@@ -2,13 +2,18 @@
 
 A config has four sections: `model` (the family name), `data`, `train` and one section named
 after the family holding its hyperparameters (e.g. `vae: {beta: 4.0, lr: 1e-3}`). YAML files and
-`--set section.key=value` overrides are layered over the defaults in that order. A family
-registered outside pipeline/models/ adds `family_module`, its module path, so that processes
-which never ran its registration (Ray workers, trials) can import it.
+`--set section.key=value` overrides are layered over the defaults in that order.
+
+A config names its family and never the code that defines it: configs come back from
+checkpoints, MLflow runs and sweep directories that anyone may have written, so one that carries
+`family_module` (what genbench wrote before families came from entry points) is refused rather
+than imported; see pipeline/models/__init__.py for where families come from.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,9 @@ class TrainConfig:
     checkpoint_min_interval_s: float = 0.5
     keep_checkpoints: int = 2
     max_failures: int = 3            # worker failures tolerated; each resumes from a checkpoint
+    # A rank that stalls (hung, SIGSTOPped) fails the others' next collective after this long,
+    # and the group restarts from its last checkpoint (Ray's own default: 30 minutes).
+    collective_timeout_s: float = 300.0
     storage_path: str | None = None  # Ray checkpoints; shared storage (s3://, NFS) on clusters
 
 
@@ -66,23 +74,29 @@ class Config:
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict | None) -> "Config":
-        raw = dict(raw or {})
+    def from_dict(cls, raw: Mapping | None) -> "Config":
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a config must be a mapping of sections (model, data, train, "
+                              f"<family>), got {type(raw).__name__}")
+        raw = dict(raw)
+        if "family_module" in raw:  # refused before anything is looked up or imported
+            named = " ".join(str(raw["family_module"]).split())[:200]   # one line, short
+            raise ConfigError(f"config names code to import (family_module: {named}); "
+                              f"genbench never imports code named by a config, checkpoint or "
+                              f"run: install the family as a package with a "
+                              f"`{models.ENTRY_POINT_GROUP}` entry point")
         model = raw.pop("model", DEFAULT_FAMILY)
-        module = raw.pop("family_module", None)
-        adopted = module is not None and model not in FAMILIES
-        if adopted:  # a family registered in another process: register it here too
-            models.register(model, module)
-        if model not in FAMILIES:
-            raise ConfigError(f"unknown model {model!r}; use one of {', '.join(FAMILIES)}")
+        if not isinstance(model, str) or model not in FAMILIES:
+            raise ConfigError(f"unknown model {model!r}; use one of {', '.join(FAMILIES)} (a "
+                              f"family of your own: install it as a package with a "
+                              f"`{models.ENTRY_POINT_GROUP}` entry point)")
         try:
             family_cls = FAMILIES[model].Config
         except ImportError as exc:
-            where = models.module_path(model)
-            if adopted:
-                models.unregister(model)
-            raise ConfigError(f"family {model}: cannot import {where} ({exc}); put it on "
-                              f"PYTHONPATH") from None
+            raise ConfigError(f"family {model}: cannot import {models.module_path(model)} "
+                              f"({exc}); reinstall the package that provides it") from None
         known = {"data", "train", model}
         for key in raw:
             if key not in known:
@@ -98,13 +112,10 @@ class Config:
         return cfg
 
     def to_dict(self) -> dict:
-        """Plain data (lists, not tuples): YAML, JSON and checkpoints take it as it is. A family
-        registered outside pipeline/models/ adds family_module, for processes to import it."""
-        out = {"model": self.model, "data": _plain(self.data), "train": _plain(self.train),
-               self.model: _plain(self.family)}
-        if not models.is_built_in(self.model):
-            out["family_module"] = models.module_path(self.model)
-        return out
+        """Plain data (lists, not tuples): YAML, JSON and checkpoints take it as it is. The
+        family is named, never its module (see the module docstring)."""
+        return {"model": self.model, "data": _plain(self.data), "train": _plain(self.train),
+                self.model: _plain(self.family)}
 
     def flat(self) -> dict[str, Any]:
         """{'train.batch_size': 128, '<family>.lr': 1e-3, ...}: MLflow params."""
@@ -118,7 +129,8 @@ class Config:
     def validate(self) -> None:
         t = self.train
         positive = {"train.batch_size": t.batch_size, "train.workers": t.workers,
-                    "train.log_every": t.log_every,
+                    "train.log_every": t.log_every, "train.collective_timeout_s":
+                    t.collective_timeout_s,
                     "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every,
                     "train.keep_checkpoints": t.keep_checkpoints}
         if t.steps is not None:
@@ -164,10 +176,14 @@ def _plain(section) -> dict:
             for k, v in dataclasses.asdict(section).items()}
 
 
-def _build(dc, values: dict | None, section: str):
-    values = dict(values or {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section {section!r} must be a mapping")
+def _build(dc, values: Mapping | None, section: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section {section!r} must be a mapping of keys, e.g. "
+                          f"{section}: {{{dataclasses.fields(dc)[0].name}: ...}}, got "
+                          f"{str(values)[:80]!r}")
+    values = dict(values)
     fields = {f.name: f for f in dataclasses.fields(dc)}
     for key, value in values.items():
         if key not in fields:
@@ -191,7 +207,7 @@ def _coerce(f: dataclasses.Field, value, name: str):
             if any(isinstance(v, bool) or float(v) != int(v) for v in items):
                 raise ValueError
             return tuple(int(v) for v in items)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name} must be a list of integers, e.g. [3], got {value!r}") \
                 from None
     try:
@@ -206,12 +222,16 @@ def _coerce(f: dataclasses.Field, value, name: str):
                 raise ValueError
             return int(value)
         if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("str"):
+            number = float(value)
+        elif kind.startswith("str"):
             return str(value)
-    except (TypeError, ValueError):
+        else:
+            return value
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name} must be {kind.split(' ')[0]}, got {value!r}") from None
-    return value
+    if not math.isfinite(number):  # nan passes every `<= 0` check, and inf overflows int()
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -3,6 +3,7 @@ and what happens there, e.g.
 
     GENBENCH_FAULT="rank=1,step=150,action=kill"              # SIGKILL rank 1 after step 150
     GENBENCH_FAULT="rank=0,step=40,action=pause,seconds=30"   # rank 0 sleeps 30 s after step 40
+    GENBENCH_FAULT="rank=1,step=150,action=stop"              # SIGSTOP rank 1: a stalled rank
 
 The driver reads it and hands it to the workers (pipeline/train.py), which fire it once per run:
 the restarted worker group that a kill leads to goes on without firing it again.
@@ -18,7 +19,7 @@ from typing import Callable
 from pipeline.errors import ConfigError
 
 ENV = "GENBENCH_FAULT"
-ACTIONS = ("kill", "pause")
+ACTIONS = ("kill", "pause", "stop")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Fault:
             self.prepare()
         if self.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: nothing is flushed or closed
+        if self.action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)  # a stall: alive, silent, until someone kills it
         time.sleep(self.seconds)
 
 
@@ -41,7 +44,7 @@ def parse(text: str | None) -> Fault | None:
     """GENBENCH_FAULT's value -> Fault (None when unset); a malformed value is a ConfigError."""
     if not text:
         return None
-    usage = f"{ENV}={text!r} is not understood; use e.g. rank=1,step=150,action=kill|pause"
+    usage = f"{ENV}={text!r} is not understood; use e.g. rank=1,step=150,action=kill|pause|stop"
     try:
         fields = dict(part.split("=", 1) for part in text.replace(" ", "").split(","))
         fault = Fault(rank=int(fields.pop("rank")), step=int(fields.pop("step")),

@@ -17,6 +17,8 @@ from pipeline.config import Config
 # that wait; a poll costs the workers well under a millisecond. Ray passes it from the process
 # that calls fit() to the run's controller.
 POLL_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+STALL_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"  # read by the run's controller
+STALL_TIMEOUT_SET_BY_USER = STALL_TIMEOUT_ENV in os.environ
 
 
 def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: str,
@@ -26,11 +28,19 @@ def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: st
     A run that continues an earlier one passes the checkpoint path in loop_config (Ray Train V2
     has no resume_from_checkpoint): the workers load it when Ray hands them none."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
 
     os.environ.setdefault(*POLL_INTERVAL)
     t = cfg.train
+    # A stalled rank (a hung GPU, a SIGSTOPped or swapped-out process) holds every other rank in
+    # its next collective: after collective_timeout_s the others' collective fails (Ray's
+    # default is 30 min), and the controller, which stops waiting for a silent worker after as
+    # long (Ray's default 10 min), restarts the group from the last checkpoint.
+    if not STALL_TIMEOUT_SET_BY_USER:
+        os.environ[STALL_TIMEOUT_ENV] = str(t.collective_timeout_s)
     return lean_trainer_class()(
         loop_fn, train_loop_config=loop_config,
+        torch_config=TorchConfig(timeout_s=max(1, int(t.collective_timeout_s))),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import checkpoint as ckpt
 from genbench.cli import main
 from pipeline.resume import RUN_DIR_TAG
-from pipeline.trainer import find_latest_checkpoint
+from pipeline.trainer import list_checkpoints
 
 GENBENCH = [sys.executable, "-m", "genbench"]
 TRAIN = ["train", "--experiment", "E", "--steps", "2"]
@@ -102,6 +102,20 @@ def test_negative_beta_in_yaml(clean, capsys):
     assert_one_line_error(code, err, "vae.beta must be >= 0")
 
 
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("train: 5\n", "config section 'train' must be a mapping"),
+    ("data: [1]\n", "config section 'data' must be a mapping"),
+    ("model: vae\nvae: x\n", "config section 'vae' must be a mapping"),
+    ("train:\n  epochs: .inf\n", "train.epochs must be a finite number, got inf"),
+    ("train:\n  checkpoint_min_interval_s: .nan\n",
+     "train.checkpoint_min_interval_s must be a finite number"),
+])
+def test_yaml_section_not_a_mapping_or_not_finite(yaml_text, needle, clean, capsys):
+    (clean / "c.yaml").write_text(yaml_text)
+    code, err = run_cli([*TRAIN[:3], "--config", str(clean / "c.yaml")], capsys)
+    assert_one_line_error(code, err, needle)
+
+
 def test_missing_config_file(clean, capsys):
     code, err = run_cli([*TRAIN, "--config", str(clean / "nope.yaml")], capsys)
     assert_one_line_error(code, err, "nope.yaml does not exist")
@@ -133,50 +147,77 @@ def test_gpu_on_a_cluster_without_gpus(ray_local, clean, capsys):
 
 @pytest.fixture
 def finished(ae_run, monkeypatch):
-    """The finished ae run, its latest checkpoint file, and a guard that nothing changed."""
+    """The finished ae run, its checkpoint files (newest first), and a guard that nothing
+    changed. Tests that need a run --resume accepts mark it KILLED; it is FINISHED again after."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ae_run.uri)
     monkeypatch.chdir(ae_run.workdir)
     client = MlflowClient(ae_run.uri)
     run_dir = client.get_run(ae_run.run_id).data.tags[RUN_DIR_TAG]
-    latest = find_latest_checkpoint(run_dir) / ckpt.FILENAME
-    original = latest.read_bytes()
+    files = [p / ckpt.FILENAME for p in list_checkpoints(run_dir)]
+    assert len(files) == 2  # steps 30 and 15
+    originals = [f.read_bytes() for f in files]
     dirs_before = sorted(Path(run_dir).parent.iterdir())
-    yield ae_run, latest
-    latest.write_bytes(original)  # leave the session's run as it was
+    yield ae_run, files
+    for f, original in zip(files, originals):
+        f.write_bytes(original)  # leave the session's run as it was
     run = client.get_run(ae_run.run_id)
-    assert run.info.status == "FINISHED"  # not reopened by a failed resume
+    assert run.info.status != "RUNNING"  # not reopened by a failed resume
+    client.set_terminated(ae_run.run_id, "FINISHED")
     assert sorted(Path(run_dir).parent.iterdir()) == dirs_before  # no new Ray run dir
 
 
+def stopped(finished):
+    """The run as a killed driver leaves it (status KILLED), and its newest checkpoint file."""
+    run, files = finished
+    MlflowClient(run.uri).set_terminated(run.run_id, "KILLED")
+    return run, files[0]
+
+
 @pytest.mark.slow  # reads the session's trained ae run
-def test_resume_corrupt_checkpoint(finished, capsys):
-    run, latest = finished
-    garbage = b"this is not a torch file" * 10
-    latest.write_bytes(garbage)
+def test_resume_a_finished_run(finished, capsys):
+    run, _ = finished
     code, err = run_cli(["train", "--resume", run.run_id], capsys)
-    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt", "earlier checkpoint")
-    assert latest.read_bytes() == garbage  # reported, not overwritten
+    assert_one_line_error(code, err, f"run {run.run_id} is FINISHED", "nothing to resume")
+
+
+@pytest.mark.slow  # reads the session's trained ae run
+def test_resume_when_no_checkpoint_loads(finished, capsys):
+    """Every checkpoint corrupt: one line naming each (a torn newest one alone is skipped, see
+    tests/test_fault_tolerance.py)."""
+    run, files = finished
+    stopped(finished)
+    garbage = b"this is not a torch file" * 10
+    for f in files:
+        f.write_bytes(garbage)
+    code, err = run_cli(["train", "--resume", run.run_id], capsys)
+    assert_one_line_error(code, err, f"no checkpoint of run {run.run_id} loads",
+                          f"{files[0].parent.name} (corrupt), {files[1].parent.name} (corrupt)",
+                          "start a new run")
+    assert all(f.read_bytes() == garbage for f in files)  # reported, not overwritten
 
 
 @pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_whose_pickle_runs_code(finished, tmp_path, capsys):
     from test_checkpoint import RunsCode
 
-    run, latest = finished
+    run, files = finished
+    stopped(finished)
     marker = tmp_path / "marker"
-    payload = ckpt.load(latest)
-    payload["extra"] = RunsCode(f"open({str(marker)!r}, 'w').write('pwned')")
-    torch.save(payload, latest)
+    for f in files:  # both: --resume would otherwise go on from the one that loads
+        payload = ckpt.load(f)
+        payload["extra"] = RunsCode(f"open({str(marker)!r}, 'w').write('pwned')")
+        torch.save(payload, f)
     code, err = run_cli(["train", "--resume", run.run_id], capsys)
-    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
-    code, err = run_cli(["eval", "--checkpoint", str(latest)], capsys)
-    assert_one_line_error(code, err, f"checkpoint {latest} is corrupt")
+    assert_one_line_error(code, err, f"no checkpoint of run {run.run_id} loads",
+                          f"{files[0].parent.name} (corrupt)")
+    code, err = run_cli(["eval", "--checkpoint", str(files[0])], capsys)
+    assert_one_line_error(code, err, f"checkpoint {files[0]} is corrupt")
     assert not marker.exists()
 
 
 @pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_a_newer_format(finished, capsys):
-    run, latest = finished
+    run, latest = stopped(finished)
     payload = ckpt.load(latest)
     payload["format"] = ckpt.FORMAT + 1
     torch.save(payload, latest)
@@ -186,7 +227,7 @@ def test_resume_checkpoint_of_a_newer_format(finished, capsys):
 
 @pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_another_run(finished, capsys):
-    run, latest = finished
+    run, latest = stopped(finished)
     payload = ckpt.load(latest)
     payload["mlflow_run_id"] = "0" * 32
     torch.save(payload, latest)
@@ -197,7 +238,7 @@ def test_resume_checkpoint_of_another_run(finished, capsys):
 @pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_with_mismatched_shapes(finished, capsys):
     """The weights no longer fit the saved config (ae.width 8 -> 16)."""
-    run, latest = finished
+    run, latest = stopped(finished)
     payload = ckpt.load(latest)
     payload["config"]["ae"]["width"] = 16
     torch.save(payload, latest)
@@ -208,20 +249,13 @@ def test_resume_checkpoint_with_mismatched_shapes(finished, capsys):
 
 @pytest.mark.slow  # reads the session's trained ae run
 def test_resume_checkpoint_of_another_family(finished, capsys):
-    run, latest = finished
+    run, latest = stopped(finished)
     payload = ckpt.load(latest)
     payload["config"] = {**payload["config"], "model": "gan", "gan": {}}
     del payload["config"]["ae"]
     torch.save(payload, latest)
     code, err = run_cli(["train", "--resume", run.run_id], capsys)
     assert_one_line_error(code, err, "holds networks ['model']", "['discriminator', 'generator']")
-
-
-@pytest.mark.slow  # reads the session's trained ae run
-def test_resume_a_finished_run(finished, capsys):
-    run, _ = finished
-    code, err = run_cli(["train", "--resume", run.run_id], capsys)
-    assert_one_line_error(code, err, f"already reached step {run.steps}", "nothing to resume")
 
 
 def test_resume_unknown_run(clean, capsys):
@@ -239,6 +273,7 @@ def test_resume_with_a_new_config(clean, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--model", "ae", "--set", "train.stepz=3"], "unknown config key train.stepz"),
     (["--model", "ae", "--steps", "0"], "must be positive, got 0"),
+    (["--model", "vae", "--set", "vae.lr=nan"], "vae.lr must be a finite number, got 'nan'"),
 ])
 def test_real_exit_code(args, needle, tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"

@@ -59,6 +59,20 @@ def test_merge_layers_nested_sections():
     ({"data": {"val_fraction": 1.0}}, "data.val_fraction must lie in"),
     ({"model": "pixelcnn", "pixelcnn": {"kernel": 4}}, "pixelcnn.kernel must be odd"),
     ({"model": "gan", "gan": {"g_loss": "wgan"}}, "gan.g_loss must be one of"),
+    # a section that is not a mapping (YAML `train: 5`, `data: [1]`, `vae: "x"`)
+    ({"train": 5}, "config section 'train' must be a mapping"),
+    ({"train": 0}, "config section 'train' must be a mapping"),   # falsy, still not a mapping
+    ({"data": [1]}, "config section 'data' must be a mapping"),
+    ({"model": "vae", "vae": "x"}, "config section 'vae' must be a mapping"),
+    ({"model": ["vae"]}, r"unknown model \['vae'\]"),
+    # NaN and infinity pass `<= 0` checks and overflow int(): refused where they are read
+    ({"train": {"epochs": float("inf")}}, "train.epochs must be a finite number, got inf"),
+    ({"vae": {"lr": "nan"}}, "vae.lr must be a finite number, got 'nan'"),
+    ({"vae": {"beta": float("nan")}}, "vae.beta must be a finite number"),
+    ({"train": {"checkpoint_min_interval_s": "inf"}},
+     "train.checkpoint_min_interval_s must be a finite number"),
+    ({"train": {"steps": float("inf")}}, "train.steps must be int, got inf"),
+    ({"data": {"exclude_classes": [float("inf")]}}, "data.exclude_classes must be a list"),
 ])
 def test_bad_values_raise_one_line(raw, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -85,3 +99,20 @@ def test_bad_yaml_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml(str(bad))
+
+
+def test_a_config_that_is_not_a_mapping_is_one_line():
+    with pytest.raises(ConfigError, match="a config must be a mapping of sections"):
+        Config.from_dict([1, 2])
+
+
+def test_yaml_infinity_and_overrides_reach_the_checks(tmp_path):
+    """What the YAML parser and --set give for `.inf` and `nan` is refused by name."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: .inf\n")
+    with pytest.raises(ConfigError, match="train.epochs must be a finite number, got inf"):
+        Config.from_dict(load_yaml(str(path)))
+    with pytest.raises(ConfigError, match="vae.lr must be a finite number"):
+        Config.from_dict(parse_overrides(["vae.lr=nan"]))
+    with pytest.raises(ConfigError, match="checkpoint_min_interval_s must be a finite number"):
+        Config.from_dict(parse_overrides(["train.checkpoint_min_interval_s=inf"]))

@@ -92,6 +92,24 @@ def test_worker_killed_before_the_first_checkpoint(ray_local, workdir, mlflow_ur
     check_exactly_once(client, run.info.run_id, 300, 10)
 
 
+def test_stalled_rank_restarts_the_group(ray_local, workdir, mlflow_uri, capsys, monkeypatch):
+    """Rank 1 is SIGSTOPped right after step 150 of 300 (checkpoints every 100): alive but
+    silent, it holds rank 0 in the next gradient all-reduce until train.collective_timeout_s
+    (10 s here; Ray's own default is 30 minutes) ends it. Ray restarts the group from step 100
+    and the run finishes, every point once."""
+    monkeypatch.setenv(ENV, "rank=1,step=150,action=stop")
+    t0 = time.time()
+    code = main(["train", *TINY, "--steps", "300", "--set", "train.checkpoint_every=100",
+                 "--set", "train.collective_timeout_s=10", "--experiment", "ST"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    client, run = the_only_run(mlflow_uri, "ST")
+    assert FAULT_TAG in run.data.tags, "the fault never fired"
+    assert run.data.tags[RESUMED_TAG] == "100"
+    check_finished(client, run.info.run_id, 300, workdir)
+    check_exactly_once(client, run.info.run_id, 300, 10)
+    assert time.time() - t0 < 240  # not Ray's 30 minutes
+
+
 def kill_driver(proc: subprocess.Popen, ray_local) -> None:
     """SIGKILL a `genbench train` driver on the session's Ray and wait until Ray has ended its
     workers (their CPUs are free again)."""

@@ -1,110 +1,45 @@
-"""A family that no source file knows: defined in this test file, registered with one line, then
-run through `genbench train --workers 2`, `genbench eval`, a 2-trial `genbench tune` and
-`genbench report`.
-
-The toy is a table of independent 256-way softmaxes, one per sub-pixel: an exact likelihood
-and a sampler, and on purpose no validation loss (SWEEP_METRIC None), so its sweep runs on the
-small-sample FID that any such family gets. Ray workers and Tune trials are other processes:
-they import this file from the path its config carries (`family_module`).
+"""A family that no source file of genbench knows, installed the way a user installs one: the
+package testing/toy_family (`make venv` runs `pip install -e testing/toy_family`), whose entry
+point in the group `genbench.families` names its module, genbench_toy. It then runs through
+`genbench train --workers 2`, `genbench eval`, a 2-trial `genbench tune` and `genbench report`.
+Ray workers and Tune trials are other processes: they find the toy through the same entry
+point, as nothing in a config names code to import.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import importlib.metadata
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from pipeline.models import register, unregister
-
-
-@pytest.fixture(scope="module", autouse=True)
-def toy_family():
-    register("toy", __file__)   # the one registration line
-    yield
-    unregister("toy")           # other test modules see the built-in families only
-
-
-# --- the family (contract v2) ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Config:
-    lr: float = 0.05
-
-
-PHASES = ("model",)
-PROGRESS_KEYS = ("bpd",)
-TUNE_SPACE = {"lr": {"loguniform": [0.01, 0.1]}}
-SWEEP_METRIC, SWEEP_MODE = None, "min"
-LIKELIHOOD = "exact"
-LIKELIHOOD_NOTE = "exact: an independent 256-way softmax per sub-pixel"
-GRID_SIZE = 16
-DDP_OPTIONS: dict[str, dict] = {}
-
-
-class PixelTable(nn.Module):
-    def __init__(self, image_shape, num_classes: int):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.logits = nn.Parameter(torch.zeros(256, *image_shape))        # uniform at start
-        self.class_bias = (nn.Parameter(torch.zeros(num_classes, 256, *image_shape))
-                           if num_classes else None)
-
-    def forward(self, n: int, y=None) -> torch.Tensor:
-        """Logits (n, 256, C, H, W)."""
-        logits = self.logits.expand(n, *self.logits.shape)
-        return logits + self.class_bias[y] if self.class_bias is not None else logits
-
-
-def build(cfg: Config, image_shape, num_classes: int) -> dict[str, nn.Module]:
-    return {"model": PixelTable(image_shape, num_classes)}
-
-
-def make_optimizers(cfg: Config, nets) -> dict[str, torch.optim.Optimizer]:
-    return {"model": torch.optim.Adam(nets["model"].parameters(), lr=cfg.lr)}
-
-
-def _nats(nets, x, y) -> torch.Tensor:
-    logits = nets["model"](x.shape[0], y)
-    return F.cross_entropy(logits.float(), x.long(), reduction="none").flatten(1).sum(1)
-
-
-def loss(cfg: Config, nets, x, y, phase: str) -> dict[str, torch.Tensor]:
-    per_dim = _nats(nets, x, y).mean() / x[0].numel()
-    return {"loss": per_dim, "bpd": per_dim.detach() / math.log(2)}
-
-
-@torch.no_grad()
-def nll(cfg: Config, nets, x, y=None, k: int = 1) -> torch.Tensor:
-    return _nats(nets, x, y)
-
-
-@torch.no_grad()
-def sample(cfg: Config, nets, n: int, labels=None, device="cpu") -> torch.Tensor:
-    model = getattr(nets["model"], "module", nets["model"])
-    logits = model(n, labels).float().movedim(1, -1)                   # (n, C, H, W, 256)
-    return torch.distributions.Categorical(logits=logits).sample().to(torch.uint8)
-
-
-# --- the test ----------------------------------------------------------------------------------
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SETS = ["--set", "train.batch_size=32", "--set", "train.log_every=2",
         "--set", "train.checkpoint_every=4"]
 
 
-def test_the_registry_knows_the_toy_only_through_this_file():
-    from pipeline.config import Config as RunConfig
-    from pipeline.models import FAMILIES, can, is_built_in
+@pytest.fixture(scope="module", autouse=True)
+def toy_installed():
+    if not importlib.metadata.entry_points(group="genbench.families", name="toy"):
+        pytest.fail("the toy family is not installed: run `make venv` (or "
+                    ".venv/bin/pip install -e testing/toy_family)")
 
-    assert "toy" in FAMILIES and not is_built_in("toy")
+
+def test_the_registry_finds_the_toy_through_its_entry_point():
+    import genbench_toy
+
+    from pipeline.config import Config as RunConfig
+    from pipeline.models import FAMILIES, can, from_entry_point, get, is_built_in
+
+    assert "toy" in FAMILIES and not is_built_in("toy") and from_entry_point("toy")
+    assert get("toy") is genbench_toy
     assert can("toy", "sample") and can("toy", "nll") and not can("toy", "encode")
     saved = RunConfig.from_dict({"model": "toy"}).to_dict()
-    assert saved["family_module"] == __file__ and saved["toy"] == {"lr": 0.05}
+    assert saved["model"] == "toy" and saved["toy"] == {"lr": 0.05}
+    assert "family_module" not in saved     # the name travels, never a module
 
 
 def test_toy_family_trains_evaluates_sweeps_and_is_reported(ray_local, tmp_path, monkeypatch,
                                                             tmp_path_factory, capsys):
+    from genbench_toy import LIKELIHOOD_NOTE
     from testing.evalkit import domain_cache
 
     from genbench.cli import main
@@ -114,7 +49,7 @@ def test_toy_family_trains_evaluates_sweeps_and_is_reported(ray_local, tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
 
-    # train: DDP over 2 Ray workers, which import this file to rebuild the config
+    # train: DDP over 2 Ray workers, which find the toy through its entry point
     assert main(["train", "--model", "toy", "--workers", "2", "--steps", "8",
                  "--experiment", "toy", *SETS]) == 0
     c = tracking.client()

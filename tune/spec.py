@@ -11,13 +11,17 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 
 SPEC_FILE = "genbench_sweep.json"  # in the Tune experiment directory
+# Beside it: the sweep's id (its MLflow parent run id), written when genbench opens the sweep.
+# `--resume` trusts a directory only when this id names a parent run in the user's tracking
+# store that points back at the directory (tune/sweep.py): Tune restores pickled state from it.
+MARKER_FILE = "genbench_sweep.id"
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """Configs are held as dicts (Config.to_dict()): trial processes unpickle the spec before
-    they can know a family registered outside pipeline/models/; Config.from_dict, called in the
-    trial, imports it (see pipeline/models/__init__.py)."""
+    """Configs are held as dicts (Config.to_dict()) and rebuilt with Config.from_dict, which
+    checks them again wherever they are read: a spec read back by --resume is data from a
+    directory, and a config in it that names code to import is refused."""
     user_config: dict            # the config as the user gave it (best_config.yaml builds on it)
     trial_config: dict           # what every trial trains before its sampled values
     space: dict                  # {dotted config key: {primitive: [args]}}, checked
@@ -92,3 +96,17 @@ class SweepSpec:
     @classmethod
     def load(cls, sweep_dir: Path) -> "SweepSpec":
         return cls.from_json((sweep_dir / SPEC_FILE).read_text())
+
+
+def write_marker(sweep_dir: Path, sweep_id: str) -> None:
+    (sweep_dir / MARKER_FILE).write_text(sweep_id + "\n")
+
+
+def read_marker(sweep_dir: Path) -> str | None:
+    """The sweep id in the directory's marker, or None when there is none (or it is not one
+    line of id characters)."""
+    path = sweep_dir / MARKER_FILE
+    if not path.is_file() or path.stat().st_size > 200:
+        return None
+    text = path.read_text(errors="replace").strip()
+    return text if text and text.isalnum() else None

@@ -19,8 +19,10 @@ from pipeline.errors import ConfigError
 from pipeline.launch import load_train_split
 from tune import metrics as sweep_metrics
 from tune import spaces
-from tune.spec import SPEC_FILE, SweepSpec
+from tune.spec import MARKER_FILE, SPEC_FILE, SweepSpec, read_marker, write_marker
 
+TUNE_PATH_TAG = "genbench.tune_path"   # on the parent run: its sweep directory
+SWEEP_ID_TAG = "genbench.sweep_id"     # on the parent run: the id in the directory's marker
 REPORTS_PER_TRIAL = 10             # metric (and checkpoint) interval = steps / this, at most
 FID_SAMPLES = 500                  # images per small-sample FID (fake and real each)
 
@@ -177,33 +179,64 @@ def open_sweep(spec: SweepSpec) -> SweepSpec:
     sweep_dir = Path(storage_path(cfg)) / name
     spec = spec.replace(parent_run_id=parent, name=name, sweep_dir=str(sweep_dir))
     sweep_dir.mkdir(parents=True, exist_ok=False)
+    write_marker(sweep_dir, parent)   # what --resume checks against the parent run's tags
     spec.save(sweep_dir)
-    tracking.set_tags(parent, {"genbench.tune_path": str(sweep_dir)})
+    tracking.set_tags(parent, {TUNE_PATH_TAG: str(sweep_dir), SWEEP_ID_TAG: parent})
     return spec
 
 
+def trusted_sweep(path: str) -> tuple[Path, str]:
+    """The sweep directory and its id, when genbench wrote it for a parent run in the user's
+    tracking store; else a one-line error. Tune.restore unpickles state from the directory,
+    so it must come from a sweep this user ran, not be copied from elsewhere. Reads nothing
+    but the marker, before the spec, Tune's state or Ray."""
+    sweep_dir = Path(path).absolute()
+    if not (sweep_dir / SPEC_FILE).is_file():
+        raise ConfigError(f"{path} is not a genbench sweep directory (no {SPEC_FILE}); pass the "
+                          f"sweep dir that `genbench tune` printed")
+    sweep_id = read_marker(sweep_dir)
+    uri = tracking.tracking_uri()   # the user's own store, never one the directory names
+    if sweep_id is None:
+        raise ConfigError(f"{path} has no {MARKER_FILE} marker, so genbench did not start this "
+                          f"sweep here; --resume restores Ray Tune's pickled state from the "
+                          f"directory: resume only sweeps you ran yourself, or start it again")
+    try:
+        parent = tracking.client(uri).get_run(sweep_id)
+    except Exception:
+        parent = None
+    tags = parent.data.tags if parent is not None else {}
+    if tags.get("genbench.kind") != "tune" or tags.get(SWEEP_ID_TAG) != sweep_id:
+        raise ConfigError(f"{path} names sweep {sweep_id}, which is not a sweep's parent run in "
+                          f"your tracking store {uri}; --resume restores Ray Tune's pickled "
+                          f"state from the directory: resume only sweeps you ran yourself, "
+                          f"with the MLFLOW_TRACKING_URI they were started with")
+    recorded = tags.get(TUNE_PATH_TAG, "")
+    if not recorded or Path(recorded).resolve() != sweep_dir.resolve():
+        raise ConfigError(f"sweep {sweep_id} ran in {recorded or 'an unrecorded directory'}, "
+                          f"not {sweep_dir}; resume it from the directory it ran in")
+    return sweep_dir, sweep_id
+
+
 def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
-    """Continue an interrupted sweep from its directory, without re-running finished trials."""
+    """Continue an interrupted sweep from its directory, without re-running finished trials;
+    trials that ended in error (e.g. a tracking outage) run again from their last checkpoint."""
     from ray import tune
 
     from pipeline.cluster import init_ray
     from tune.trial import make_trainable
 
-    sweep_dir = Path(path).absolute()
-    if not (sweep_dir / SPEC_FILE).is_file():
-        raise ConfigError(f"{path} is not a genbench sweep directory (no {SPEC_FILE}); pass the "
-                          f"sweep dir that `genbench tune` printed")
-    spec = SweepSpec.load(sweep_dir)
+    sweep_dir, sweep_id = trusted_sweep(path)
+    spec = SweepSpec.load(sweep_dir)   # its configs pass Config.from_dict's checks again
+    uri = tracking.tracking_uri()
+    if spec.parent_run_id != sweep_id or spec.tracking_uri != uri:
+        raise ConfigError(f"{path}: its {SPEC_FILE} does not match sweep {sweep_id} in {uri}; "
+                          f"start the sweep again")
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise ConfigError(f"sweep {path} stopped before Tune saved any state; start it again "
                           f"without --resume")
-    uri = spec.tracking_uri
-    try:
-        parent = tracking.client(uri).get_run(spec.parent_run_id)
-    except Exception:
-        raise ConfigError(f"the sweep's MLflow parent run {spec.parent_run_id} is not in "
-                          f"{uri}; resume with the tracking store it was started with") from None
-    if parent.info.status == "FINISHED":
+    parent = tracking.client(uri).get_run(sweep_id)
+    errored = errored_trials(sweep_dir)
+    if parent.info.status == "FINISHED" and not errored:
         raise ConfigError(f"sweep {path} already finished; see MLflow run "
                           f"{spec.parent_run_id}")
     trial_cfg = spec.trial()
@@ -212,12 +245,23 @@ def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
     concurrency(trial_cfg)
     spec = spec.replace(**sweep_metrics.prepare(trial_cfg))
     tracking.client(uri).update_run(spec.parent_run_id, status="RUNNING")
-    print(f"genbench: resuming sweep {sweep_dir.name} ({spec.samples} trials of "
-          f"{spec.model}); MLflow parent run {spec.parent_run_id}",
+    rerun = f", {errored} errored trial(s) rerun" if errored else ""
+    print(f"genbench: resuming sweep {sweep_dir.name} from {sweep_dir} ({spec.samples} trials "
+          f"of {spec.model}{rerun}; MLflow parent run {spec.parent_run_id}): Ray Tune restores "
+          f"pickled state from this directory; resume only sweeps you ran yourself",
           file=sys.stderr, flush=True)
+    # resume_errored: errored trials continue from their last checkpoint (restart_errored
+    # would start them from step 0 and log their steps again)
     tuner = tune.Tuner.restore(str(sweep_dir), make_trainable(spec, train_data, val_data),
-                               resume_unfinished=True, resume_errored=False)
+                               resume_unfinished=True, resume_errored=True)
     return finish(tuner, spec)
+
+
+def errored_trials(sweep_dir: Path) -> int:
+    """Trials of a saved sweep that ended in error."""
+    from ray.tune import ExperimentAnalysis
+
+    return sum(t.status == "ERROR" for t in ExperimentAnalysis(str(sweep_dir)).trials)
 
 
 def finish(tuner, spec: SweepSpec) -> int:
@@ -251,6 +295,10 @@ def finish(tuner, spec: SweepSpec) -> int:
     rows = summary.collect(results, parent, uri)
     out = summary.write_all(rows, spec, Path(spec.sweep_dir))
     print_results(rows, spec, out)
+    failed = sum(t.status == "ERROR" for t in saved)
+    if failed:
+        print(f"genbench: {failed} trial(s) ended in error; rerun them from their last "
+              f"checkpoint with: genbench tune --resume {spec.sweep_dir}", file=sys.stderr)
     best = out["best"]
     tracking.end_run(parent, "FINISHED" if best is not None else "FAILED", uri)
     return 0 if best is not None else 1

@@ -1,4 +1,4 @@
-"""Model families: the registry. One module per family, one line per family below.
+"""Model families: the registry. One module per family, its name in BUILT_IN below.
 
 Everything particular to a family is declared in its module; code outside pipeline/models/
 asks the family (its attributes, `can()`) and never tests its name. The contract (v2):
@@ -26,75 +26,135 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
   optional: PUBLISHED (published numbers for the report, plain dicts; eval/references.py),
     CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py)
 
-A family defined elsewhere registers with `register(name, "importable.module")` or
-`register(name, "/path/to/family.py")` (e.g. `register("wgan", __file__)` in a script). Its
-Config then carries that string (`family_module`), so Ray workers and trial processes, which
-never ran the registration, import the family when they rebuild the config. A config can thus
-name code to import, as a checkpoint's config can: load configs and checkpoints you trust.
+Where families come from: the built-ins below, families the user's own code registered in
+this process with `register(name, module)`, and installed packages that declare an entry point
+in the group `genbench.families` (in their pyproject.toml:
+`[project.entry-points."genbench.families"] toy = "genbench_toy"`). Never from data: a config,
+checkpoint, MLflow run, sweep spec or task config names a family only by its name, and
+pipeline.config refuses one that names code to import (`family_module`). A checkpoint from
+someone else thus cannot make genbench import a file.
+
+Ray workers and Tune trial processes never ran the user's `register()` calls: there only the
+built-ins and entry-point families exist. A family used by `genbench train`, `tune`, `bench`
+or `eval --workers` must therefore be installed as a package with an entry point; `register()`
+serves code that stays in its own process (a notebook calling pipeline.loop.fit, a test).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from types import ModuleType
 
-_REGISTRY: dict[str, str] = {}           # name -> module path or .py file
-_LOADED: dict[str, ModuleType] = {}       # name -> its module, checked against the contract
-_BUILT_IN: set[str] = set()
+ENTRY_POINT_GROUP = "genbench.families"
+_REGISTRY: dict[str, str | ModuleType] = {}   # name -> module path, .py file or module
+_LOADED: dict[str, ModuleType] = {}            # name -> its module, checked against the contract
+_ENTRY_POINTS: dict[str, str] = {}             # name -> "module (distribution)", for messages
+_discovered = False
 REQUIRED = ("Config", "PHASES", "PROGRESS_KEYS", "TUNE_SPACE", "SWEEP_METRIC", "SWEEP_MODE",
             "LIKELIHOOD", "LIKELIHOOD_NOTE", "GRID_SIZE", "DDP_OPTIONS", "build",
             "make_optimizers", "loss")
 LIKELIHOODS = ("exact", "bound", None)
 
 
-def register(name: str, module: str) -> None:
-    """Add a family: `name` is its config section and --model value; `module` an importable
-    module path or a .py file. Registering the same pair again is a no-op."""
-    if module.endswith(".py"):
+def register(name: str, module: str | ModuleType) -> None:
+    """Add a family from your own code: `name` is its config section and --model value;
+    `module` an importable module path, a module, or a .py file (`register("wgan", __file__)`).
+    Only this process learns of it: Ray workers and sweep trials find a family through its
+    `genbench.families` entry point (see the module docstring). Registering the same pair
+    again is a no-op."""
+    if isinstance(module, str) and module.endswith(".py"):
         module = os.path.abspath(module)
+    _discover()
     known = _REGISTRY.get(name)
     if known is not None and known != module:
-        raise ValueError(f"family {name!r} is already registered as {known}; pick another name")
+        raise ValueError(f"family {name!r} is already registered as {_describe(name)}; "
+                         f"pick another name")
     _REGISTRY[name] = module
 
 
 def unregister(name: str) -> None:
     """Remove a family registered outside pipeline/models/ (built-in ones stay)."""
-    if name in _BUILT_IN:
+    if name in BUILT_IN:
         raise ValueError(f"{name} is a built-in family")
     _REGISTRY.pop(name, None)
     _LOADED.pop(name, None)
+    _ENTRY_POINTS.pop(name, None)
 
 
-register("ae", "pipeline.models.ae")
-register("vae", "pipeline.models.vae")
-register("gan", "pipeline.models.gan")
-register("pixelcnn", "pipeline.models.pixelcnn")
-register("transformer", "pipeline.models.transformer")
-
-_BUILT_IN.update(_REGISTRY)
+BUILT_IN = ("ae", "vae", "gan", "pixelcnn", "transformer")   # pipeline/models/<name>.py each
+_REGISTRY.update({name: f"pipeline.models.{name}" for name in BUILT_IN})
 DEFAULT_FAMILY = "vae"   # the model of a config that names none
 
 
+def _discover() -> None:
+    """Add the families installed packages declare under ENTRY_POINT_GROUP, once per process.
+    A name already taken (a built-in, or registered first) keeps its module, with a warning."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        where = f"{ep.value} (entry point of {ep.dist.name if ep.dist else 'a package'})"
+        known = _REGISTRY.get(ep.name)
+        if known is not None:
+            if known != ep.value:
+                warnings.warn(f"genbench: family {ep.name!r} of {where} ignored: the name is "
+                              f"taken by {_describe(ep.name)}", stacklevel=2)
+            continue
+        if ":" in ep.value:
+            warnings.warn(f"genbench: family {ep.name!r} of {where} ignored: the value must "
+                          f"name a module (e.g. toy = \"genbench_toy\"), not an object",
+                          stacklevel=2)
+            continue
+        _REGISTRY[ep.name] = ep.value
+        _ENTRY_POINTS[ep.name] = where
+
+
+def _describe(name: str) -> str:
+    target = _REGISTRY[name]
+    if name in _ENTRY_POINTS:
+        return _ENTRY_POINTS[name]
+    return target.__name__ if isinstance(target, ModuleType) else target
+
+
+def _known(name) -> bool:
+    if not isinstance(name, str):
+        return False
+    if name not in _REGISTRY:
+        _discover()
+    return name in _REGISTRY
+
+
 def names() -> list[str]:
+    _discover()
     return list(_REGISTRY)
 
 
 def module_path(name: str) -> str:
-    return _REGISTRY[name]
+    """Where the family's module comes from, for messages."""
+    _known(name)
+    return _describe(name)
 
 
 def is_built_in(name: str) -> bool:
-    return name in _BUILT_IN
+    return name in BUILT_IN
+
+
+def from_entry_point(name: str) -> bool:
+    """Whether the family comes from an installed package's entry point."""
+    _known(name)
+    return name in _ENTRY_POINTS
 
 
 def get(name: str) -> ModuleType:
     """The family's module, imported and checked against the contract on first use."""
     if name not in _LOADED:
-        if name not in _REGISTRY:
+        if not _known(name):
             raise KeyError(name)
         module = _import(_REGISTRY[name])
         check(name, module)
@@ -102,7 +162,11 @@ def get(name: str) -> ModuleType:
     return _LOADED[name]
 
 
-def _import(target: str) -> ModuleType:
+def _import(target: str | ModuleType) -> ModuleType:
+    """A module named by the registry, which only code (built-ins, the user's register() calls,
+    installed entry points) fills: never a path from a config."""
+    if isinstance(target, ModuleType):
+        return target
     if not target.endswith(".py"):
         return importlib.import_module(target)
     for module in list(sys.modules.values()):  # already imported, e.g. the registering script
@@ -141,13 +205,13 @@ class _Families(Mapping):
         return get(name)
 
     def __iter__(self):
-        return iter(list(_REGISTRY))
+        return iter(names())
 
     def __len__(self) -> int:
-        return len(_REGISTRY)
+        return len(names())
 
     def __contains__(self, name) -> bool:
-        return name in _REGISTRY
+        return _known(name)
 
 
 FAMILIES = _Families()
