@@ -8,9 +8,11 @@ import argparse
 import os
 import sys
 
-from genbench import bench, evaluation, reporting, sweeping, training
+from genbench import bench, evaluation, replay, reporting, sweeping, training
 from genbench.options import Parser
 from pipeline.errors import ConfigError, RunStopped
+from pipeline.signals import Terminated, handle_sigterm
+from pipeline.signals import exit_code as signal_exit_code
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,14 @@ def make_parser() -> argparse.ArgumentParser:
                        "embedded, no external requests); both are logged to a report run.")
     reporting.add_arguments(p)
     p.set_defaults(func=reporting.run)
+
+    p = sub.add_parser("tracking", help="MLflow records kept on disk during a tracking-server "
+                       "outage: `genbench tracking replay [DIR]` sends them",
+                       description="While the MLflow tracking server is unreachable, runs "
+                       "keep what they log in a spool on disk ($GENBENCH_SPOOL, default "
+                       "~/.cache/genbench/spool) and send it when the server is back; a spool "
+                       "left behind (past train.tracking_outage_s) is sent with `replay`.")
+    replay.add_arguments(p)
     return parser
 
 
@@ -72,6 +82,8 @@ def check_services(args) -> None:
 
     if args.command == "eval" and args.eval_command:  # train-classifier uses neither
         return
+    if args.command == "tracking":  # a spool names its own store, and may find it still down
+        return
     if args.command in ("train", "tune", "bench") or (args.command == "eval" and args.workers > 1):
         check_ray_address(args.address)
     check_store()
@@ -80,6 +92,7 @@ def check_services(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     args = make_parser().parse_args(argv)
+    handle_sigterm()
     if not args.verbose:
         import logging
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -92,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as exc:
         print(f"genbench: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("genbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (pipeline/signals.py)
+        print(f"genbench: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return signal_exit_code(stop)
 
 
 if __name__ == "__main__":

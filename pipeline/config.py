@@ -59,6 +59,9 @@ class TrainConfig:
     # A rank that stalls (hung, SIGSTOPped) fails the others' next collective after this long,
     # and the group restarts from its last checkpoint (Ray's own default: 30 minutes).
     collective_timeout_s: float = 300.0
+    # An unreachable MLflow tracking server is waited out this long (what is logged meanwhile
+    # waits in a spool on disk) before the run stops; GENBENCH_TRACKING_OUTAGE_S overrides it.
+    tracking_outage_s: float = 600.0
     storage_path: str | None = None  # Ray checkpoints; shared storage (s3://, NFS) on clusters
 
 
@@ -154,6 +157,9 @@ class Config:
                               f"workers; use a multiple of {t.workers}")
         if t.max_failures < 0:
             raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
+        if not t.tracking_outage_s >= 0:
+            raise ConfigError(f"train.tracking_outage_s must be >= 0 seconds, got "
+                              f"{t.tracking_outage_s}")
         if not t.checkpoint_min_interval_s >= 0:  # also refuses nan
             raise ConfigError(f"train.checkpoint_min_interval_s must be >= 0 seconds, got "
                               f"{t.checkpoint_min_interval_s}")

@@ -70,6 +70,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     if resume and start_payload["step"] >= steps:
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
                           f"of {steps}; nothing to resume")
+    tracking.set_outage_budget(cfg.train.tracking_outage_s)
     init_ray(address, verbose)
     handle_sigterm()  # again: ray.init replaced the handler with Ray's (a stack dump, no cleanup)
     joined = joined_cluster(address)
@@ -114,16 +115,19 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     try:
         result = fit_interruptibly(trainer)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (pipeline/signals.py)
-        _close_quietly(run_id, "KILLED")
+        _close_quietly(run_id, "KILLED", budget_s=0)  # a stop does not wait out an outage
         how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
         raise RunStopped(f"{how}; {resume_hint(run_id, run_dir)}",
                          signal_exit_code(stop)) from None
     except Exception:
         lost = tracking.unreachable(tracking.tracking_uri())
-        _close_quietly(run_id, "FAILED")
+        # The workers already waited out the outage budget: the status goes to the spool now.
+        _close_quietly(run_id, "FAILED", budget_s=0 if lost else None)
         if lost:
+            spooled = tracking.spool_hint(run_id)
             raise RunStopped(f"lost the MLflow tracking server at {tracking.tracking_uri()} "
                              f"({lost}); when it is back, "
+                             f"{spooled + '; ' if spooled else ''}"
                              f"{resume_hint(run_id, run_dir)}") from None
         print(f"genbench: training failed; {resume_hint(run_id, run_dir)}", file=sys.stderr)
         raise
@@ -158,10 +162,11 @@ def fit_interruptibly(trainer):
     return outcome["result"]
 
 
-def _close_quietly(run_id: str, status: str) -> None:
+def _close_quietly(run_id: str, status: str, budget_s: float | None = None) -> None:
     """Mark the MLflow run stopped, if the tracking server still answers (it may be what
-    failed); --resume reopens it either way."""
+    failed; past budget_s the status waits in the spool for `genbench tracking replay`);
+    --resume reopens it either way."""
     try:
-        tracking.end_run(run_id, status)
+        tracking.end_run(run_id, status, budget_s=budget_s)
     except Exception:
         pass

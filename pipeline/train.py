@@ -32,6 +32,7 @@ RESUMED_TAG = "genbench.resumed_from_step"  # the checkpoint step the latest wor
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.from_dict(loop_config["config"])
+    tracking.set_outage_budget(cfg.train.tracking_outage_s)
     context = ray.train.get_context()
     # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this worker was granted.
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker or 1))
@@ -138,7 +139,7 @@ def armed_fault(text: str | None, ctx: Context) -> faults.Fault | None:
         return None
     if not ctx.run_id:
         return fault
-    if FAULT_TAG in tracking.client(ctx.tracking_uri).get_run(ctx.run_id).data.tags:
+    if FAULT_TAG in tracking.run_tags(ctx.run_id, ctx.tracking_uri):
         return None
 
     def prepare() -> None:

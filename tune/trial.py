@@ -107,6 +107,7 @@ def direct_trial(sampled: dict, spec: SweepSpec, train_data: ImageData, val_data
     # the next trial then errors).
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "120"
     cfg = trial_config(spec, sampled)
+    tracking.set_outage_budget(cfg.train.tracking_outage_s)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_child_run(spec, sampled, cfg, trial_id)
@@ -137,6 +138,7 @@ def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
     from pipeline.trainer import make_trainer, newest_loadable_checkpoint
 
     cfg = trial_config(spec, sampled)
+    tracking.set_outage_budget(cfg.train.tracking_outage_s)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_child_run(spec, sampled, cfg, trial_id)
     storage = f"{spec.sweep_dir}/trainers"
@@ -163,6 +165,7 @@ def tune_loop_per_worker(loop_config: dict) -> None:
     import ray.util
 
     cfg = Config.from_dict(loop_config["config"])
+    tracking.set_outage_budget(cfg.train.tracking_outage_s)
     context = ray.train.get_context()
     torch.set_num_threads(cfg.train.cpus_per_worker)
     ctx = Context(rank=context.get_world_rank(), world=context.get_world_size(),
