@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from eval.domain_classifier import (DOMAIN_ARCH_VERSION, DOMAIN_EPOCHS, DomainClassifier,
-                                    cache_dir, cached_domain, dataset_key,
-                                    domain_variant, save_domain_classifier, sha256_file,
-                                    to_rgb_uint8, train_and_cache_domain,
-                                    train_domain_classifier)
+                                    cache_dir, cache_lock, cached_domain, dataset_key,
+                                    domain_variant, ensure_domain, save_domain_classifier,
+                                    sha256_file, to_rgb_uint8, train_domain_classifier)
 from pipeline.data import ImageData, load_raw, without_classes
 
 
@@ -70,21 +69,19 @@ def baseline_classifier(dataset: str, root: str | None, image_size: int, exclude
     excluded = sorted(set(excluded))
     variant = domain_variant(epochs)
     if not excluded:
-        found = cached_domain(dataset, image_size, variant)
-        if found is None:
-            if not quiet:
-                print(f"genbench: training the domain classifier for {dataset} once; it is "
-                      f"cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
-                                   epochs=DOMAIN_EPOCHS if epochs is None else epochs,
-                                   variant=variant)
-            found = cached_domain(dataset, image_size, variant)
-        path, meta = found
+        path, meta = ensure_domain(dataset, root, image_size, epochs, device, quiet)
         return _load(path, meta, list(range(meta["num_classes"])), device)
 
     stem = (f"{dataset_key(dataset, image_size)}-without{'-'.join(map(str, excluded))}"
             f"-v{DOMAIN_ARCH_VERSION}" + (f"-{variant}" if variant else ""))
     pt_path, json_path = cache_dir() / "domain" / f"{stem}.pt", cache_dir() / "domain" / f"{stem}.json"
+    with cache_lock(pt_path):  # evals that miss at once: one trains, the others reuse it
+        return _excluded_classifier(dataset, root, image_size, excluded, device, quiet, epochs,
+                                    variant, pt_path, json_path)
+
+
+def _excluded_classifier(dataset, root, image_size, excluded, device, quiet, epochs, variant,
+                         pt_path, json_path) -> Classifier:
     if pt_path.is_file() and json_path.is_file():
         meta = json.loads(json_path.read_text())
         if meta.get("sha256") == sha256_file(pt_path):

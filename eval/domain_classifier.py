@@ -4,12 +4,18 @@ eval/extractors.py hands it to torch-fidelity; eval/baseline.py also uses it as 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,44 @@ DOMAIN_EPOCHS = 5
 def cache_dir() -> Path:
     """GENBENCH_CACHE, else ~/.cache/genbench."""
     return Path(os.environ.get("GENBENCH_CACHE", Path.home() / ".cache" / "genbench"))
+
+
+_held = threading.local()  # the cache locks this thread holds: re-entering one is a no-op
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (e.g. a cache file) across processes: flock on path.lock,
+    a file in the same folder. Two evals on a fresh cache then build an entry once: the second
+    waits for the first and reuses what it wrote. Re-entrant within a thread."""
+    lock_path = path.with_name(path.name + ".lock")
+    held = _held.__dict__.setdefault("paths", set())
+    if lock_path in held:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when f closes, or when the process dies
+        held.add(lock_path)
+        try:
+            yield
+        finally:
+            held.discard(lock_path)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) into a temp file of a unique name beside path, then rename it to path: a
+    reader sees the old file or the new one, never a part, and two writers never share a temp
+    file (a fixed name made one's rename fail with FileNotFoundError)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sha256_file(path: str | Path) -> str:
@@ -147,19 +191,17 @@ def train_domain_classifier(train: ImageData, test: ImageData, epochs: float = D
 
 def save_domain_classifier(net: DomainClassifier, meta: dict, pt_path: Path,
                            json_path: Path) -> dict:
-    """Write weights, then the sidecar with their sha256 and test accuracy (atomic renames)."""
-    pt_path.parent.mkdir(parents=True, exist_ok=True)
+    """Write weights, then the sidecar with their sha256 and test accuracy (atomic renames,
+    under the slot's lock: another process never pairs one writer's weights with another's
+    sidecar)."""
     payload = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                "num_classes": net.head.out_features, "in_channels": net.in_channels,
                "width": net.body[0].out_channels,
                "arch_version": DOMAIN_ARCH_VERSION}
-    tmp = pt_path.with_name(pt_path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, pt_path)
-    meta = {**meta, "sha256": sha256_file(pt_path), "file": pt_path.name}
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    with cache_lock(pt_path):
+        atomic_write(pt_path, lambda tmp: torch.save(payload, tmp))
+        meta = {**meta, "sha256": sha256_file(pt_path), "file": pt_path.name}
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return meta
 
 
@@ -169,11 +211,19 @@ def train_and_cache_domain(dataset: str, root: str | None = None, image_size: in
                            quiet: bool = False, variant: str = "") -> dict:
     """Train the domain classifier of a dataset on its train split and cache it (in the slot
     `variant`, see domain_variant); returns its metadata (sha256, test_accuracy, ...). An
-    existing cache is replaced only with force."""
+    existing cache is replaced only with force. Holds the slot's lock throughout: a second
+    process that wants the same slot waits, then finds it cached (see ensure_domain)."""
     pt_path, json_path = domain_paths(dataset, image_size, variant)
-    if pt_path.exists() and not force:
-        raise ConfigError(f"a domain classifier for {dataset} is already cached at {pt_path}; "
-                          f"pass --force to replace it")
+    with cache_lock(pt_path):
+        if pt_path.exists() and not force:
+            raise ConfigError(f"a domain classifier for {dataset} is already cached at "
+                              f"{pt_path}; pass --force to replace it")
+        return _train_and_save(dataset, root, image_size, epochs, max_images, width, seed,
+                               device, quiet, pt_path, json_path)
+
+
+def _train_and_save(dataset, root, image_size, epochs, max_images, width, seed, device, quiet,
+                    pt_path: Path, json_path: Path) -> dict:
     train = load_raw(dataset, train=True, root=root, image_size=image_size)
     test = load_raw(dataset, train=False, root=root, image_size=image_size)
     if max_images is not None and max_images < len(train):
@@ -190,18 +240,58 @@ def train_and_cache_domain(dataset: str, root: str | None = None, image_size: in
     return save_domain_classifier(net.cpu(), meta, pt_path, json_path)
 
 
-def cached_domain(dataset: str, image_size: int, variant: str = ""
-                  ) -> tuple[Path, dict] | None:
-    """The cached classifier's path and metadata, verified by sha256; None if not cached."""
-    pt_path, json_path = domain_paths(dataset, image_size, variant)
+def _read_slot(pt_path: Path, json_path: Path) -> tuple[dict | None, bool]:
+    """(metadata, whether it matches the weights' sha256); (None, False) if the slot is empty."""
     if not (pt_path.is_file() and json_path.is_file()):
-        return None
+        return None, False
     try:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError:
         meta = {}
-    if meta.get("sha256") != sha256_file(pt_path):
+    return meta, meta.get("sha256") == sha256_file(pt_path)
+
+
+def cached_domain(dataset: str, image_size: int, variant: str = ""
+                  ) -> tuple[Path, dict] | None:
+    """The cached classifier's path and metadata, verified by sha256; None if not cached."""
+    pt_path, json_path = domain_paths(dataset, image_size, variant)
+    meta, ok = _read_slot(pt_path, json_path)
+    if meta is not None and not ok:
+        # maybe read between another process's two renames: look again once it has finished
+        with cache_lock(pt_path):
+            meta, ok = _read_slot(pt_path, json_path)
+    if meta is None:
+        return None
+    if not ok:
         raise ConfigError(f"the cached domain classifier {pt_path} does not match its sha256 "
                           f"record; run `genbench eval train-classifier --dataset {dataset} "
                           f"--force` to retrain it")
     return pt_path, meta
+
+
+def ensure_domain(dataset: str, root: str | None, image_size: int, epochs: float | None = None,
+                  device="cpu", quiet: bool = False, train_if_missing: bool = True,
+                  ) -> tuple[Path, dict]:
+    """The cached classifier of a dataset (the slot of `epochs`, see domain_variant), trained
+    once if missing. Processes that miss at once train it once: the first holds the slot's
+    lock while it trains; the others wait for it and then read what it wrote."""
+    variant = domain_variant(epochs)
+    found = cached_domain(dataset, image_size, variant)
+    if found is not None:
+        return found
+    pt_path, _ = domain_paths(dataset, image_size, variant)
+    if not train_if_missing:
+        raise ConfigError(f"no domain classifier cached for {dataset} under {cache_dir()}; "
+                          f"run `genbench eval train-classifier --dataset {dataset}`")
+    with cache_lock(pt_path):
+        found = cached_domain(dataset, image_size, variant)  # another process trained it
+        if found is None:
+            if not quiet:
+                print(f"genbench: training the domain classifier for {dataset} once; it is "
+                      f"cached under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
+            # force: under the lock a weights file without its record is a save cut short
+            train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
+                                   epochs=DOMAIN_EPOCHS if epochs is None else epochs,
+                                   variant=variant, force=True)
+            found = cached_domain(dataset, image_size, variant)
+    return found

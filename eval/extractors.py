@@ -13,7 +13,6 @@ Both take uint8 (B, 3, H, W) images, as torch-fidelity expects.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
 
-from eval.domain_classifier import (DOMAIN_EPOCHS, DomainClassifier, cache_dir, cached_domain,
-                                    domain_variant, sha256_file, train_and_cache_domain)
+from eval.domain_classifier import DomainClassifier, ensure_domain, sha256_file
 from pipeline.errors import ConfigError
 
 EXTRACTORS = ("domain", "inception")
@@ -110,20 +108,7 @@ def domain_extractor(dataset: str, root: str | None, image_size: int, device="cp
     """The dataset's cached domain classifier; trained once (a few minutes on CPU) if missing.
     epochs: one trained for that many epochs instead of DOMAIN_EPOCHS (its own cache slot)."""
     register_domain_extractor()
-    variant = domain_variant(epochs)
-    found = cached_domain(dataset, image_size, variant)
-    if found is None:
-        if not train_if_missing:
-            raise ConfigError(f"no domain classifier cached for {dataset} under {cache_dir()}; "
-                              f"run `genbench eval train-classifier --dataset {dataset}`")
-        if not quiet:
-            print(f"genbench: training the domain classifier for {dataset} once; it is cached "
-                  f"under {cache_dir() / 'domain'}", file=sys.stderr, flush=True)
-        train_and_cache_domain(dataset, root, image_size, device=device, quiet=quiet,
-                               epochs=DOMAIN_EPOCHS if epochs is None else epochs,
-                               variant=variant)
-        found = cached_domain(dataset, image_size, variant)
-    path, meta = found
+    path, meta = ensure_domain(dataset, root, image_size, epochs, device, quiet, train_if_missing)
     module = _create(DOMAIN_REGISTRY_NAME, path, device)
     return Extractor("domain", module, _default_layers(DOMAIN_REGISTRY_NAME), path,
                      meta["sha256"], "none (native size)",

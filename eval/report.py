@@ -3,13 +3,15 @@
 The HTML embeds every image as a data: URI and loads nothing else (no CDN CSS, JS or fonts), so it
 opens offline and can be mailed around. The Markdown links the same PNGs under DIR/images/. Both
 are logged as artifacts of a new MLflow run tagged genbench.kind=report in the same experiment.
-An existing report directory is never replaced without force=True.
+An existing report directory is never replaced without force=True, and force replaces only what
+genbench wrote there: the files listed in DIR/report.manifest.json (see check_out_dir).
 """
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,10 +27,16 @@ from pipeline.errors import ConfigError
 
 TEMPLATES = Path(__file__).parent / "templates"
 OUTPUTS = ("report.md", "report.html", "images")  # what a report directory holds
+MANIFEST = "report.manifest.json"  # the files genbench wrote into it: all that --force removes
 
 
 def default_out_dir(experiment: str) -> Path:
-    return Path("reports") / experiment
+    """reports/<experiment>, the name made one safe path part: an MLflow experiment name may
+    hold `/` (e.g. /Users/me/exp) or `..`, and the report must stay under reports/."""
+    name = re.sub(r"[/\\\x00]", "_", experiment) or "_"
+    if name.startswith("."):  # ".", ".." and hidden names
+        name = "_" + name
+    return Path("reports") / name
 
 
 def write_report(experiment: str, out_dir: Path | str | None = None, force: bool = False,
@@ -67,28 +75,71 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
     return html_path
 
 
+def report_file(rel: str) -> bool:
+    """Whether rel (a path inside a report directory) is one genbench writes there."""
+    parts = rel.split("/")
+    return (rel in ("report.md", "report.html", MANIFEST)
+            or (len(parts) == 2 and parts[0] == "images" and parts[1].endswith(".png")
+                and not parts[1].startswith(".")))
+
+
+def manifest_files(out_dir: Path) -> set[str]:
+    """The report files a previous report recorded in out_dir (entries that are not report
+    files, e.g. `../x` from an edited manifest, are ignored: never deleted)."""
+    try:
+        listed = json.loads((out_dir / MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in listed if isinstance(f, str) and report_file(f)}
+
+
+def _present(out_dir: Path) -> list[str]:
+    """The files in out_dir where a report goes (report.md, report.html, images/...)."""
+    found = [n for n in ("report.md", "report.html", MANIFEST) if (out_dir / n).exists()]
+    images = out_dir / "images"
+    if images.is_dir():
+        found += [f"images/{p.name}" for p in sorted(images.iterdir())]
+    elif images.exists():
+        found.append("images")
+    return found
+
+
 def check_out_dir(out_dir: Path, force: bool) -> None:
+    """A non-empty out_dir only with force, and then only if every file where a report goes
+    was written by genbench (listed in its manifest): --force never deletes anyone else's
+    files. Files elsewhere in out_dir (notes.txt, other folders) are left alone."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; pass a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConfigError(f"report directory {out_dir} already exists; pass --force to replace "
                           f"it or choose another --out")
+    if force and out_dir.is_dir():
+        ours = manifest_files(out_dir) | {MANIFEST}
+        foreign = [f for f in _present(out_dir) if f not in ours]
+        if foreign:
+            raise ConfigError(f"--force replaces only a report genbench wrote, and "
+                              f"{out_dir / foreign[0]} is not listed in {out_dir / MANIFEST}; "
+                              f"move it away or choose another --out")
 
 
 def write_files(data: ReportData, out_dir: Path, force: bool) -> Path:
-    """Write report.md, report.html and images/ (replacing only those when forced)."""
+    """Write report.md, report.html and images/, after removing (when forced) the files of the
+    previous report that its manifest lists; the manifest is written first, so that a report
+    cut short is still known as genbench's."""
     html, md = render_html(data), render_markdown(data)
+    images = all_images(data)
+    files = ["report.md", "report.html"] + [f"images/{image.name}" for image in images]
     if force:
-        for name in OUTPUTS:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    images = out_dir / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for image in all_images(data):
-        (images / image.name).write_bytes(image.png)
+        check_out_dir(out_dir, force)  # again: something may have appeared since the start
+        for rel in sorted(manifest_files(out_dir) - {MANIFEST}):
+            (out_dir / rel).unlink(missing_ok=True)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    manifest = {"genbench_report": data.experiment, "files": sorted(files)}
+    tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
+    for image in images:
+        (out_dir / "images" / image.name).write_bytes(image.png)
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(html)
     return out_dir / "report.html"

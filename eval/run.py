@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from eval.domain_classifier import cache_dir, dataset_key
+from eval.domain_classifier import atomic_write, cache_dir, cache_lock, dataset_key
 from eval.extractors import EXTRACTORS, Extractor, get_extractor
 from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
                            KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
@@ -157,32 +157,71 @@ def reference_features(ext: Extractor, data: ImageData, key: str, batch_size: in
     """Features of a real image set, cached per (extractor weights, dataset split, subset):
     Inception on CPU costs minutes per 10,000 images, and the reference never changes."""
     path = cache_dir() / "features" / f"{ext.name}-{ext.sha256[:16]}-{key}.pt"
-    if path.is_file():
-        try:
-            feats = torch.load(path, map_location="cpu", weights_only=True)
-            if all(len(v) == len(data) for v in feats.values()):
-                return feats
-        except Exception:  # a truncated cache file: recompute
-            pass
-    feats = extract_features(ext, data.images, batch_size, f"features of {key}", quiet)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(feats, tmp)
-    tmp.replace(path)
+
+    def cached():
+        if path.is_file():
+            try:
+                feats = torch.load(path, map_location="cpu", weights_only=True)
+                if all(len(v) == len(data) for v in feats.values()):
+                    return feats
+            except Exception:  # a damaged cache file: recompute
+                pass
+        return None
+
+    feats = cached()
+    if feats is not None:
+        return feats
+    with cache_lock(path):  # evals that miss at once: one extracts, the others wait and reuse
+        feats = cached()
+        if feats is None:
+            feats = extract_features(ext, data.images, batch_size, f"features of {key}", quiet)
+            atomic_write(path, lambda tmp: torch.save(feats, tmp))
     return feats
 
 
+# filled in by `genbench train` after it logs the params (pipeline/cluster.resolve_resources)
+RESOLVED_AT_LAUNCH = ("train.cpus_per_worker",)
+
+
+def flat_config(config: dict) -> dict[str, str]:
+    """A checkpoint's config dict as `genbench train` logs it (Config.flat), values as MLflow
+    keeps params: strings of at most 6000 characters."""
+    flat = {"model": config.get("model")}
+    for section, values in config.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return {k: str(v)[:6000] for k, v in flat.items() if k not in RESOLVED_AT_LAUNCH}
+
+
+def config_mismatch(params: dict[str, str], config: dict) -> str | None:
+    """Why a run's params are not the record of this checkpoint config; None if they are."""
+    for key, value in sorted(flat_config(config).items()):
+        if key not in params:
+            return f"it has no param {key}"
+        if params[key] != value:
+            return f"{key} is {params[key]!r} there, {value!r} in the checkpoint"
+    return None
+
+
 def target_run(model: LoadedModel, opts: EvalOptions, notes: list[str]) -> tuple[str, bool]:
-    """The MLflow run to log into, and whether this evaluation created it."""
+    """The MLflow run to log into, and whether this evaluation created it. A checkpoint names
+    its run, but a checkpoint can come from anywhere: its results go into that run only when
+    the run is in this store and its params record the checkpoint's own config."""
     if opts.run_id:
         return opts.run_id, False
     if model.run_id:
         try:
-            tracking.get_run(model.run_id)
-            return model.run_id, False
+            run = tracking.get_run(model.run_id)
         except ConfigError:
-            notes.append(f"the checkpoint's MLflow run {model.run_id} is not in "
-                         f"{tracking.tracking_uri()}; logging into a new run")
+            why = f"is not in {tracking.tracking_uri()}"
+        else:
+            differs = config_mismatch(run.data.params, model.payload.get("config") or {})
+            if differs is None:
+                notes.append(f"logged into the checkpoint's MLflow run {model.run_id} (its "
+                             f"config matches the checkpoint's)")
+                return model.run_id, False
+            why = f"records another config ({differs})"
+        notes.append(f"the checkpoint's MLflow run {model.run_id} {why}; logged into a new run")
     tags = {"genbench.kind": "eval", "genbench.model": model.cfg.model,
             "genbench.dataset": model.cfg.data.dataset, "genbench.checkpoint": model.source,
             "genbench.checkpoint_run_id": model.run_id or ""}

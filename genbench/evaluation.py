@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "pass when sampling and extracting features (default 250)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if visible), cpu, cuda")
     p.add_argument("--experiment", default="genbench-eval", help="MLflow experiment for a "
-                   "--checkpoint whose own run is not in this tracking store")
+                   "--checkpoint whose own run is not in this tracking store or records "
+                   "another config (its results then go into a new run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub = p.add_subparsers(dest="eval_command", metavar="train-classifier",

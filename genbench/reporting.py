@@ -6,8 +6,10 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="MLflow experiment to report on")
-    p.add_argument("--out", metavar="DIR", help="output directory (default reports/EXPERIMENT)")
-    p.add_argument("--force", action="store_true", help="replace an existing report in DIR")
+    p.add_argument("--out", metavar="DIR", help="output directory (default "
+                   "reports/EXPERIMENT, the name made one path part)")
+    p.add_argument("--force", action="store_true", help="replace the report genbench wrote in "
+                   "DIR (the files its report.manifest.json lists; other files stay)")
     p.add_argument("--verbose", action="store_true", help="show MLflow's own logs")
 
 

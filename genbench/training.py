@@ -6,10 +6,13 @@ import argparse
 from genbench.options import add_train_arguments, build_config, positive_int
 from pipeline.errors import ConfigError
 
+EXPERIMENT_DEFAULT = "genbench"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p)
-    p.add_argument("--experiment", default="genbench", help="MLflow experiment (default genbench)")
+    p.add_argument("--experiment", default=EXPERIMENT_DEFAULT,
+                   help="MLflow experiment (default genbench)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its "
                    "last checkpoint, in the same MLflow run")
@@ -24,9 +27,7 @@ def run(args) -> int:
     from pipeline.launch import train
 
     if args.resume:
-        if args.model or args.config or args.set or args.dataset:
-            raise ConfigError("--resume continues a run with its saved config; drop --model, "
-                              "--dataset, --config and --set")
+        check_resume_arguments(args)
         cfg = None
     else:
         cfg = build_config(args)
@@ -37,6 +38,33 @@ def run(args) -> int:
         from genbench.evaluation import evaluate_after_training
         return evaluate_after_training(result.run_id, args.eval_n)
     return 0
+
+
+def check_resume_arguments(args) -> None:
+    """--resume continues a run with its saved config (model, data, workers, steps, seed,
+    GPU, storage) in its own MLflow experiment: an option that would change one of those is
+    refused by name rather than silently dropped. Before Ray starts."""
+    given = [flag for flag, value in (
+        ("--model", args.model), ("--dataset", args.dataset), ("--config", args.config),
+        ("--set", args.set), ("--workers", args.workers), ("--gpu", args.gpu),
+        ("--steps", args.steps), ("--epochs", args.epochs), ("--seed", args.seed),
+        ("--storage-path", args.storage_path)) if value]
+    if given:
+        raise ConfigError(f"--resume continues a run with its saved config and would ignore "
+                          f"{', '.join(given)}; drop {'it' if len(given) == 1 else 'them'} (a "
+                          f"new config is a new run: genbench train without --resume)")
+    if args.experiment != EXPERIMENT_DEFAULT:  # given: it must be the run's own
+        from pipeline import tracking
+
+        try:
+            run = tracking.get_run(args.resume)
+        except ConfigError:
+            return  # launch says that the run is not there
+        own = tracking.client().get_experiment(run.info.experiment_id).name
+        if own != args.experiment:
+            raise ConfigError(f"--resume continues run {args.resume} in its own MLflow "
+                              f"experiment {own!r}, not --experiment {args.experiment!r}; "
+                              f"drop --experiment")
 
 
 def print_summary(result) -> None:

@@ -5,7 +5,9 @@ one is a ConfigError (one line, exit 2), never a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,9 +24,15 @@ def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_i
     payload = {"format": FORMAT, "step": step, "config": config, "mlflow_run_id": run_id,
                "nets": {k: unwrap(v).state_dict() for k, v in nets.items()},
                "optimizers": {k: v.state_dict() for k, v in optimizers.items()}}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint.pt
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint.pt
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -169,14 +169,30 @@ def _folder_classes(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
 def load_image(file: Path):
     """A PIL image in 'L' (grey) or 'RGB', keeping grey images grey (torchvision's default loader
     converts everything to RGB: 3 identical channels that a likelihood model gets for free)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb guard (None: switched off)
     try:
-        img = Image.open(file)
-        img.load()
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; the size is checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(file)
+        width, height = img.size  # from the header: nothing decoded yet
+        if limit is None or width * height <= limit:
+            img.load()
+    except Image.DecompressionBombError:  # over twice the limit: open itself refuses
+        raise ConfigError(f"image {file} declares more than {2 * limit} pixels "
+                          f"(PIL.Image.MAX_IMAGE_PIXELS is {limit}, the guard against "
+                          f"decompression bombs); remove it or save it smaller") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ConfigError(f"cannot read image {file} ({type(exc).__name__}); remove or "
                           f"re-save it") from None
+    if limit is not None and width * height > limit:
+        raise ConfigError(f"image {file} is {width}x{height} pixels, more than {limit} "
+                          f"(PIL.Image.MAX_IMAGE_PIXELS, the guard against decompression "
+                          f"bombs); remove it or save it smaller")
     mode = GREY_MODES.get(img.mode) or COLOUR_MODES.get(img.mode)
     if mode is None:
         raise ConfigError(f"image {file} has PIL mode {img.mode!r} (16-bit or float pixels); "

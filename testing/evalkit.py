@@ -81,3 +81,22 @@ def image_folder(root, size=16, per_class=6):
                 pixels = gen.integers(0, 128, (size, size, 3)) + 127 * c
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
     return str(root)
+
+
+def decompression_bomb(path: Path, side: int = 20_000) -> Path:
+    """A valid greyscale PNG of side x side black pixels (400 MB decoded at 20,000 px) in about
+    400 KB: written row by row through zlib, since making it with PIL would allocate it all."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    packer = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's pixels
+    idat = b"".join([packer.compress(row) for _ in range(side)] + [packer.flush()])
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path

@@ -167,6 +167,34 @@ def test_grey_train_and_colour_test_is_a_config_error(tmp_path):
         load_raw(str(tmp_path), train=False, image_size=8)
 
 
+def test_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    """A PNG that declares 20000x20000 pixels (400 MB decoded, 400 KB on disk) in a dataset
+    folder: refused from its header, before any decoding, with the file and PIL's limit; one
+    line and exit 2 from the CLI."""
+    from PIL import Image
+
+    from genbench.cli import main
+    from testing.evalkit import decompression_bomb
+
+    write_pngs(tmp_path / "data" / "train" / "a", "L", [5, 6])
+    write_pngs(tmp_path / "data" / "test" / "a", "L", [7])
+    bomb = decompression_bomb(tmp_path / "data" / "train" / "a" / "big.png")
+    with pytest.raises(ConfigError, match=r"big\.png declares more than .*MAX_IMAGE_PIXELS"):
+        load_raw(str(tmp_path / "data"), train=True, image_size=8)
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "train-classifier", "--dataset", str(tmp_path / "data"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bomb) in err[0] and "MAX_IMAGE_PIXELS" in err[0]
+    # between 1x and 2x PIL's limit PIL only warns: refused all the same, with its size
+    bomb.unlink()
+    write_pngs(tmp_path / "data" / "train" / "a", "L", [8], size=(40, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ConfigError, match=r"0\.png is 40x30 pixels, more than 1000 "
+                                          r"\(PIL\.Image\.MAX_IMAGE_PIXELS"):
+        load_raw(str(tmp_path / "data"), train=True, image_size=8)
+
+
 def test_empty_folder_and_idx_folder_as_dataset(tmp_path, numbered_idx):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no images found under .*empty.*one sub-folder"):

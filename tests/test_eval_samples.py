@@ -140,3 +140,18 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n(env, capsys
     m = run.data.metrics
     assert m["fid_domain_ci_low"] < m["fid_domain"] < m["fid_domain_ci_high"]
     assert "10 resamples" in run.data.tags["eval.domain.bootstrap"]
+
+
+def test_decompression_bomb_among_the_samples_is_one_line(tmp_path, mlflow_uri, capsys):
+    """A PNG that declares 20000x20000 pixels among the samples: refused from its header with
+    the file and PIL's limit, before anything is decoded or logged."""
+    from testing.evalkit import decompression_bomb
+
+    folder = write_pngs(tmp_path / "samples", fmnist_test().images[:12])
+    bomb = decompression_bomb(folder / "00005.png")
+    assert main(["eval", "--samples", str(folder), "--experiment", "bomb", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert str(bomb) in lines[0] and "MAX_IMAGE_PIXELS" in lines[0]
+    assert tracking.find_experiment("bomb") is None

@@ -4,6 +4,7 @@ to stand in for eval results, a GAN, an AE, a failed PixelCNN and a VAE sweep.""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import statistics
@@ -405,10 +406,62 @@ def test_refuses_to_overwrite(mlflow_uri, workdir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("genbench: error: report directory")
     assert (out / "report.html").read_text() == "an earlier report"  # untouched
+    # not written by genbench (no manifest lists it): --force refuses to delete it too
+    assert main(["report", "--experiment", EXP, "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.html is not listed in" in err[0]
+    assert (out / "report.html").read_text() == "an earlier report"
+
+
+def test_force_replaces_only_what_genbench_wrote(mlflow_uri, workdir, tmp_path, capsys):
+    """--force removes the files the previous report's manifest lists (a stale image too) and
+    nothing else: a user's notes beside the report stay; a user's image in images/ (not in
+    the manifest) makes it refuse, and a manifest edited to list ../x deletes nothing there."""
+    logged_run(EXP, "gan", gan_history((10, 20)))
+    out = tmp_path / "rep"
+    assert main(["report", "--experiment", EXP, "--out", str(out)]) == 0
+    manifest = json.loads((out / "report.manifest.json").read_text())
+    listed = set(manifest["files"])
+    assert {"report.md", "report.html"} <= listed and any(f.startswith("images/") for f in listed)
+    assert listed == {str(p.relative_to(out)) for p in out.rglob("*")
+                      if p.is_file() and p.name != "report.manifest.json"}
+    stale = out / "images" / "curves_old.png"   # as a previous report with another row left it
+    stale.write_bytes(PNG_MAGIC)
+    manifest["files"] += ["images/curves_old.png", "../outside.txt"]
+    (out / "report.manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "outside.txt").write_text("not the report's")
     (out / "notes.txt").write_text("mine")
+    (out / "drafts").mkdir()
+    (out / "drafts" / "a.md").write_text("mine too")
+    capsys.readouterr()
     assert main(["report", "--experiment", EXP, "--out", str(out), "--force"]) == 0
+    assert not stale.exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "drafts" / "a.md").read_text() == "mine too"
+    assert (tmp_path / "outside.txt").read_text() == "not the report's"
     assert "genbench report: report-test" in (out / "report.html").read_text()
-    assert (out / "notes.txt").read_text() == "mine"  # --force replaces only the report files
+    assert "../outside.txt" not in (out / "report.manifest.json").read_text()
+
+    mine = out / "images" / "my_plot.png"
+    mine.write_bytes(PNG_MAGIC)
+    capsys.readouterr()
+    assert main(["report", "--experiment", EXP, "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "my_plot.png is not listed in" in err[0]
+    assert mine.read_bytes() == PNG_MAGIC and (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/abs-exp", "a/../../b", ".."])
+def test_experiment_names_never_leave_reports(name, mlflow_uri, workdir, capsys):
+    """The default --out is reports/<experiment> with the name made one path part."""
+    logged_run(name, "gan", gan_history((10, 20)))
+    capsys.readouterr()
+    assert main(["report", "--experiment", name]) == 0
+    html = Path(capsys.readouterr().out.splitlines()[0])
+    assert html.name == "report.html"
+    assert html.resolve().parent.parent == (workdir / "reports").resolve()
+    assert [p.name for p in workdir.iterdir() if p.name not in ("mlflow.db", "mlruns")] \
+        == ["reports"]
 
 
 def test_unknown_experiment_is_one_line(mlflow_uri, workdir, tmp_path, capsys):
