@@ -1,20 +1,33 @@
 """The Ray cluster a run goes to: connect (or start a quiet local Ray; pipeline/services.py
 checks the address first) and fit the run's workers to the cluster's resources, with a one-line
-error when they cannot fit. Used by `genbench train` (launch.py), sweeps (tune/) and `genbench eval --workers`."""
+error when they cannot fit. Used by `genbench train` (launch.py), sweeps (tune/) and `genbench eval --workers`.
+
+A cluster is joined only when asked for: --address or RAY_ADDRESS. Anything else starts a local
+Ray for this process alone (address="local": a `ray start` cluster recorded on this machine, in
+/tmp/ray/ray_current_cluster, may be someone else's), with every server on 127.0.0.1 and a token
+that only this user can read (see _loopback_only and _private_token)."""
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ipaddress
 import logging
 import os
+import secrets
+import shutil
 import sys
+import tempfile
 
+from pipeline import reaper
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.signals import handle_sigterm
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by the controller it starts
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> None:
-    """Connect to RAY_ADDRESS / --address, or start a quiet local instance."""
+    """Connect to --address / RAY_ADDRESS, or start a quiet local instance on loopback."""
     import ray
 
     if ray.is_initialized():
@@ -25,13 +38,11 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
     if quiet:  # before init: Ray warns at start-up (e.g. about token authentication)
         for name in ("ray", "ray.train", "ray.tune", "ray.data", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    kwargs = dict(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=not quiet,
-                  logging_level=logging.ERROR if quiet else logging.INFO,
-                  include_dashboard=False if not (address or os.environ.get("RAY_ADDRESS"))
-                  else None)
-    if kwargs["include_dashboard"] is None:
-        del kwargs["include_dashboard"]
-    if not joins_cluster(address):
+    joins = joins_cluster(address)
+    kwargs = dict(address=(address or os.environ.get("RAY_ADDRESS")) if joins else "local",
+                  log_to_driver=not quiet, logging_level=logging.ERROR if quiet else logging.INFO)
+    if not joins:
+        kwargs["include_dashboard"] = False
         # A local Ray that genbench starts: the training workers are the work. At Ray's default
         # nice 15 every housekeeping process of Ray's preempts them, and a torch thread team
         # that loses a core for a moment stalls the whole step.
@@ -41,26 +52,177 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         # machine (measured: ~1% of 2 cores during an AE run).
         for name in ("RAY_task_events_report_interval_ms", "RAY_enable_metrics_collection"):
             os.environ.setdefault(name, "0")
+        # One machine: the ranks' gloo / NCCL connections on loopback too (by default they
+        # listen on the address the host name resolves to). Ray's workers inherit these.
+        loopback_interface = "lo0" if sys.platform == "darwin" else "lo"
+        for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(name, loopback_interface)
+        _private_token()
+    target = kwargs["address"]
     try:
-        ray.init(**kwargs)
+        with _loopback_only(not joins or is_loopback(target.rpartition(":")[0])):
+            ray.init(**kwargs)
     except ConnectionError as exc:
         hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
                 "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its "
                 "token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
-        raise ConfigError(f"cannot reach the Ray cluster at {kwargs['address']} "
+        raise ConfigError(f"cannot reach the Ray cluster at {target} "
                           f"({str(exc).splitlines()[0]}); check --address / RAY_ADDRESS"
                           f"{hint}") from None
+    handle_sigterm()  # ray.init put Ray's handler in place: a stack dump, and no cleanup
+    if not joins:
+        reaper.start()  # whatever of this Ray outlives the driver (a SIGKILL) is ended
+        gcs = ray.get_runtime_context().gcs_address
+        if not is_loopback(gcs.rpartition(":")[0]):  # a Ray release without the switch
+            print(f"genbench: note: this Ray release put its local servers on a network "
+                  f"address ({gcs}); they admit only the token in "
+                  f"{os.environ['RAY_AUTH_TOKEN_PATH']}", file=sys.stderr)
     if not joined_cluster(address):
         # One machine that genbench started: no node can be preempted, so Ray Train's
         # preemption watcher (one more actor process per run, ~3 CPU-seconds to start) is off.
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
 
 
+@contextlib.contextmanager
+def _loopback_only(enabled: bool = True):
+    """While ray.init starts a local node: every Ray server of it on 127.0.0.1. Also while it
+    joins a cluster at a loopback address (such a node), which it would otherwise rewrite to
+    the machine's routable address, where nothing listens.
+
+    Ray 2.60 offers no bind option for a local node, and ray.init(_node_ip_address="127.0.0.1")
+    does not help: ray.init replaces a loopback address by the machine's routable one
+    (services.resolve_ip_for_localhost, ray/_private/services.py). The node address decides
+    where the servers listen: the C++ gRPC servers (GCS, raylet and its object manager, each
+    worker's core-worker server) bind 127.0.0.1 only when it is 127.0.0.1, all interfaces
+    otherwise; so do the dashboard agent and the runtime-env agent (ray/dashboard/agent.py,
+    is_localhost). Ray's single-machine mode, the default on macOS and Windows, is what makes
+    it 127.0.0.1: with ray_constants.ENABLE_RAY_CLUSTER false, services.get_node_ip_address()
+    returns the loopback address. Set here for ray.init only (the servers are started by then),
+    not through RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in the environment: child processes would
+    inherit it, and it makes `ray start --address` refuse to join a cluster."""
+    try:
+        from ray._private import ray_constants, services  # no public API binds a local node
+    except ImportError:
+        enabled = False
+    if not enabled or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER") \
+            or not hasattr(services, "get_node_ip_address"):
+        yield  # a Ray without the switch: the token of _private_token still guards the node
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _private_token() -> str:
+    """Require token authentication on the local Ray, with a fresh token that only this user can
+    read: a 0600 file in a 0700 directory, removed when this process exits. Ray 2.60 turns token
+    authentication on by default, but with one token for all of a user's Rays in
+    ~/.ray/auth_token, written with the process umask (world-readable at the usual 022). Loopback
+    keeps the network out; the token keeps out the other users of a shared machine. Ray's own
+    processes read it through RAY_AUTH_TOKEN_PATH, inherited from this process."""
+    directory = tempfile.mkdtemp(prefix="genbench-ray-")  # mode 0700
+    path = os.path.join(directory, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    atexit.register(shutil.rmtree, directory, True)  # runs after Ray's node stopped its processes
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # the loader would take it over the file
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=path)
+    try:  # a driver that ran a Ray before has its token mode and token cached
+        from ray._raylet import AuthenticationTokenLoader, Config as RayConfig
+        RayConfig.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
+    return path
+
+
+def torch_config(timeout_s: int):
+    """Ray Train's TorchConfig for a run on the connected Ray. On a local Ray (a node on
+    loopback) rank 0's rendezvous store listens on 127.0.0.1 too: torch's TCPStore binds every
+    interface (:: or 0.0.0.0, torch/csrc/distributed/c10d/TCPStoreLibUvBackend.cpp) unless it
+    is handed a listening socket (master_listen_fd), and Ray Train's backend creates it through
+    torch's tcp:// (or env://) rendezvous. Elsewhere, or where Ray's backend class moved, the
+    plain TorchConfig."""
+    import ray
+    from ray.train.torch import TorchConfig
+
+    if not is_loopback(ray.util.get_node_ip_address()):
+        return TorchConfig(timeout_s=timeout_s)
+    try:
+        from ray.train.torch.config import _TorchBackend  # private: the backend TorchConfig uses
+    except ImportError:
+        return TorchConfig(timeout_s=timeout_s)
+
+    class LoopbackTorchBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            worker_group.execute(_loopback_rendezvous)  # in each worker, before its rendezvous
+            super().on_start(worker_group, backend_config)
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return LoopbackTorchBackend
+
+    return LoopbackTorchConfig(init_method="tcp", timeout_s=timeout_s)
+
+
+def _loopback_rendezvous() -> None:
+    """In a Ray Train worker: torch's tcp:// rendezvous, except that rank 0's store listens on
+    the URL's host alone when that host is a loopback address (a socket bound there, handed to
+    TCPStore as master_listen_fd). torch keeps its handlers in rendezvous._rendezvous_handlers;
+    where that is gone, torch's own handler stays."""
+    import importlib
+    import socket
+    from urllib.parse import parse_qsl, urlparse
+
+    from torch.distributed import TCPStore
+
+    # The module (torch.distributed.rendezvous, the name, is its function of the same name).
+    rdzv = importlib.import_module("torch.distributed.rendezvous")
+
+    handlers = getattr(rdzv, "_rendezvous_handlers", None)
+    if not isinstance(handlers, dict) or getattr(handlers.get("tcp"), "loopback", False):
+        return
+    torch_handler = handlers["tcp"]
+
+    def loopback_handler(url, timeout=rdzv.default_pg_timeout, **kwargs):
+        parsed = urlparse(url)
+        query = dict(parse_qsl(parsed.query))
+        if not is_loopback(parsed.hostname or "") or not {"rank", "world_size"} <= set(query):
+            yield from torch_handler(url, timeout=timeout, **kwargs)
+            return
+        rank, world_size = int(query["rank"]), int(query["world_size"])
+        listen_fd = socket.create_server((parsed.hostname, parsed.port)).detach() \
+            if rank == 0 else None
+        store = TCPStore(parsed.hostname, parsed.port, world_size, rank == 0, timeout=timeout,
+                         multi_tenant=True, master_listen_fd=listen_fd)
+        yield store, rank, world_size
+        raise RuntimeError("Unable to perform re-rendezvous using tcp:// method")  # as torch's
+
+    loopback_handler.loopback = True
+    handlers["tcp"] = loopback_handler
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an IP address is a loopback one: 127.0.0.0/8, ::1, or IPv4-mapped ::ffff:127.x
+    (a dual-stack socket bound to 127.0.0.1 shows as that)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def joined_cluster(address: str | None = None) -> bool:
-    """True when genbench runs on a cluster it did not start: --address, RAY_ADDRESS (a `ray job
-    submit` driver gets RAY_ADDRESS=auto), or a `ray start` cluster that ray.init() found on
-    this machine (a shell on the head node)."""
-    if address or os.environ.get("RAY_ADDRESS"):
+    """True when genbench runs on a cluster it did not start: --address or RAY_ADDRESS (a `ray
+    job submit` driver gets RAY_ADDRESS), or a process that connected to a Ray someone else
+    started (a Ray worker, such as a Tune trial). Asked after Ray is up."""
+    if joins_cluster(address):
         return True
     from ray._private import worker  # no public API says who started the connected cluster
     node = getattr(worker, "_global_node", None)
@@ -72,20 +234,16 @@ def started_ray_here() -> bool:
     process. False in a Ray worker process (a Tune trial) and on a cluster joined."""
     from ray._private import worker  # no public API says who started the connected cluster
     node = getattr(worker, "_global_node", None)
-    return node is not None and node.is_head() and not os.environ.get("RAY_ADDRESS")
+    return node is not None and node.is_head() and not joins_cluster()
 
 
 def joins_cluster(address: str | None = None) -> bool:
-    """Whether init_ray(address) joins a running cluster (--address, RAY_ADDRESS, or a `ray
-    start` cluster on this machine) rather than starting a local Ray. Asked before Ray starts."""
+    """Whether init_ray(address) joins a running cluster rather than starting a local Ray: only
+    when --address or RAY_ADDRESS names one ("local" does not). A `ray start` cluster recorded
+    on this machine is never joined unasked (on a shared host it may be someone else's); on a
+    cluster's head, RAY_ADDRESS=auto (set by ray_cluster.yaml) joins the head's own cluster."""
     given = address or os.environ.get("RAY_ADDRESS")
-    if given:
-        return given != "local"
-    from ray._private.services import canonicalize_bootstrap_address  # no public API
-    try:
-        return canonicalize_bootstrap_address(None) is not None
-    except Exception:  # a malformed leftover address file: ray.init will say so
-        return False
+    return bool(given) and given != "local"
 
 
 def require_gpu(address: str | None = None, verbose: bool = False) -> None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import faults, tracking
+from pipeline import faults, schema, tracking
 from pipeline.cluster import (init_ray, joined_cluster, require_shared_storage,
                               resolve_resources, shortfall)
 from pipeline.config import Config
@@ -21,7 +21,7 @@ from pipeline.data import load_config_split
 from pipeline.errors import ConfigError, RunStopped
 from pipeline.models import FAMILIES
 from pipeline.resume import RUN_DIR_TAG, prepare_resume, resume_hint, validate_checkpoint_shapes
-from pipeline.signals import Terminated, handle_sigterm
+from pipeline.signals import Terminated
 from pipeline.signals import exit_code as signal_exit_code
 from pipeline.trainer import make_trainer, storage_path
 
@@ -72,7 +72,6 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
                           f"of {steps}; nothing to resume")
     tracking.set_outage_budget(cfg.train.tracking_outage_s)
     init_ray(address, verbose)
-    handle_sigterm()  # again: ray.init replaced the handler with Ray's (a stack dump, no cleanup)
     joined = joined_cluster(address)
     cfg = resolve_resources(cfg, can_grow=joined)
     require_shared_storage(cfg, grows=joined and shortfall(cfg, ray.cluster_resources())
@@ -88,8 +87,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         resume_from = str(latest)
     else:
         tags = tracking.versions_and_hardware(cfg.train.gpu)
-        tags.update({"genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
-                     "genbench.kind": "train", **(extra_tags or {})})
+        tags.update({schema.MODEL: cfg.model, schema.DATASET: cfg.data.dataset,
+                     schema.KIND: schema.TRAIN, **(extra_tags or {})})
         run_id = tracking.start_run(experiment,
                                     f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)

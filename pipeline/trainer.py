@@ -28,7 +28,8 @@ def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: st
     A run that continues an earlier one passes the checkpoint path in loop_config (Ray Train V2
     has no resume_from_checkpoint): the workers load it when Ray hands them none."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
+
+    from pipeline.cluster import torch_config
 
     os.environ.setdefault(*POLL_INTERVAL)
     t = cfg.train
@@ -40,7 +41,7 @@ def make_trainer(loop_fn, loop_config: dict, cfg: Config, name: str, storage: st
         os.environ[STALL_TIMEOUT_ENV] = str(t.collective_timeout_s)
     return lean_trainer_class()(
         loop_fn, train_loop_config=loop_config,
-        torch_config=TorchConfig(timeout_s=max(1, int(t.collective_timeout_s))),
+        torch_config=torch_config(max(1, int(t.collective_timeout_s))),
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),

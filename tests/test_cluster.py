@@ -1,6 +1,9 @@
 """Issue 6, genbench on a Ray cluster.
 
-- ray_cluster.yaml passes Ray's own validator and keeps the control plane private;
+- ray_cluster.yaml passes Ray's own validator and keeps the control plane private (issue 27:
+  MLflow's UI on 127.0.0.1 and a login for the server other nodes reach, the workers' own IAM
+  profile, IMDSv2, Ray pinned to a release with token authentication, no unchecked downloads);
+- the head's MLflow commands, run here as written;
 - a real 2-node Ray cluster on this machine (`ray start --head` + `ray start --address`, 1 CPU
   each, token authentication on) with an `mlflow server` on loopback: `genbench train
   --workers 2` puts one rank on each node and its run is visible through MLflow's REST API;
@@ -13,6 +16,7 @@ process never connects to it (so it cannot clash with conftest's `ray_local`).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -30,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 
@@ -96,7 +101,7 @@ def test_control_plane_ports_stay_inside_the_cluster(prepared):
         assert "SecurityGroupIds" not in node["node_config"], name
     head_start = " ".join(prepared["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
-    assert "0.0.0.0" not in re.sub(r"mlflow server.*", "", head_start)  # only MLflow binds it
+    assert not re.search(r"0\.0\.0\.0|--host[ =]::", head_start)  # nothing on every interface
 
 
 def test_token_authentication_stays_on(cluster_config, prepared):
@@ -128,8 +133,106 @@ def test_head_runs_mlflow_and_jobs_find_it(prepared):
     assert "--artifacts-destination" in head_start
     assert "mlflow server" not in " ".join(prepared["worker_start_ray_commands"])
     assert "MLFLOW_TRACKING_URI=http://" in " ".join(prepared["head_setup_commands"])
-    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5001" in " ".join(
         prepared["worker_start_ray_commands"])
+
+
+def mlflow_servers(commands: list[str]) -> list[dict]:
+    """The `mlflow server` invocations in commands: {host, port, app, env (VAR=... before it)}."""
+    servers = []
+    for command in commands:
+        for match in re.finditer(r"mlflow server\s+([^>&]*)", command):
+            args = match.group(1).split()
+            option = lambda name: args[args.index(name) + 1] if name in args else None
+            servers.append({"host": option("--host"), "port": option("--port"),
+                            "app": option("--app-name"),
+                            "env": command[:match.start()].rsplit(";", 1)[-1]})
+    return servers
+
+
+def test_head_mlflow_is_on_loopback_and_asks_workers_to_log_in(prepared):
+    """The UI server listens on 127.0.0.1 (reached through an SSH forward); what genbench logs
+    to from any node listens on the head's private address and demands a login."""
+    head_start = prepared["head_start_ray_commands"]
+    servers = mlflow_servers(head_start)
+    assert len(servers) == 2, servers
+    ui = next(s for s in servers if s["port"] == "5000")
+    assert ui["host"] == "127.0.0.1" and ui["app"] is None
+    for server in servers:
+        assert server["host"] not in (None, "0.0.0.0", "::", "[::]"), server
+        if server["host"] != "127.0.0.1":  # reachable from other nodes: only with a login
+            assert server["app"] == "basic-auth", server
+            assert server["host"] == "$IP" and "IP=$(hostname -I" in " ".join(head_start)
+            assert "MLFLOW_AUTH_CONFIG_PATH=" in server["env"], server
+            assert server["port"] == "5001"
+    # The auth app's config: no permission for anyone but its admin, whose password is the
+    # cluster's Ray token, written with umask 077; a fresh user store at each start.
+    auth = next(c for c in head_start if "admin_password" in c)
+    assert "umask 077" in auth and "default_permission = NO_PERMISSIONS" in auth
+    assert "$(cat ~/.ray/auth_token)" in auth and "rm -f ~/mlflow/auth.db" in auth
+    # Every node's genbench logs in, and the URIs name the authenticated server.
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        env = " ".join(prepared[key])
+        assert "export MLFLOW_TRACKING_USERNAME=genbench" in env, key
+        assert "export MLFLOW_TRACKING_PASSWORD=$(cat $HOME/.ray/auth_token)" in env, key
+    assert re.search(r"MLFLOW_TRACKING_URI=http://\$\(hostname -I[^)]*\):5001",
+                     " ".join(prepared["head_setup_commands"]))
+    assert "install" in " ".join(prepared["worker_setup_commands"])
+    assert '"mlflow[auth]"' in " ".join(prepared["head_setup_commands"])  # the basic-auth app
+
+
+def test_worker_nodes_have_their_own_iam_profile(prepared):
+    # Ray's DEFAULT_RAY_INSTANCE_PROFILE (ray/autoscaler/_private/aws/config.py; importing it
+    # needs boto3): the profile `ray up` makes for the head, with EC2 and S3 rights.
+    DEFAULT_RAY_INSTANCE_PROFILE = "ray-autoscaler-v1"
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]["node_config"].get("IamInstanceProfile")
+    # `ray up` gives the head Ray's own profile when the config names none.
+    head_profile = (head or {}).get("Name") or (head or {}).get("Arn") or \
+        DEFAULT_RAY_INSTANCE_PROFILE
+    for name, node in types.items():
+        if name == prepared["head_node_type"]:
+            continue
+        profile = node["node_config"].get("IamInstanceProfile") or {}
+        worker_profile = profile.get("Name") or profile.get("Arn")
+        assert worker_profile, f"{name}: no IAM instance profile (S3 checkpoints need one)"
+        assert worker_profile not in (head_profile, DEFAULT_RAY_INSTANCE_PROFILE), name
+        assert not worker_profile.endswith("/" + DEFAULT_RAY_INSTANCE_PROFILE), name
+
+
+def test_every_node_type_requires_imdsv2(prepared):
+    for name, node in prepared["available_node_types"].items():
+        options = node["node_config"].get("MetadataOptions", {})
+        assert options.get("HttpTokens") == "required", name
+        assert options.get("HttpPutResponseHopLimit", 2) <= 2, name  # tokens stay on the host
+        assert options.get("HttpEndpoint", "enabled") == "enabled", name  # S3 needs credentials
+
+
+def test_ray_is_pinned_to_a_release_with_token_authentication(prepared):
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    token_auth = Version("2.52")  # the first release with RAY_AUTH_MODE=token
+    pyproject = (REPO / "pyproject.toml").read_text()
+    ray_deps = [Requirement(d) for d in re.findall(r'"(ray\[[^"]*)"', pyproject)]
+    assert ray_deps
+    for dep in ray_deps:
+        floors = [Version(s.version) for s in dep.specifier if s.operator in (">=", "==", "~=")]
+        assert floors and min(floors) >= token_auth, dep
+    installed = re.findall(r'"ray\[[^"]*\]==([0-9.]+)"', " ".join(prepared["head_setup_commands"]))
+    assert installed and all(Version(v) >= token_auth for v in installed)
+
+
+def test_nothing_is_piped_from_the_network_into_a_shell(prepared):
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
+            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    for key in keys:
+        for command in prepared.get(key, []):
+            assert not re.search(r"\b(curl|wget)\b[^;&]*\|\s*(sudo\s+)?(ba|z|da)?sh\b", command), \
+                f"{key}: {command}"
+            if re.search(r"\b(curl|wget)\b.*\.(whl|tar\.gz|tgz|zip|sh|deb)\b", command):
+                # A download is checked against a pinned sha256 before anything uses it.
+                assert re.search(r"[0-9a-f]{64}\s+\S+'?\s*\|\s*sha256sum -c", command), command
 
 
 def test_setup_installs_genbench_from_the_mounted_tree(cluster_config, prepared):
@@ -147,6 +250,74 @@ def test_every_cluster_command_is_valid_shell(prepared):
         for command in prepared[key]:
             check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
             assert check.returncode == 0, f"{key}: {command}\n{check.stderr}"
+
+
+# --- the head's MLflow servers, for real ---------------------------------------------------------
+@pytest.mark.slow
+def test_head_mlflow_commands_serve_ui_on_loopback_and_genbench_with_a_login(cluster_config,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """The head's MLflow commands from ray_cluster.yaml, run on this machine as they are (HOME a
+    temp dir with a cluster token, free ports for 5000/5001): the UI server listens on 127.0.0.1
+    only, the other on this machine's address with a login, and a run logged with the login
+    through the second is what the first shows."""
+    from mlflow.tracking import MlflowClient
+
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    if not addresses:
+        pytest.skip("this machine has no network address for the authenticated server")
+    ip = addresses[0]
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    token = secrets.token_hex(32)
+    (home / ".ray" / "auth_token").write_text(token)
+    (home / ".ray" / "auth_token").chmod(0o600)
+    ui_port, auth_port = free_ports(2)
+    script = "\n".join(c for c in cluster_config["head_start_ray_commands"] if "mlflow" in c)
+    script = re.sub(r"\b5001\b", str(auth_port), re.sub(r"\b5000\b", str(ui_port), script))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    # Its own session: the servers it leaves running are killed through its process group.
+    start = subprocess.Popen(["bash", "-c", script], env=env, cwd=home, start_new_session=True)
+    try:
+        assert start.wait(timeout=300) == 0
+        auth_url, ui_url = f"http://{ip}:{auth_port}", f"http://127.0.0.1:{ui_port}"
+        wait_for(lambda: _healthy(auth_url), 180, "basic-auth mlflow server")
+        listening = {}
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in (ui_port, auth_port):
+                listening.setdefault(conn.laddr.port, set()).add(conn.laddr.ip)
+        assert listening == {ui_port: {"127.0.0.1"}, auth_port: {ip}}, listening
+        assert oct((home / "mlflow" / "auth.ini").stat().st_mode & 0o777) == "0o600"
+        search = "/api/2.0/mlflow/experiments/search?max_results=5"
+        for password in (None, "not-the-token"):  # no login, a wrong one: refused
+            request = urllib.request.Request(auth_url + search)
+            if password:
+                basic = base64.b64encode(f"genbench:{password}".encode()).decode()
+                request.add_header("Authorization", f"Basic {basic}")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 401
+        # genbench's way in: the login from the environment (~/genbench.env on the cluster).
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "genbench")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", token)
+        client = MlflowClient(auth_url)
+        run = client.create_run(client.create_experiment("cluster-auth"))
+        client.log_metric(run.info.run_id, "mse", 0.25, step=10)
+        (tmp_path / "note.txt").write_text("from rank 0")
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        ui = MlflowClient(ui_url)  # the UI server: same store, same artifacts, no login
+        assert ui.get_run(run.info.run_id).data.metrics == {"mse": 0.25}
+        assert [f.path for f in ui.list_artifacts(run.info.run_id)] == ["note.txt"]
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(start.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
 
 
 # --- a real 2-node cluster ----------------------------------------------------------------------
@@ -340,8 +511,9 @@ def test_ray_job_submit_runs_genbench_train(cluster):
 
 @pytest.mark.slow
 def test_a_shell_on_the_head_joins_the_running_cluster(cluster):
-    # `ray attach` + `genbench train`: no --address, ray.init() finds the `ray start` cluster
-    # through its temp dir; genbench must treat it as a cluster it joined (it may autoscale).
+    # A driver that connected by itself (a bare ray.init() finds the `ray start` cluster through
+    # its temp dir) and then calls genbench: a cluster it joined (it may autoscale). genbench's
+    # own init_ray never joins unasked: on the head, ray_cluster.yaml sets RAY_ADDRESS.
     code = ("import ray, sys; ray.init(_temp_dir=sys.argv[1], logging_level='ERROR'); "
             "from pipeline.cluster import joined_cluster; "
             "print('joined', joined_cluster(), len(ray.nodes()))")
