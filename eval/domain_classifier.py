@@ -1,6 +1,6 @@
 """The `domain` feature extractor's network: a small CNN that genbench trains on a dataset's
 train split (offline, cheap) and caches under GENBENCH_CACHE with its sha256 and test accuracy.
-eval/extractors.py hands it to torch-fidelity; eval/baseline.py also uses it as a classifier.
+eval/extractors.py hands it to torch-fidelity; eval/ood/baseline.py also uses it as a classifier.
 """
 from __future__ import annotations
 

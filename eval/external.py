@@ -21,13 +21,13 @@ from eval.extractors import get_extractor
 from eval.fidelity import FIDELITY_METRICS
 from eval.run import (GRID_IMAGES, EvalOptions, EvalResult, library_versions, plan_fidelity,
                       resolve_device, score_fidelity)
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import DataConfig
 from pipeline.data import image_files, load_config_split, load_image
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
 
-KIND = "external"
+KIND = schema.EXTERNAL
 MODE_OF_CHANNELS = {1: "L", 3: "RGB"}
 MODE_WORDS = {"L": "grey", "RGB": "colour (RGB)"}
 
@@ -89,17 +89,18 @@ def evaluate_samples(opts: EvalOptions) -> EvalResult:
     extractors = [get_extractor(name, d.dataset, d.root, d.image_size, device,
                                 opts.inception_weights, opts.quiet) for name in opts.extractors]
     metrics: dict[str, float] = {}
-    tags: dict[str, str] = {"eval.seed": str(opts.seed), "eval.device": str(device),
-                            "eval.image_shape": "x".join(map(str, test.image_shape)),
-                            "eval.samples": f"{n_fake} of the {len(fake_all)} images in "
-                            f"{folder} (sha256 {sha[:16]})"}
-    tags.update({f"eval.versions.{k}": v for k, v in library_versions().items()})
+    tags: dict[str, str] = {schema.eval_tag("seed"): str(opts.seed),
+                            schema.eval_tag("device"): str(device),
+                            schema.eval_tag("image_shape"): "x".join(map(str, test.image_shape)),
+                            schema.eval_tag("samples"): f"{n_fake} of the {len(fake_all)} images "
+                            f"in {folder} (sha256 {sha[:16]})"}
+    tags.update({schema.eval_tag("versions", k): v for k, v in library_versions().items()})
     score_fidelity(opts, d, test, train, fake, extractors, fidelity, plan,
                    "as in the folder (not known to genbench)", metrics, tags, notes)
 
     name = opts.name or folder.name
-    run_tags = {"genbench.kind": KIND, "genbench.model": f"{KIND}:{name}",
-                "genbench.dataset": d.dataset, **tags}
+    run_tags = {schema.KIND: KIND, schema.MODEL: schema.external_model(name),
+                schema.DATASET: d.dataset, **tags}
     params = {"samples.dir": str(folder), "samples.images": len(fake_all),
               "samples.sha256": sha, "samples.name": name, "data.dataset": d.dataset,
               "data.root": d.root, "data.image_size": d.image_size}
@@ -118,5 +119,5 @@ def evaluate_samples(opts: EvalOptions) -> EvalResult:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
-    return EvalResult(run_id, f"{KIND}:{name}", 0, metrics, tags, notes, artifact_dir,
+    return EvalResult(run_id, schema.external_model(name), 0, metrics, tags, notes, artifact_dir,
                       time.time() - t0)

@@ -18,6 +18,7 @@ from torch_fidelity.metric_prc import (KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
 from eval.domain_classifier import to_rgb_uint8
 from eval.extractors import Extractor
 from eval.progress import bar
+from pipeline import schema
 from pipeline.errors import ConfigError
 
 FIDELITY_METRICS = ("fid", "is", "kid", "prc")
@@ -89,18 +90,22 @@ def fidelity_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor
     """{fid_<ext>, is_<ext>, is_<ext>_std, kid_<ext>, kid_<ext>_std, precision_<ext>,
     recall_<ext>} for the requested metrics; IS is of the `fake` set only."""
     layer = extractor.layers
-    name, out = extractor.name, {}
+    out = {}
+
+    def key(metric: str) -> str:
+        return schema.fidelity_key(metric, extractor.name, prefix)
+
     if "fid" in metrics:
-        out[f"{prefix}fid_{name}"] = fid(fake[layer["fid"]], real[layer["fid"]])
+        out[key("fid")] = fid(fake[layer["fid"]], real[layer["fid"]])
     if "is" in metrics:
         mean, std = inception_score(fake[layer["isc"]])
-        out[f"{prefix}is_{name}"], out[f"{prefix}is_{name}_std"] = mean, std
+        out[key("is")], out[schema.std_key(key("is"))] = mean, std
     if "kid" in metrics:
         mean, std = kid(fake[layer["kid"]], real[layer["kid"]], kid_subset_size)
-        out[f"{prefix}kid_{name}"], out[f"{prefix}kid_{name}_std"] = mean, std
+        out[key("kid")], out[schema.std_key(key("kid"))] = mean, std
     if "prc" in metrics:
         p, r = precision_recall(fake[layer["prc"]], real[layer["prc"]])
-        out[f"{prefix}precision_{name}"], out[f"{prefix}recall_{name}"] = p, r
+        out[key("precision")], out[key("recall")] = p, r
     return out
 
 
@@ -141,6 +146,6 @@ def bootstrap_intervals(fake: dict[str, torch.Tensor], real: dict[str, torch.Ten
         values = torch.tensor(values, dtype=torch.float64)
         bias = values.mean().item() - estimate
         low, high = (torch.quantile(values, probs) - bias).tolist()
-        out[f"{name}_{extractor.name}_ci_low"] = low
-        out[f"{name}_{extractor.name}_ci_high"] = high
+        low_key, high_key = schema.ci_keys(schema.fidelity_key(name, extractor.name))
+        out[low_key], out[high_key] = low, high
     return out

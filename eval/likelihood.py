@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from eval.progress import bar
+from pipeline import schema
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES, can
 from pipeline.models.layers import to_float
@@ -30,12 +31,6 @@ from pipeline.models.layers import to_float
 def pixel_bits(family, family_cfg) -> int:
     """Bits per sub-pixel of what the family's likelihood models (8 unless it says otherwise)."""
     return family.pixel_bits(family_cfg) if hasattr(family, "pixel_bits") else 8
-
-
-def bpd_key(bits: int, split: str = "test") -> str:
-    """The metric name of bits/dim over `bits`-bit data: bpd_test for 8-bit pixels (comparable
-    with the literature), bpd_binarized_test for 1-bit data, where a uniform model scores 1."""
-    return {8: f"bpd_{split}", 1: f"bpd_binarized_{split}"}.get(bits, f"bpd_{bits}bit_{split}")
 
 
 def data_description(bits: int) -> str:
@@ -118,4 +113,4 @@ def reconstruction_metrics(cfg, nets, data: ImageData, batch_size: int = 500, de
             count += x.numel()
             progress.update(len(x))
     mse = sq / count
-    return {"mse_test": mse, "psnr_test": 10 * math.log10(4.0 / max(mse, 1e-12))}
+    return {schema.MSE_TEST: mse, schema.PSNR_TEST: 10 * math.log10(4.0 / max(mse, 1e-12))}

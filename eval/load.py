@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
@@ -35,7 +35,7 @@ def download_checkpoint(run_id: str) -> dict:
         try:
             path = tracking.client().download_artifacts(run_id, ARTIFACT, tmp)
         except Exception as exc:  # MLflow raises its own types for a missing artifact
-            kind = run.data.tags.get("genbench.kind", "not genbench")
+            kind = schema.kind(run.data.tags) or "not genbench"
             raise ConfigError(f"run {run_id} ({kind}, {run.info.status}) has no {ARTIFACT} "
                               f"artifact ({type(exc).__name__}); evaluate a finished "
                               f"`genbench train` run, or pass --checkpoint PATH") from None

@@ -27,15 +27,14 @@ from eval.extractors import EXTRACTORS, Extractor, get_extractor
 from eval.fidelity import (BOOTSTRAP_LEVEL, FIDELITY_METRICS, IS_SPLITS, KID_SUBSET_SIZE,
                            KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED, bootstrap_intervals,
                            check_kid_samples, extract_features, fidelity_metrics)
-from eval.likelihood import (NLLSums, bpd_key, data_description, nll_sums, pixel_bits,
-                             reconstruction_metrics)
+from eval.likelihood import NLLSums, data_description, nll_sums, pixel_bits, reconstruction_metrics
 from eval.load import LoadedModel, load_model
 from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
 from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
-from eval.ood_sets import SETS as OOD_SETS
+from eval.ood.sets import SETS as OOD_SETS
 from eval.probe import encode_all, probe_accuracy
 from eval.samples import generate
-from pipeline import VERSION, tracking
+from pipeline import VERSION, schema, tracking
 from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
@@ -222,9 +221,9 @@ def target_run(model: LoadedModel, opts: EvalOptions, notes: list[str]) -> tuple
                 return model.run_id, False
             why = f"records another config ({differs})"
         notes.append(f"the checkpoint's MLflow run {model.run_id} {why}; logged into a new run")
-    tags = {"genbench.kind": "eval", "genbench.model": model.cfg.model,
-            "genbench.dataset": model.cfg.data.dataset, "genbench.checkpoint": model.source,
-            "genbench.checkpoint_run_id": model.run_id or ""}
+    tags = {schema.KIND: schema.EVAL, schema.MODEL: model.cfg.model,
+            schema.DATASET: model.cfg.data.dataset, schema.CHECKPOINT: model.source,
+            schema.CHECKPOINT_RUN_ID: model.run_id or ""}
     run_id = tracking.start_run(opts.experiment, f"eval-{model.cfg.model}",
                                 model.cfg.flat(), tags)
     return run_id, True
@@ -241,17 +240,18 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     d = cfg.data
     metrics: dict[str, float] = {}
     notes: list[str] = []
-    tags: dict[str, str] = {"eval.seed": str(opts.seed), "eval.device": str(device),
-                            "eval.checkpoint_step": str(model.step),
-                            "eval.image_shape": "x".join(map(str, test.image_shape))}
-    tags.update({f"eval.versions.{k}": v for k, v in library_versions().items()})
+    tags: dict[str, str] = {schema.eval_tag("seed"): str(opts.seed),
+                            schema.eval_tag("device"): str(device),
+                            schema.eval_tag("checkpoint_step"): str(model.step),
+                            schema.eval_tag("image_shape"): "x".join(map(str, test.image_shape))}
+    tags.update({schema.eval_tag("versions", k): v for k, v in library_versions().items()})
 
     wanted = set(opts.metrics)
     fidelity = [m for m in FIDELITY_METRICS if m in wanted]
     if fidelity and not can(family, "sample"):
         reason = f"not applicable: {cfg.model} has no sampler"
         notes.append(f"FID/IS/KID/PR {reason}")
-        tags["eval.fidelity"] = reason
+        tags[schema.eval_tag("fidelity")] = reason
         fidelity = []
     if opts.workers > 1 and "bpd" in wanted and nll_runner is None:
         raise ConfigError("--workers > 1 needs the Ray runner of the genbench CLI; "
@@ -280,10 +280,10 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     run_id, created = target_run(model, opts, notes)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"  # never overwrites
     artifact_dir = f"eval/{stamp}"
-    tags["eval.artifacts"] = artifact_dir
-    tags["eval.metrics"] = ",".join(sorted(metrics))
+    tags[schema.eval_tag("artifacts")] = artifact_dir
+    tags[schema.eval_tag("metrics")] = ",".join(sorted(metrics))
     for name in figures:
-        tags[f"eval.{name.split('_')[0]}.figure"] = f"{artifact_dir}/{name}"
+        tags[schema.figure_tag(name.split("_")[0])] = f"{artifact_dir}/{name}"
     logger = tracking.RunLogger(run_id, tracking.tracking_uri())
     try:
         if metrics:
@@ -366,26 +366,29 @@ def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tenso
         f_floor = reference_features(ext, floor_set, floor_key, opts.batch_size, opts.quiet)
         metrics.update(fidelity_metrics(f_fake, f_real, ext, fidelity, kid_size or 0))
         floor = fidelity_metrics(f_floor, f_real, ext, fidelity, kid_size or 0, prefix="floor_")
-        metrics.update({k: v for k, v in floor.items() if not k.endswith("_std")})
-        p = f"eval.{ext.name}"
+        metrics.update({k: v for k, v in floor.items() if not k.endswith(schema.STD)})
+
+        def stamp(name: str, ext=ext) -> str:
+            return schema.extractor_tag(ext.name, name)
+
         if opts.bootstrap:
             metrics.update(bootstrap_intervals(f_fake, f_real, ext, fidelity, kid_size or 0,
                                                opts.bootstrap, opts.seed))
-            tags.update({f"{p}.bootstrap": f"{BOOTSTRAP_LEVEL:.0%} interval from "
+            tags.update({stamp("bootstrap"): f"{BOOTSTRAP_LEVEL:.0%} interval from "
                          f"{opts.bootstrap} resamples of both feature sets with replacement "
                          f"(seed {opts.seed}): percentiles shifted by the bootstrap bias"})
-        tags.update({f"{p}.n_fake": str(plan.n_fake), f"{p}.n_real": str(plan.n_real),
-                     f"{p}.reference_split": "test",
-                     f"{p}.floor": f"{plan.n_floor} real train images vs the reference",
-                     f"{p}.input": "uint8 3x{}x{}{}".format(
+        tags.update({stamp("n_fake"): str(plan.n_fake), stamp("n_real"): str(plan.n_real),
+                     stamp("reference_split"): "test",
+                     stamp("floor"): f"{plan.n_floor} real train images vs the reference",
+                     stamp("input"): "uint8 3x{}x{}{}".format(
                          *test.image_shape[1:], " (1 channel repeated)" if channels == 1 else ""),
-                     f"{p}.seed": str(opts.seed), f"{p}.rng_seed": str(RNG_SEED),
-                     f"{p}.is_splits": str(IS_SPLITS), f"{p}.prc_neighborhood":
-                     str(PRC_NEIGHBORHOOD), f"{p}.labels": labels})
+                     stamp("seed"): str(opts.seed), stamp("rng_seed"): str(RNG_SEED),
+                     stamp("is_splits"): str(IS_SPLITS), stamp("prc_neighborhood"):
+                     str(PRC_NEIGHBORHOOD), stamp("labels"): labels})
         if "kid" in fidelity:
-            tags.update({f"{p}.kid_subset_size": str(kid_size),
-                         f"{p}.kid_subsets": str(KID_SUBSETS)})
-        tags.update({f"{p}.{k}": v for k, v in ext.protocol().items()})
+            tags.update({stamp("kid_subset_size"): str(kid_size),
+                         stamp("kid_subsets"): str(KID_SUBSETS)})
+        tags.update({stamp(k): v for k, v in ext.protocol().items()})
 
 
 def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extractor],
@@ -398,7 +401,7 @@ def _fidelity(opts, model: LoadedModel, train: ImageData, extractors: list[Extra
                             opts.batch_size, device, opts.quiet)
     if labels is not None:  # the class mix the samples were drawn with, class 0 first
         counts = torch.bincount(labels, minlength=train.num_classes).tolist()
-        tags["eval.sample_label_counts"] = ",".join(map(str, counts))
+        tags[schema.eval_tag("sample_label_counts")] = ",".join(map(str, counts))
     how = "drawn from train class frequencies" if cfg.train.conditional else "unconditional"
     score_fidelity(opts, cfg.data, test, train, fake, extractors, fidelity, plan, how,
                    metrics, tags, notes)
@@ -414,12 +417,14 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
     if can(family, "reconstruct") and not can(family, "nll"):  # a stand-in for a likelihood
         metrics.update(reconstruction_metrics(cfg, model.nets, data, opts.batch_size, device,
                                               opts.quiet))
-        tags.update({"eval.recon.split": "test", "eval.recon.images": str(n),
-                     "eval.recon.scale": "mse on [-1, 1] pixels; psnr for [0, 1] pixels"})
+        tags.update({schema.eval_tag("recon", "split"): "test",
+                     schema.eval_tag("recon", "images"): str(n),
+                     schema.eval_tag("recon", "scale"): "mse on [-1, 1] pixels; psnr for [0, 1] "
+                                                        "pixels"})
     if not can(family, "nll"):
         reason = f"not applicable: {family.LIKELIHOOD_NOTE}"
         notes.append(f"bpd {reason}")
-        tags["eval.bpd"] = reason
+        tags[schema.eval_tag("bpd")] = reason
         return
     if opts.workers > 1:
         sums = nll_runner(model.payload, k=opts.k, images=n, batch_size=opts.batch_size,
@@ -428,14 +433,16 @@ def _likelihood(opts, model: LoadedModel, device, nll_runner, metrics, tags, not
         sums = nll_sums(cfg, model.nets, data, opts.k, opts.batch_size, seed=opts.seed,
                         device=device, quiet=opts.quiet)
     bits = pixel_bits(family, cfg.family)
-    metrics[bpd_key(bits)] = sums.bits_per_dim
+    metrics[schema.bpd_key(bits)] = sums.bits_per_dim
     k = opts.k if family.LIKELIHOOD == "bound" else 1  # exact likelihoods ignore k
     what = family.LIKELIHOOD_NOTE + (f"; k={k}" if family.LIKELIHOOD == "bound" else "")
-    tags.update({"eval.bpd": what, "eval.bpd.k": str(k),
-                 "eval.bpd.split": "test", "eval.bpd.images": str(sums.images),
-                 "eval.bpd.data": data_description(bits),
-                 "eval.bpd.workers": str(opts.workers), "eval.bpd.seed": str(opts.seed),
-                 "eval.bpd.conditional": str(cfg.train.conditional).lower()})
+    tags.update({schema.eval_tag("bpd"): what, schema.eval_tag("bpd", "k"): str(k),
+                 schema.eval_tag("bpd", "split"): "test",
+                 schema.eval_tag("bpd", "images"): str(sums.images),
+                 schema.eval_tag("bpd", "data"): data_description(bits),
+                 schema.eval_tag("bpd", "workers"): str(opts.workers),
+                 schema.eval_tag("bpd", "seed"): str(opts.seed),
+                 schema.eval_tag("bpd", "conditional"): str(cfg.train.conditional).lower()})
 
 
 def _probe(opts, model: LoadedModel, train: ImageData, device, metrics, tags, notes) -> None:
@@ -449,24 +456,25 @@ def _probe(opts, model: LoadedModel, train: ImageData, device, metrics, tags, no
         reason = None
     if reason:
         notes.append(f"probe {reason}")
-        tags["eval.probe"] = reason
+        tags[schema.eval_tag("probe")] = reason
         return
     fit_set = subset(train, opts.probe_images or len(train), opts.seed)
     z_train = encode_all(cfg, model.nets, fit_set, device=device, quiet=opts.quiet)
     z_test = encode_all(cfg, model.nets, model.test, device=device, quiet=opts.quiet)
-    metrics["probe_accuracy"] = probe_accuracy(z_train, fit_set.labels, z_test,
+    metrics[schema.PROBE_ACCURACY] = probe_accuracy(z_train, fit_set.labels, z_test,
                                                model.test.labels, model.test.num_classes)
-    tags.update({"eval.probe": "multinomial logistic regression (L-BFGS, L2 1e-4) on the "
-                 "standardized encoder mean z", "eval.probe.train_images": str(len(fit_set)),
-                 "eval.probe.test_images": str(len(model.test))})
+    tags.update({schema.eval_tag("probe"): "multinomial logistic regression (L-BFGS, L2 1e-4) "
+                 "on the standardized encoder mean z",
+                 schema.eval_tag("probe", "train_images"): str(len(fit_set)),
+                 schema.eval_tag("probe", "test_images"): str(len(model.test))})
 
 
 def _generative_vs_discriminative(opts, model: LoadedModel, train: ImageData, device, wanted,
                                   metrics, tags, notes, figures, record) -> None:
     """--metrics ood and/or bayes: the model's OOD scores and its Bayes classifier, next to the
     domain classifier (trained without the run's excluded classes, if any)."""
-    from eval.baseline import baseline_classifier
-    from eval.bayes import evaluate_bayes, not_applicable
+    from eval.ood.baseline import baseline_classifier
+    from eval.ood.bayes import evaluate_bayes, not_applicable
     from eval.ood import evaluate_ood
 
     cfg, d = model.cfg, model.cfg.data
@@ -488,7 +496,7 @@ def _generative_vs_discriminative(opts, model: LoadedModel, train: ImageData, de
         reason = not_applicable(family, cfg.train.conditional)
         if reason:
             notes.append(f"bayes not applicable: {reason}")
-            tags["eval.bayes"] = f"not applicable: {reason}"
+            tags[schema.eval_tag("bayes")] = f"not applicable: {reason}"
             return
         found, stamp = evaluate_bayes(model, train, classifier, images=opts.bayes_images,
                                       k=opts.k, batch_size=opts.batch_size, seed=opts.seed,
@@ -502,17 +510,18 @@ def format_table(result: EvalResult) -> str:
     from eval.ood import auroc_lines
 
     m = result.metrics
-    rows = [(k, v) for k, v in sorted(m.items()) if not k.startswith(("floor_", "ood_"))
-            and not k.endswith(("_std", "_ci_low", "_ci_high"))]
-    ci = any(k.endswith("_ci_low") for k in m)
+    rows = [(k, v) for k, v in sorted(m.items())
+            if not k.startswith((schema.FLOOR_PREFIX, schema.OOD_PREFIX))
+            and not k.endswith((schema.STD, *schema.CI_SUFFIXES))]
+    ci = any(k.endswith(schema.CI_SUFFIXES[0]) for k in m)
     lines = [f"{'metric':<22} {'value':>12} {'floor':>12}"
              + (f"  {'95% bootstrap interval':>24}" if ci else "")] if rows else []
     for key, value in rows:
-        std = m.get(f"{key}_std")
-        floor = m.get(f"floor_{key}")
+        std = m.get(schema.std_key(key))
+        floor = m.get(schema.floor_key(key))
         shown = f"{value:.4g}" + (f" ±{std:.2g}" if std is not None else "")
         line = f"{key:<22} {shown:>12} {'' if floor is None else f'{floor:.4g}':>12}"
-        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        low, high = (m.get(k) for k in schema.ci_keys(key))
         if low is not None and high is not None:
             interval = f"[{low:.4g}, {high:.4g}]"
             line += f"  {interval:>24}"

@@ -104,7 +104,7 @@ def load_preset(name_or_path: str) -> Preset:
         ev["extractors"] = tuple(ev["extractors"])
     ood = raw.get("ood")
     if ood is not None:
-        from eval.ood_sets import SETS
+        from eval.ood.sets import SETS
         if not isinstance(ood, dict) or set(ood) - OOD_KEYS:
             raise ConfigError(f"preset {path}: ood takes {', '.join(sorted(OOD_KEYS))}")
         bad = set(ood.get("sets") or ()) - set(SETS)
@@ -123,7 +123,7 @@ def load_preset(name_or_path: str) -> Preset:
 def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
     """(name, family, config additions) of the extra runs the OOD section needs: each family
     without the unseen classes, and a conditional run of each Bayes family."""
-    from eval.ood_scores import has_likelihood
+    from eval.ood.scores import has_likelihood
     from pipeline.models import FAMILIES
 
     ood = preset.ood or {}
@@ -293,7 +293,7 @@ def run(args) -> int:
                                                      args.address, args.verbose))
 
     def report():
-        from eval.report import write_report
+        from report.render import write_report
         html = write_report(experiment, None, force=False)
         print(f"report: {html}\n        {html.with_name('report.md')}")
         return html
@@ -332,7 +332,7 @@ def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = N
     section); a run without the unseen classes gets only the unseen set, a conditional one its
     Bayes classifier and its p(x) on the OOD sets. inception_weights (--inception-weights) adds
     Inception features to the preset's extractors."""
-    from eval.ood_sets import SETS
+    from eval.ood.sets import SETS
     from eval.run import DEFAULT_METRICS, EvalOptions
 
     ood = preset.ood or {}

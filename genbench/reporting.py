@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from eval.report import default_out_dir, write_report
+    from report.render import default_out_dir, write_report
     html = write_report(args.experiment, args.out or default_out_dir(args.experiment), args.force)
     print(f"{html}\n{html.with_name('report.md')}")
     return 0

@@ -3,7 +3,7 @@
 
 Same global batch and steps for every worker count: DDP splits each batch across the workers, so
 every run sees the same images and follows the same optimisation path (tests/test_loop_ddp.py);
-what differs is the wall time. The report (eval/report_scaling.py) reads those runs' MLflow
+what differs is the wall time. The report (report/scaling.py) reads those runs' MLflow
 metrics: wall-clock images/s, and the time to reach a target validation metric.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from eval.report_scaling import DEVICE_TAG, KIND, TARGET_TAG
+from pipeline import schema
 from pipeline.config import Config, merge
 from pipeline.errors import ConfigError
 
@@ -91,9 +91,9 @@ def train_one(cfg: Config, experiment: str, section: dict, address: str | None,
     from genbench.training import print_summary
     from pipeline.launch import train
 
-    tags = {"genbench.kind": KIND, DEVICE_TAG: "gpu" if cfg.train.gpu else "cpu"}
+    tags = {schema.KIND: schema.SCALING, schema.SCALING_DEVICE: "gpu" if cfg.train.gpu else "cpu"}
     if section.get("target") is not None:
-        tags[TARGET_TAG] = str(float(section["target"]))
+        tags[schema.SCALING_TARGET] = str(float(section["target"]))
     result = train(cfg, experiment=experiment, address=address, verbose=verbose,
                    extra_tags=tags)
     print_summary(result)

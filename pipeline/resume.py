@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.errors import ConfigError
 from pipeline.trainer import find_latest_checkpoint, newest_loadable_checkpoint
 
-RUN_DIR_TAG = "genbench.ray_run_dir"   # the run's Ray directory, where its checkpoints are
+RUN_DIR_TAG = schema.RAY_RUN_DIR   # the run's Ray directory, where its checkpoints are
 
 
 def prepare_resume(run_id: str) -> tuple[Config, dict, Path]:

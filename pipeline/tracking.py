@@ -18,6 +18,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.errors import ConfigError, RunStopped
 from pipeline.services import tracking_uri, unreachable  # noqa: F401 (part of this API)
 from pipeline.spool import Spool, replay_command, run_dir
@@ -162,16 +163,16 @@ def versions_and_hardware(gpu: bool = False) -> dict[str, str]:
     import torch
 
     from pipeline import VERSION
-    tags = {"genbench.version": VERSION, "torch.version": torch.__version__,
-            "ray.version": ray.__version__, "mlflow.version": mlflow.__version__,
-            "python.version": platform.python_version(),
-            "hardware.cpu": platform.processor() or platform.machine(),
-            "hardware.cpus": str(os.cpu_count())}
+    tags = {schema.VERSION: VERSION, schema.TORCH_VERSION: torch.__version__,
+            schema.RAY_VERSION: ray.__version__, schema.MLFLOW_VERSION: mlflow.__version__,
+            schema.PYTHON_VERSION: platform.python_version(),
+            schema.HARDWARE_CPU: platform.processor() or platform.machine(),
+            schema.HARDWARE_CPUS: str(os.cpu_count())}
     if gpu and torch.cuda.is_available():
-        tags["hardware.gpu"] = torch.cuda.get_device_name(0)
+        tags[schema.HARDWARE_GPU] = torch.cuda.get_device_name(0)
     commit = git_commit()
     if commit:
-        tags["git.commit"] = commit
+        tags[schema.GIT_COMMIT] = commit
     return tags
 
 

@@ -20,14 +20,14 @@ import ray.train.torch
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import faults, tracking
+from pipeline import faults, schema, tracking
 from pipeline.config import Config
 from pipeline.loop import Context, fit
 from pipeline.progress import Poster
 from pipeline.tracking import RunLogger
 
-FAULT_TAG = "genbench.fault_fired"          # set on the run when an injected fault fires
-RESUMED_TAG = "genbench.resumed_from_step"  # the checkpoint step the latest worker group began at
+FAULT_TAG = schema.FAULT_FIRED          # set on the run when an injected fault fires
+RESUMED_TAG = schema.RESUMED_FROM_STEP  # the checkpoint step the latest worker group began at
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -169,5 +169,5 @@ def tag_placement(ctx: Context) -> None:
         nodes = [None] * ctx.world
         torch.distributed.all_gather_object(nodes, node_id)
     if ctx.rank == 0 and ctx.run_id:
-        tracking.set_tags(ctx.run_id, {f"genbench.node.rank{r}": n for r, n in enumerate(nodes)},
+        tracking.set_tags(ctx.run_id, {schema.node_tag(r): n for r, n in enumerate(nodes)},
                           ctx.tracking_uri)

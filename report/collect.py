@@ -9,13 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval.plots import training_curves_png
-from eval.report_data import (EXTERNAL, IMAGE_DIRS, NOT_TRAINING, OOD_PREFIXES,
-                              PROTOCOL_PREFIXES, VERSION_TAGS, FamilyRow, Image, ReportData,
-                              SeedRun, eval_metric, kind)
-from eval.report_sweeps import sweep
-from eval.report_tables import by_family, discover_columns, fill_cells, floor_table, seed_table
-from pipeline import tracking
+from pipeline import schema, tracking
+from report.data import IMAGE_DIRS, FamilyRow, Image, ReportData, SeedRun, eval_metric, kind
+from report.plots import training_curves_png
+from report.sweeps import sweep
+from report.tables import by_family, discover_columns, fill_cells, floor_table, seed_table
 
 
 def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] | None = None,
@@ -30,21 +28,21 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     runs = tracking.search_runs(exp_id, uri=uri)
     families = families or tuple(FAMILIES)
     missing: list[str] = []
-    train = [r for r in runs if kind(r) == "train"]
+    train = [r for r in runs if kind(r) == schema.TRAIN]
     # `genbench eval --checkpoint` on a run from another store logs into its own eval run: use
     # those only for families without a training run here.
-    trained = {r.data.tags.get("genbench.model") for r in train}
-    train += [r for r in runs if kind(r) == "eval" and r.data.tags.get("genbench.model")
+    trained = {r.data.tags.get(schema.MODEL) for r in train}
+    train += [r for r in runs if kind(r) == schema.EVAL and r.data.tags.get(schema.MODEL)
               not in trained]
     # `genbench eval --samples DIR`: anyone's samples, one row per name (external:<name>)
-    train += [r for r in runs if kind(r) == EXTERNAL]
+    train += [r for r in runs if kind(r) == schema.EXTERNAL]
     rows = []
-    for fam in families + tuple(sorted({r.data.tags.get("genbench.model", "?") for r in train}
+    for fam in families + tuple(sorted({r.data.tags.get(schema.MODEL, "?") for r in train}
                                        - set(families))):
-        fam_runs = [r for r in train if r.data.tags.get("genbench.model") == fam]
+        fam_runs = [r for r in train if r.data.tags.get(schema.MODEL) == fam]
         # runs for the OOD section (conditional, or without some classes) stay out of the main
         # table unless a family has no other run
-        fam_runs = [r for r in fam_runs if not ood_variant(r)] or fam_runs
+        fam_runs = [r for r in fam_runs if not schema.is_ood_variant(r.data.params)] or fam_runs
         if not fam_runs:
             if fam in families:
                 missing.append(f"{fam}: no training run in this experiment "
@@ -65,7 +63,7 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     if rows and not floor_rows:
         missing.append("no floor (real vs real) metrics yet: `genbench eval` logs them as "
                        "floor_<metric>")
-    sweeps = [sweep(r, uri, with_images) for r in runs if kind(r) == "tune"]
+    sweeps = [sweep(r, uri, with_images) for r in runs if kind(r) == schema.TUNE]
     if not sweeps:
         missing.append(f"no sweep in this experiment, so no rate-distortion plot or best config "
                        f"(`genbench tune --experiment {experiment}`)")
@@ -77,9 +75,9 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         reference_note = ("No published number is shown: none was measured under this "
                           "protocol (same dataset and split; for FID/IS/KID/PR, Inception "
                           "features and the same n).")
-    from eval.report_ood import collect_ood
-    from eval.report_scaling import collect_scaling
-    ood = collect_ood([r for r in runs if kind(r) in ("train", "eval")],
+    from report.ood import collect_ood
+    from report.scaling import collect_scaling
+    ood = collect_ood([r for r in runs if kind(r) in (schema.TRAIN, schema.EVAL)],
                       [row.family for row in rows], uri, with_images)
     scaling = collect_scaling(runs, uri, with_images)
     return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
@@ -88,25 +86,18 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
         protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(PROTOCOL_PREFIXES)
-                                              and not k.startswith(OOD_PREFIXES)}),
-        versions=by_family(rows, lambda row: {k: row.tags[k] for k in VERSION_TAGS
+                                              if k.startswith(schema.PROTOCOL_PREFIXES)
+                                              and not k.startswith(schema.OOD_TAG_PREFIXES)}),
+        versions=by_family(rows, lambda row: {k: row.tags[k] for k in schema.VERSION_TAGS
                                               if k in row.tags}),
-        sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != "report"],
+        sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != schema.REPORT],
         missing=missing)
-
-
-def ood_variant(run) -> bool:
-    """A conditional run or one trained without some classes (data.exclude_classes)."""
-    p = run.data.params
-    return (p.get("train.conditional", "False").lower() == "true"
-            or p.get("data.exclude_classes", "[]") not in ("[]", "()", ""))
 
 
 def run_summary(run) -> dict:
     info = run.info
     return {"run_id": info.run_id, "name": info.run_name or "", "kind": kind(run) or "other",
-            "model": run.data.tags.get("genbench.model", ""), "status": info.status,
+            "model": run.data.tags.get(schema.MODEL, ""), "status": info.status,
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_time / 1000))}
 
 
@@ -116,7 +107,7 @@ def pick_run(runs: list):
     return finished[0] if finished else runs[0]
 
 
-SEED_PARAM = "train.seed"
+SEED_PARAM = schema.SEED_PARAM
 
 
 def config_key(run) -> tuple:
@@ -142,9 +133,9 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     run = pick_run(runs)
     rid = run.info.run_id
     row = FamilyRow(fam, rid, run.info.run_name or "", run.info.status,
-                    run.data.tags.get("genbench.dataset", run.data.params.get("data.dataset", "?")),
+                    run.data.tags.get(schema.DATASET, run.data.params.get("data.dataset", "?")),
                     dict(run.data.metrics), dict(run.data.params), dict(run.data.tags),
-                    external=kind(run) == EXTERNAL)
+                    external=kind(run) == schema.EXTERNAL)
     group = seed_group(run, runs)
     row.seeds = [SeedRun(r.data.params.get(SEED_PARAM, "?"), r.info.run_id, dict(r.data.metrics),
                          dict(r.data.params), dict(r.data.tags)) for r in group]
@@ -163,7 +154,7 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     if not any(eval_metric(k) for k in row.metrics):
         row.notes.append(f"no eval metrics yet (`genbench eval --run-id {rid}`)")
     hist = {k: tracking.metric_history(rid, k, uri) for k in row.metrics
-            if not eval_metric(k) and not k.startswith(NOT_TRAINING)}
+            if not eval_metric(k) and not k.startswith(schema.NOT_TRAINING)}
     ips = [v for _, v in hist.get("images_per_s", [])]
     row.derived["images_per_s_median"] = statistics.median(ips) if ips else None
     start, end = run.info.start_time, run.info.end_time

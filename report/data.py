@@ -1,6 +1,6 @@
-"""What a report holds: its rows, cells, columns, sweeps and images (dataclasses), the metric
-names it knows, and how numbers are written. report_collect.py fills it from MLflow,
-report_tables.py builds the tables, report_sweeps.py reads the sweeps.
+"""What a report holds: its rows, cells, columns, sweeps and images (dataclasses), the labels
+of the metrics it knows, and how numbers are written. collect.py fills it from MLflow, tables.py
+builds the tables, sweeps.py reads the sweeps; metric keys and tag names are pipeline/schema.py's.
 
 Driven by what MLflow holds rather than by fixed lists: a metric named `<fid|is|kid|precision|
 recall>_<extractor>` becomes a column under that extractor, `floor_<metric>` goes to the floor
@@ -12,31 +12,21 @@ as a sentence for the report to show, never an exception.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
-KIND_TAG = "genbench.kind"
-EXTERNAL = "external"     # eval --samples runs: sample-quality metrics only, no training
-# KID beside FID: FID is biased by n, KID is not, so the pair shows how much of a gap is bias.
-FIDELITY = ("fid", "kid", "is", "precision", "recall", "f_score", "density", "coverage")
-FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
-LIKELIHOOD_ORDER = ("bpd_test", "bpd_binarized_test", "nll_test", "mse_test", "psnr_test",
-                    "probe_accuracy")
+from pipeline import schema
+
+# The order of the sample-quality columns: KID beside FID, since FID is biased by n and KID is
+# not, so the pair shows how much of a gap is bias.
+FIDELITY = schema.FIDELITY
+LIKELIHOOD_ORDER = (schema.BPD_TEST, schema.BPD_BINARIZED_TEST, schema.NLL_TEST, schema.MSE_TEST,
+                    schema.PSNR_TEST, schema.PROBE_ACCURACY)
 # bpd_binarized_test: a Bernoulli decoder on 1-bit data (uniform = 1.0), never beside 8-bit bpd
-LABELS = {"bpd_test": "bits/dim", "bpd_binarized_test": "bits/dim, binarized data (1-bit)",
-          "nll_test": "NLL nats", "mse_test": "MSE", "psnr_test":
-          "PSNR dB", "probe_accuracy": "probe acc.", "fid": "FID", "is": "IS", "kid": "KID",
-          "precision": "precision", "recall": "recall", "f_score": "F", "density": "density",
-          "coverage": "coverage"}
-LOWER_IS_BETTER = {"fid", "kid", "bpd_test", "bpd_binarized_test", "nll_test", "mse_test"}
-# Params and tags that stamp how a metric was measured (eval writes them).
-PROTOCOL_PREFIXES = ("eval.", "protocol.", "fidelity.", "likelihood.", "probe.", "floor.")
-VERSION_TAGS = ("genbench.version", "git.commit", "torch.version", "ray.version",
-                "mlflow.version", "python.version", "hardware.cpu", "hardware.cpus",
-                "hardware.gpu")
+LABELS = {schema.BPD_TEST: "bits/dim", schema.BPD_BINARIZED_TEST: "bits/dim, binarized data "
+          "(1-bit)", schema.NLL_TEST: "NLL nats", schema.MSE_TEST: "MSE", schema.PSNR_TEST:
+          "PSNR dB", schema.PROBE_ACCURACY: "probe acc.", "fid": "FID", "is": "IS", "kid": "KID",
+          "precision": "precision", "recall": "recall"}
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
-NOT_TRAINING = ("floor_", "ood_", "bayes_", "classifier_")  # eval metrics, not training curves
-OOD_PREFIXES = ("eval.ood", "eval.bayes")  # stamps that the OOD section summarises
 
 
 @dataclass
@@ -137,8 +127,8 @@ class ReportData:
     reference_note: str = ""                    # why no published number is shown
     report_run_id: str = ""
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
-    ood: object = None                          # eval.report_ood.OODSection, or None
-    scaling: list = field(default_factory=list)    # eval.report_scaling.ScalingSection
+    ood: object = None                          # report.ood.OODSection, or None
+    scaling: list = field(default_factory=list)    # report.scaling.ScalingSection
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -156,8 +146,8 @@ def fmt(value) -> str:
 
 def label(key: str) -> str:
     """fid_domain -> "FID (domain)"; bpd_test -> "bits/dim"."""
-    m = FIDELITY_RE.match(key)
-    return f"{LABELS[m['metric']]} ({m['ext']})" if m else LABELS.get(key, key)
+    parsed = schema.parse_fidelity_key(key)
+    return f"{LABELS[parsed[0]]} ({parsed[1]})" if parsed else LABELS.get(key, key)
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -168,26 +158,23 @@ def fmt_seconds(s: float | None) -> str:
 
 # --- metric names --------------------------------------------------------------------------------
 def kind(run) -> str:
-    return run.data.tags.get(KIND_TAG, "")
-
-
-CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap: fid_domain_ci_low, ...
+    return schema.kind(run.data.tags)
 
 
 def eval_metric(key: str) -> bool:
-    key = key.removesuffix(CI_SUFFIXES[0]).removesuffix(CI_SUFFIXES[1])
-    return bool(FIDELITY_RE.match(strip_std(key))) or key.endswith("_test") or \
+    key = key.removesuffix(schema.CI_SUFFIXES[0]).removesuffix(schema.CI_SUFFIXES[1])
+    return bool(schema.parse_fidelity_key(strip_std(key))) or key.endswith("_test") or \
         key.startswith("probe_")
 
 
 def strip_std(key: str) -> str:
-    """fid_domain_std / is_std_domain -> the key it is the spread of."""
-    return key.replace("_std", "") if "_std" in key else key
+    """fid_domain_std / is_std_domain (older runs) -> the key it is the spread of."""
+    return key.replace(schema.STD, "") if schema.STD in key else key
 
 
 def std_of(metrics: dict, key: str) -> float | None:
     metric, _, ext = key.partition("_")
-    for k in (f"{key}_std", f"{metric}_std_{ext}"):
+    for k in (schema.std_key(key), f"{metric}{schema.STD}_{ext}"):
         if k in metrics:
             return metrics[k]
     return None

@@ -14,11 +14,10 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
-from eval.ood import parse_metric
-from eval.ood_scores import LABELS as SCORE_LABELS
-from eval.ood_sets import SETS
-from eval.report_data import Cell, Image, fmt
-from pipeline import tracking
+from eval.ood.scores import LABELS as SCORE_LABELS
+from eval.ood.sets import SETS
+from pipeline import schema, tracking
+from report.data import Cell, Image, fmt
 
 SET_LABELS = {"unseen": "unseen class", "digits": "digits (sklearn)", "mnist": "MNIST",
               "noise": "noise", "constant": "constant", "flipped": "flipped", "inverted":
@@ -56,11 +55,11 @@ class OODSection:
 
 
 def excluded(run) -> bool:
-    return run.data.params.get("data.exclude_classes", "[]") not in ("[]", "()", "")
+    return schema.excludes_classes(run.data.params)
 
 
 def conditional(run) -> bool:
-    return run.data.params.get("train.conditional", "False").lower() == "true"
+    return schema.is_conditional(run.data.params)
 
 
 def has(run, prefix: str) -> bool:
@@ -77,7 +76,7 @@ def aurocs(run) -> dict[tuple[str, str], float]:
     """{(score, set): AUROC} of a run."""
     out = {}
     for key, value in run.data.metrics.items():
-        parsed = parse_metric(key)
+        parsed = schema.parse_ood_key(key)
         if parsed and parsed[0] == "auroc":
             out[(parsed[2], parsed[1])] = value
     return out
@@ -116,7 +115,7 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
                 with_images: bool = True) -> OODSection | None:
     """The section from every training run of the experiment; None when no run has OOD or Bayes
     metrics."""
-    if not any(has(r, "ood_") or has(r, "bayes_") for r in train_runs):
+    if not any(has(r, schema.OOD_PREFIX) or has(r, schema.BAYES + "_") for r in train_runs):
         return None
     rows: list[OODRow] = []
     images: list[Image] = []
@@ -124,8 +123,8 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
     seen_sets: set[str] = set()
     classifier: dict[str, tuple[float, str]] = {}
     for fam in families:
-        fam_runs = [r for r in train_runs if r.data.tags.get("genbench.model") == fam
-                    and has(r, "ood_")]
+        fam_runs = [r for r in train_runs if r.data.tags.get(schema.MODEL) == fam
+                    and has(r, schema.OOD_PREFIX)]
         plain = [r for r in fam_runs if not excluded(r)]
         main = newest([r for r in plain if not conditional(r)] or plain)
         unseen = newest([r for r in fam_runs if excluded(r)])
@@ -176,13 +175,14 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
 
 
 def auroc_cells(values: dict[str, float]) -> dict[str, Cell]:
-    return {s: Cell(f"{v:.3f}", f"ood_auroc_{s}", v,
+    """{set: Cell}, keyed ood_auroc_<set> (the row names the score)."""
+    return {s: Cell(f"{v:.3f}", f"{schema.OOD_PREFIX}auroc_{s}", v,
                     "rejects" if v >= GOOD else ("worse than chance" if v < BAD else "partly"))
             for s, v in values.items()}
 
 
 def histogram_image(run, name: str, uri: str) -> Image | None:
-    path = run.data.tags.get("eval.ood.figure")
+    path = run.data.tags.get(schema.figure_tag("ood"))
     if not path:
         return None
     try:
@@ -199,19 +199,14 @@ def protocol_notes(runs: list) -> list[str]:
     out = []
     stamps = {}
     for r in runs:
-        for key in ("eval.ood.images_per_set", "eval.ood.background", "eval.ood.exclude_classes",
-                    "eval.ood.classifier"):
+        for key in schema.OOD_STAMPS:
             if key in r.data.tags:
                 stamps.setdefault(key, set()).add(r.data.tags[key])
         for key, value in r.data.tags.items():
-            if key.startswith("eval.ood.set.") and value.startswith("skipped"):
+            if key.startswith(schema.ood_set_tag("")) and value.startswith("skipped"):
                 stamps.setdefault(key, set()).add(value)
-    names = {"eval.ood.images_per_set": "images per OOD set",
-             "eval.ood.background": "likelihood-ratio background model",
-             "eval.ood.exclude_classes": "unseen class(es)",
-             "eval.ood.classifier": "classifier"}
     for key, values in sorted(stamps.items()):
-        what = names.get(key, f"set {key.rsplit('.', 1)[-1]}")
+        what = schema.OOD_STAMPS.get(key, f"set {key.rsplit('.', 1)[-1]}")
         out.append(f"{what}: {'; '.join(sorted(values))}")
     return out
 
@@ -220,35 +215,42 @@ def bayes_rows(runs: list, families: list[str]) -> list[BayesRow]:
     out: list[BayesRow] = []
     classifier = None
     for fam in families:
-        run = newest([r for r in runs if r.data.tags.get("genbench.model") == fam
-                      and has(r, "bayes_")])
+        run = newest([r for r in runs if r.data.tags.get(schema.MODEL) == fam
+                      and has(r, schema.BAYES + "_")])
         if run is None:
             continue
         m = run.data.metrics
-        if classifier is None and "classifier_accuracy" in m:
+        bayes, disc = values(m, schema.BAYES), values(m, schema.CLASSIFIER)
+        if classifier is None and disc["accuracy"] is not None:
             classifier = run
-        acc = m.get("bayes_accuracy")
-        ref = m.get("classifier_accuracy")
+        acc, ref = bayes["accuracy"], disc["accuracy"]
+        nan = float("nan")
         label = f"{fam} · Bayes' rule on p(x|y)"
         if acc is None:
             text = "No accuracy logged."
         elif ref is None:
-            text = f"Accuracy {acc:.3f}, calibration error {m.get('bayes_ece', 0):.3f}."
+            text = f"Accuracy {acc:.3f}, calibration error {bayes['ece'] or 0:.3f}."
         else:
             gap = (acc - ref) * 100
             text = (f"{abs(gap):.1f} points {'below' if gap < 0 else 'above'} the "
                     f"discriminative classifier on the same images; ECE "
-                    f"{m.get('bayes_ece', float('nan')):.3f} vs "
-                    f"{m.get('classifier_ece', float('nan')):.3f}.")
-        out.append(BayesRow(label, metric_cells(m, "bayes"), text, run.info.run_id))
+                    f"{nan if bayes['ece'] is None else bayes['ece']:.3f} vs "
+                    f"{nan if disc['ece'] is None else disc['ece']:.3f}.")
+        out.append(BayesRow(label, metric_cells(m, schema.BAYES), text, run.info.run_id))
     if classifier is not None:
         m = classifier.data.metrics
-        out.append(BayesRow("domain classifier · softmax", metric_cells(m, "classifier"),
+        out.append(BayesRow("domain classifier · softmax", metric_cells(m, schema.CLASSIFIER),
                             "The discriminative reference, on the same test images.",
                             classifier.info.run_id))
     return out
 
 
-def metric_cells(metrics: dict, prefix: str) -> dict[str, Cell]:
-    return {k: Cell(fmt(metrics.get(f"{prefix}_{k}")), f"{prefix}_{k}",
-                    metrics.get(f"{prefix}_{k}")) for k in ("accuracy", "nll", "ece")}
+def values(metrics: dict, who: str) -> dict[str, float | None]:
+    """{accuracy, nll, ece} of the Bayes classifier (who=BAYES) or the domain classifier."""
+    return {k: metrics.get(schema.classification_key(who, k))
+            for k in schema.CLASSIFICATION_METRICS}
+
+
+def metric_cells(metrics: dict, who: str) -> dict[str, Cell]:
+    keys = {k: schema.classification_key(who, k) for k in schema.CLASSIFICATION_METRICS}
+    return {k: Cell(fmt(metrics.get(key)), key, metrics.get(key)) for k, key in keys.items()}

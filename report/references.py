@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.schema import extractor_of
+
 INCEPTION = "inception"  # only this extractor's numbers are comparable with papers
-FIDELITY_PREFIXES = ("fid", "is", "kid", "precision", "recall")
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,6 @@ def from_families() -> tuple[Reference, ...]:
             row["when"] = tuple(sorted(row.get("when", {}).items()))
             rows.append(Reference(family=name, **row))
     return tuple(rows)
-
-
-def extractor_of(metric: str) -> str | None:
-    """fid_inception -> inception; bpd_test -> None (no extractor)."""
-    head, _, tail = metric.rpartition("_")
-    return tail if head.split("_")[0] in FIDELITY_PREFIXES else None
 
 
 def matching(family: str, dataset: str, metric: str, n_fake: int | None = None,

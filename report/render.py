@@ -18,12 +18,12 @@ from pathlib import Path
 import jinja2
 import markupsafe
 
-from eval import report_data
-from eval.report_collect import collect
-from eval.report_data import Image, ReportData, fmt
-from eval.report_scaling import COLUMNS as SCALING_COLUMNS
-from pipeline import VERSION, tracking
+from pipeline import VERSION, schema, tracking
 from pipeline.errors import ConfigError
+from report import data as report_data
+from report.collect import collect
+from report.data import Image, ReportData, fmt
+from report.scaling import COLUMNS as SCALING_COLUMNS
 
 TEMPLATES = Path(__file__).parent / "templates"
 OUTPUTS = ("report.md", "report.html", "images")  # what a report directory holds
@@ -51,9 +51,9 @@ def write_report(experiment: str, out_dir: Path | str | None = None, force: bool
                           f"and MLFLOW_TRACKING_URI, or train into it first")
     run_id = tracking.start_run(
         experiment, f"report-{experiment}", {"report.out_dir": str(out_dir.absolute())},
-        {report_data.KIND_TAG: "report", "genbench.version": VERSION,
-         "git.commit": tracking.git_commit() or "unknown",
-         "genbench.report_of": ",".join(r.run_id for r in data.rows)}, uri=uri)
+        {schema.KIND: schema.REPORT, schema.VERSION: VERSION,
+         schema.GIT_COMMIT: tracking.git_commit() or "unknown",
+         schema.REPORT_OF: ",".join(r.run_id for r in data.rows)}, uri=uri)
     try:
         data.report_run_id = run_id
         html_path = write_files(data, out_dir, force)

@@ -16,12 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from eval.report_data import Image, fmt, fmt_seconds
-from pipeline import tracking
+from pipeline import schema, tracking
+from report.data import Image, fmt, fmt_seconds
 
-KIND = "scaling"                         # genbench/scaling.py tags its runs so
-DEVICE_TAG = "genbench.scaling.device"
-TARGET_TAG = "genbench.scaling.target"
+DEVICE_TAG, TARGET_TAG = schema.SCALING_DEVICE, schema.SCALING_TARGET
 
 
 @dataclass
@@ -78,13 +76,13 @@ def collect_scaling(runs: list, uri: str, with_images: bool = True) -> list[Scal
     """One section per family that has scaling runs (newest runs first in `runs`)."""
     from pipeline.models import FAMILIES
 
-    mine = [r for r in runs if r.data.tags.get("genbench.kind") == KIND]
+    mine = [r for r in runs if schema.kind(r.data.tags) == schema.SCALING]
     sections = []
-    for model in sorted({r.data.tags.get("genbench.model", "?") for r in mine}):
+    for model in sorted({r.data.tags.get(schema.MODEL, "?") for r in mine}):
         family = FAMILIES.get(model)
         metric = getattr(family, "SWEEP_METRIC", None) or "val_loss"
         mode = getattr(family, "SWEEP_MODE", "min")
-        group = [r for r in mine if r.data.tags.get("genbench.model") == model]
+        group = [r for r in mine if r.data.tags.get(schema.MODEL) == model]
         measured = [measure(r, metric, uri) for r in group]
         section = ScalingSection(model, metric, mode, None, "", measured)
         set_target(section, group)
@@ -112,8 +110,8 @@ def measure(run, metric: str, uri: str) -> ScalingRun:
                                                  else "cpu"),
                      int(p.get("train.workers", 1)), p.get("train.cpus_per_worker", "?"), batch,
                      int(p.get("train.total_steps", p.get("train.steps", 0)) or 0),
-                     run.info.status, t.get("hardware.gpu") if t.get(DEVICE_TAG) == "gpu"
-                     else t.get("hardware.cpu", "?"))
+                     run.info.status, t.get(schema.HARDWARE_GPU) if t.get(DEVICE_TAG) == "gpu"
+                     else t.get(schema.HARDWARE_CPU, "?"))
     ips = tracking.metric_history_timed(run.info.run_id, "images_per_s", uri)
     if not ips or not batch:
         return out

@@ -8,11 +8,14 @@ import math
 import tempfile
 from pathlib import Path
 
-from eval.report_data import Image, Sweep
-from pipeline import tracking
+from pipeline import schema, tracking
+from report.data import Image, Sweep
 
 
 def sweep(run, uri: str, with_images: bool) -> Sweep:
+    # lazy: tune.summary imports torch, which a report without sweeps never needs
+    from tune.summary import BEST_CONFIG, PLOTS_DIR, RATE_DISTORTION, RESULTS_CSV
+
     rid = run.info.run_id
     p = run.data.params
     metric, mode = p.get("tune.metric", "?"), p.get("tune.mode", "min")
@@ -20,29 +23,29 @@ def sweep(run, uri: str, with_images: bool) -> Sweep:
     files = set(tracking.list_artifacts(rid, None, uri))
     header, rows, best_config, swept, plots = [], [], "", {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        if "results.csv" in files:
-            text = tracking.download_artifact(rid, "results.csv", tmp, uri).read_text()
+        if RESULTS_CSV in files:
+            text = tracking.download_artifact(rid, RESULTS_CSV, tmp, uri).read_text()
             table = list(csv.reader(io.StringIO(text)))
             header, rows = table[0], table[1:]
             rows = sort_results(header, rows, metric, mode)
-        if "best_config.yaml" in files:
-            best_config = tracking.download_artifact(rid, "best_config.yaml", tmp, uri).read_text()
+        if BEST_CONFIG in files:
+            best_config = tracking.download_artifact(rid, BEST_CONFIG, tmp, uri).read_text()
         if with_images:
-            pngs = sorted(tracking.list_artifacts(rid, "plots", uri),
-                          key=lambda n: ("rate_distortion" not in n, n))
+            pngs = sorted(tracking.list_artifacts(rid, PLOTS_DIR, uri),
+                          key=lambda n: (RATE_DISTORTION not in n, n))
             for name in (n for n in pngs if n.endswith(".png")):
                 data = tracking.download_artifact(rid, name, tmp, uri).read_bytes()
                 stem = Path(name).stem
-                caption = ("rate-distortion across beta" if stem == "rate_distortion"
+                caption = ("rate-distortion across beta" if stem == RATE_DISTORTION
                            else stem.replace("_vs_", " vs "))
                 plots.append(Image(f"sweep_{rid[:8]}_{stem}.png", data, caption))
     keys = [k for k in header if "." in k]  # swept hyperparameters are dotted config keys
-    best_trial = run.data.tags.get("genbench.best_trial", "")
+    best_trial = run.data.tags.get(schema.BEST_TRIAL, "")
     if rows and keys and metric in header:
         top = rows[0]
         swept = {k: top[header.index(k)] for k in keys}
         best_trial = best_trial or top[0]
-    return Sweep(rid, run.info.run_name or rid[:8], run.data.tags.get("genbench.model", "?"),
+    return Sweep(rid, run.info.run_name or rid[:8], run.data.tags.get(schema.MODEL, "?"),
                  run.info.status, metric, mode, best, best_trial, swept, best_config, header,
                  rows, len(rows), plots)
 

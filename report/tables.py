@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import statistics
 
-from eval import references
-from eval.report_data import (CI_SUFFIXES, FIDELITY, FIDELITY_RE, LABELS, LIKELIHOOD_ORDER,
-                              Cell, Column, FamilyRow, eval_metric, fmt, fmt_seconds, label,
-                              std_of)
-
-
-PROTOCOL_FIELDS = ("n_fake", "n_real", "reference_split", "weights_sha256")
+from pipeline import schema
+from report import references
+from report.data import (FIDELITY, LABELS, LIKELIHOOD_ORDER, Cell, Column, FamilyRow, eval_metric,
+                         fmt, fmt_seconds, label, std_of)
 
 
 def fidelity_protocol(stamps: dict, metric: str) -> tuple:
     """(n_fake, n_real, reference split, extractor weights) a sample-quality metric was measured
     under, from eval's eval.<extractor>.* stamps; None where a run did not record one."""
-    ext = references.extractor_of(metric)
-    return tuple(stamps.get(f"eval.{ext}.{name}") for name in PROTOCOL_FIELDS)
+    ext = schema.extractor_of(metric)
+    return tuple(stamps.get(schema.extractor_tag(ext, name)) for name in schema.FIDELITY_PROTOCOL)
 
 
 def describe_protocol(ext: str, protocol: tuple, with_weights: bool = False) -> str:
@@ -38,22 +35,22 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     extractor weights. A family measured under another protocol gets its own column group, named
     with its n, never a place in the same column."""
     keys = {k for row in rows for s in row.seeds or [row] for k in s.metrics
-            if eval_metric(k) and "_std" not in k and not k.endswith(CI_SUFFIXES)}
-    likelihood = sorted((k for k in keys if not FIDELITY_RE.match(k)),
+            if eval_metric(k) and schema.STD not in k and not k.endswith(schema.CI_SUFFIXES)}
+    likelihood = sorted((k for k in keys if not schema.parse_fidelity_key(k)),
                         key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
                                        else len(LIKELIHOOD_ORDER), k))
     cols = [Column(k, LABELS.get(k, k), "likelihood & encoder") for k in likelihood]
-    if "bpd_test" not in likelihood:  # always show the (8-bit) bits/dim column
-        cols.insert(0, Column("bpd_test", "bits/dim", "likelihood & encoder"))
+    if schema.BPD_TEST not in likelihood:  # always show the (8-bit) bits/dim column
+        cols.insert(0, Column(schema.BPD_TEST, LABELS[schema.BPD_TEST], "likelihood & encoder"))
     protocols: dict[str, dict[tuple, set]] = {}   # ext -> protocol -> metrics measured so
     for row in rows:
         for run in row.seeds or [row]:
             for k in run.metrics:
-                m = FIDELITY_RE.match(k)  # (fid_domain_ci_low does not match: not a column)
-                if m and "_std" not in k:
+                parsed = schema.parse_fidelity_key(k)  # (fid_domain_ci_low: None, no column)
+                if parsed and schema.STD not in k:
                     stamps = {**run.params, **run.tags}
-                    protocols.setdefault(m["ext"], {}).setdefault(
-                        fidelity_protocol(stamps, k), set()).add(m["metric"])
+                    protocols.setdefault(parsed[1], {}).setdefault(
+                        fidelity_protocol(stamps, k), set()).add(parsed[0])
     for ext in sorted(protocols, key=lambda e: (e != "inception", e)):
         by_protocol = protocols[ext]
         several = len(by_protocol) > 1
@@ -64,7 +61,7 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
             group = describe_protocol(ext, p, with_weights=len(shas) > 1)
             for metric in FIDELITY:
                 if metric in by_protocol[p]:
-                    key = f"{metric}_{ext}"
+                    key = schema.fidelity_key(metric, ext)
                     col_id = f"{key}@{'-'.join(str(x)[:8] for x in p)}" if several else key
                     cols.append(Column(key, LABELS[metric], group, col_id, p))
     cols += [Column("train.total_steps", "steps", "training"),
@@ -88,7 +85,7 @@ def applicable(fam: str, key: str) -> bool:
         return can(module, "encode")
     if key.startswith(("mse", "psnr")):  # eval's stand-in for a likelihood, where none exists
         return can(module, "reconstruct") and not can(module, "nll")
-    if FIDELITY_RE.match(key):
+    if schema.parse_fidelity_key(key):
         return can(module, "sample")
     return True
 
@@ -129,9 +126,9 @@ def measured(runs: list, col: Column) -> list:
 
 def stamp_of(run, key: str) -> str:
     """eval's own description of how a metric was measured, e.g. eval.bpd = 'IWAE bound, k=16'."""
-    parts = [run.tags.get(f"eval.{key.split('_')[0]}", "")]
+    parts = [run.tags.get(schema.eval_tag(key.split("_")[0]), "")]
     if key.startswith("bpd"):
-        parts.append(run.tags.get("eval.bpd.data", ""))
+        parts.append(run.tags.get(schema.eval_tag("bpd", "data"), ""))
     return "; ".join(p for p in parts if p)
 
 
@@ -143,12 +140,12 @@ def metric_cell(runs: list, key: str, col: Column) -> Cell:
         m = runs[0].metrics
         std = std_of(m, key)
         text = fmt(values[0]) + (f" ± {std:.2g}" if std is not None else "")
-        low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        low, high = (m.get(k) for k in schema.ci_keys(key))
         if low is not None and high is not None:  # eval --bootstrap
             text += f" [{fmt(low)}, {fmt(high)}]"
         return Cell(text, key, values[0], "; ".join(x for x in (
             stamp_of(runs[0], key), runs[0].tags.get(
-                f"eval.{references.extractor_of(key)}.bootstrap", "")) if x))
+                schema.extractor_tag(schema.extractor_of(key), "bootstrap"), "")) if x))
     mean, sd = statistics.fmean(values), statistics.stdev(values)
     each = "; ".join(f"seed {r.seed}: {fmt(v)}" for r, v in zip(runs, values))
     return Cell(f"{fmt(mean)} ± {sd:.2g} ({len(runs)} seeds)", key, mean,
@@ -159,9 +156,9 @@ def cell(row: FamilyRow, col: Column) -> Cell:
     key = col.key
     if key == "hardware":
         t = row.tags
-        text = t.get("hardware.gpu") or " ".join(x for x in (
-            t.get("hardware.cpu", ""), f"{t['hardware.cpus']} CPUs" if "hardware.cpus" in t
-            else "") if x) or "—"
+        text = t.get(schema.HARDWARE_GPU) or " ".join(x for x in (
+            t.get(schema.HARDWARE_CPU, ""), f"{t[schema.HARDWARE_CPUS]} CPUs"
+            if schema.HARDWARE_CPUS in t else "") if x) or "—"
         return Cell(text, key)
     if key in row.params:
         return Cell(row.params[key], key)
@@ -173,7 +170,7 @@ def cell(row: FamilyRow, col: Column) -> Cell:
         return Cell(fmt(v), key, v, "median over the run's log intervals")
     if col.group != "training" and not applicable(row.family, key):
         return Cell("n/a", key, None, f"not applicable to {row.family}")
-    if row.external and col.group != "training" and not FIDELITY_RE.match(key):
+    if row.external and col.group != "training" and not schema.parse_fidelity_key(key):
         return Cell("n/a", key, None, "a folder of samples has only sample-quality metrics")
     runs = measured(row.seeds or [row], col)
     if not runs:
@@ -205,8 +202,8 @@ def seed_table(rows: list[FamilyRow], columns: list[Column]) -> list:
 def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:
     """Real-vs-real metrics; one row per distinct set of values, labelled with the protocol it
     was measured under (the floor moves with n as the models' numbers do)."""
-    keys = sorted({k for r in rows for k in r.metrics if k.startswith("floor_")
-                   and "_std" not in k and r.metrics[k] is not None})
+    keys = sorted({k for r in rows for k in r.metrics if k.startswith(schema.FLOOR_PREFIX)
+                   and schema.STD not in k and r.metrics[k] is not None})
     if not keys:
         return [], []
     per_run = [(r, {k: Cell(fmt(r.metrics[k]), k, r.metrics[k])
@@ -221,9 +218,11 @@ def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]
         first = fams[0]
         stamps = {**first.params, **first.tags}
         protocols = []
-        for ext in dict.fromkeys(references.extractor_of(k[6:]) for k in cells):
-            n_real, split = (stamps.get(f"eval.{ext}.{x}") for x in ("n_real", "reference_split"))
-            floor = stamps.get(f"eval.{ext}.floor", "train images")
+        for ext in dict.fromkeys(schema.extractor_of(k.removeprefix(schema.FLOOR_PREFIX))
+                                 for k in cells):
+            n_real, split = (stamps.get(schema.extractor_tag(ext, x))
+                             for x in ("n_real", "reference_split"))
+            floor = stamps.get(schema.extractor_tag(ext, "floor"), "train images")
             protocols.append(f"{ext}: {floor}, {n_real or '?'} {split or 'test'} images")
         text = "real train vs real test (" + "; ".join(protocols) + ")"
         if len(distinct) > 1:

@@ -181,8 +181,8 @@ def test_scaling_section_numbers_by_hand(tmp_path, target):
     """images/s from the first to the last logged step over MLflow timestamps, start-up from the
     run's start to one interval before the first point, time to target from there, speed-up
     over 1 worker: checked against numbers worked out by hand."""
-    from eval.report import write_report
-    from eval.report_scaling import collect_scaling
+    from report.render import write_report
+    from report.scaling import collect_scaling
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)

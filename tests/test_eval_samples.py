@@ -73,7 +73,7 @@ def test_samples_folder_fid_equals_genbench_own_computation(env, capsys):
     assert expected < 3 * run.data.metrics["floor_fid_domain"] + 5
 
     # the report includes it as a row of its own, sample-quality columns only
-    from eval.report import write_report
+    from report.render import write_report
     html = write_report("ext", env / "report", quiet=True).read_text()
     row = html.split('data-family="external:my-samples"', 1)[1].split("</tr>", 1)[0]
     assert f'data-value="{run.data.metrics["fid_domain"]!r}"' in row

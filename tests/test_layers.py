@@ -1,17 +1,18 @@
 """The import graph of the project's packages, read with `ast` (lazy imports inside functions
 count too): no circle, and no import from a lower layer into a higher one.
 
-    pipeline/models  <  pipeline  <  eval  <  tune  <  genbench
+    pipeline/models  <  pipeline  <  eval  <  tune  <  report  <  genbench
 
-pipeline/models imports torch and the standard library only.
+pipeline/models imports torch and the standard library only. eval/ood/ is part of eval; report
+sits above tune because it reads sweeps (tune/summary.py names their artifacts) and scaling runs.
 """
 import ast
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "eval", "tune", "genbench")
-LAYERS = ("pipeline.models", "pipeline", "eval", "tune", "genbench")   # low to high
+PACKAGES = ("pipeline", "eval", "tune", "report", "genbench")
+LAYERS = ("pipeline.models", "pipeline", "eval", "tune", "report", "genbench")  # low to high
 MODELS_MAY_IMPORT = {"torch"}
 
 
@@ -104,10 +105,20 @@ def cycles(edges: dict[str, set[tuple[str, int]]]) -> list[list[str]]:
 
 def test_the_graph_sees_every_package():
     edges = project_edges()
-    assert {"pipeline.loop", "eval.run", "tune.sweep", "genbench.cli"} <= set(edges)
+    assert {"pipeline.loop", "pipeline.schema", "eval.run", "eval.ood", "eval.ood.scores",
+            "tune.sweep", "report.render", "report.sweeps", "genbench.cli"} <= set(edges)
     assert any(t == "pipeline.config" for t, _ in edges["pipeline.loop"])
     assert any(t == "tune.sweep" for t, _ in edges["genbench.sweeping"])  # lazy imports count
     assert any(t == "pipeline.models.layers" for t, _ in edges["pipeline.models.vae"])
+    # the report reads the sweep's artifact names from tune, which sits below it
+    assert any(t == "tune.summary" for t, _ in edges["report.sweeps"])
+
+
+def test_the_layer_order():
+    assert layer("pipeline.schema") == LAYERS.index("pipeline")
+    assert layer("eval.ood.bayes") == LAYERS.index("eval")
+    assert layer("eval.run") < layer("tune.summary") < layer("report.sweeps") \
+        < layer("genbench.reporting")
 
 
 def test_no_import_points_up_a_layer():

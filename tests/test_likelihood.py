@@ -114,7 +114,7 @@ def test_gan_has_no_likelihood_and_ae_reports_reconstruction_error(test_images):
 
 
 def test_eval_never_imports_ray():
-    code = ("import sys, eval.run, eval.report, eval.load, eval.likelihood, eval.fidelity, "
+    code = ("import sys, eval.run, report.render, eval.load, eval.likelihood, eval.fidelity, "
             "eval.probe, eval.extractors, eval.samples; "
             "assert 'ray' not in sys.modules, 'eval imported ray'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.background import perturb, train_background
-from eval.bayes import (class_log_likelihoods, classification_metrics,
+from eval.ood.background import perturb, train_background
+from eval.ood.bayes import (class_log_likelihoods, classification_metrics,
                         expected_calibration_error, log_marginal, log_posterior, log_prior)
-from eval.ood_metrics import detection_metrics
-from eval.ood_scores import ModelScorer, family_scores, png_bits_per_dim
-from eval.ood_sets import SETS, build_sets, fit_shape, uniform_noise
+from eval.ood.metrics import detection_metrics
+from eval.ood.scores import ModelScorer, family_scores, png_bits_per_dim
+from eval.ood.sets import SETS, build_sets, fit_shape, uniform_noise
 from pipeline.config import Config
 from pipeline.data import load_config_split, load_split, only_classes
 from pipeline.errors import ConfigError
@@ -180,7 +180,7 @@ def test_the_ood_and_bayes_modules_never_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, eval.ood, eval.bayes, eval.baseline, eval.background, eval.ood_scores, "
-            "eval.ood_sets, eval.ood_metrics, eval.report_ood; "
+    code = ("import sys, eval.ood, eval.ood.bayes, eval.ood.baseline, eval.ood.background, "
+            "eval.ood.scores, eval.ood.sets, eval.ood.metrics, eval.ood.plots, report.ood; "
             "assert 'ray' not in sys.modules, 'eval imported ray'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from eval.ood_metrics import aupr, auroc, detection_metrics, fpr_at_tpr
+from eval.ood.metrics import aupr, auroc, detection_metrics, fpr_at_tpr
 
 
 def test_hand_computed_case_with_ties():

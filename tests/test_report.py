@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import references
-from eval.report import write_report
-from eval.report_data import fmt
+from report import references
+from report.render import write_report
+from report.data import fmt
 from pipeline import tracking
 from genbench.cli import main
 from pipeline.errors import ConfigError

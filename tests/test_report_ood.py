@@ -3,8 +3,8 @@ into a private sqlite MLflow store (the names and tags `genbench eval --metrics 
 import pytest
 import torch
 
-from eval.report import write_report
-from eval.report_collect import collect
+from report.render import write_report
+from report.collect import collect
 from pipeline import tracking
 from pipeline.grids import grid_png
 

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import Config
 from tune import spaces
 from tune.spec import SweepSpec
 from tune.trial import STATUS_TAG, TRIAL_ID_TAG
+
+# The parent run's artifact names: the report (report/sweeps.py) reads them by these names.
+RESULTS_CSV = "results.csv"
+BEST_CONFIG = "best_config.yaml"
+PLOTS_DIR = "plots"
+RATE_DISTORTION = "rate_distortion"   # plots/rate_distortion.png, beta sweeps only
 
 
 @dataclass
@@ -144,21 +150,21 @@ def write_all(rows: list[Row], spec: SweepSpec, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     metric, mode, keys, space = spec.metric, spec.mode, spec.keys, spec.space
     base = spec.user()
-    files = [out_dir / "results.csv"]
+    files = [out_dir / RESULTS_CSV]
     write_csv(rows, keys, metric, files[0])
     best_row = best(rows, metric, mode)
     best_path = None
     if best_row is not None:
-        best_path = out_dir / "best_config.yaml"
+        best_path = out_dir / BEST_CONFIG
         write_best_config(base, best_row, metric, spec.parent_run_id, best_path)
         files.append(best_path)
-    plots = out_dir / "plots"
+    plots = out_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     figures = [(plot_metric_vs(rows, k, metric, spaces.is_log(space, k), best_row),
                 plots / f"{metric}_vs_{k}.png") for k in keys]
     beta = f"{base.model}.beta"
     if beta in keys:  # a beta sweep: rate-distortion, where trials report kl and recon
-        figures.append((plot_rate_distortion(rows, beta), plots / "rate_distortion.png"))
+        figures.append((plot_rate_distortion(rows, beta), plots / f"{RATE_DISTORTION}.png"))
     for fig, path in figures:
         if fig is not None:
             path.write_bytes(tracking.png_bytes(fig))
@@ -166,11 +172,11 @@ def write_all(rows: list[Row], spec: SweepSpec, out_dir: Path) -> dict:
             files.append(path)
     logger = tracking.RunLogger(spec.parent_run_id, spec.tracking_uri)
     for path in files:
-        logger.artifact(path, "plots" if path.parent == plots else None)
+        logger.artifact(path, PLOTS_DIR if path.parent == plots else None)
     if best_row is not None:
         logger.metrics({f"best_{metric}": best_row.value(metric)}, 0)
-        tracking.set_tags(spec.parent_run_id, {"genbench.best_trial": best_row.trial,
-                                               "genbench.best_run_id": best_row.run_id},
+        tracking.set_tags(spec.parent_run_id, {schema.BEST_TRIAL: best_row.trial,
+                                               schema.BEST_RUN_ID: best_row.run_id},
                           spec.tracking_uri)
     logger.close()  # the writer is asynchronous: everything is written when this returns
     return {"best": best_row, "best_config": best_path, "files": files}

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import Config
 from pipeline.data import ImageData
 from pipeline.errors import ConfigError
@@ -21,8 +21,8 @@ from tune import metrics as sweep_metrics
 from tune import spaces
 from tune.spec import MARKER_FILE, SPEC_FILE, SweepSpec, read_marker, write_marker
 
-TUNE_PATH_TAG = "genbench.tune_path"   # on the parent run: its sweep directory
-SWEEP_ID_TAG = "genbench.sweep_id"     # on the parent run: the id in the directory's marker
+TUNE_PATH_TAG = schema.TUNE_PATH   # on the parent run: its sweep directory
+SWEEP_ID_TAG = schema.SWEEP_ID     # on the parent run: the id in the directory's marker
 REPORTS_PER_TRIAL = 10             # metric (and checkpoint) interval = steps / this, at most
 FID_SAMPLES = 500                  # images per small-sample FID (fake and real each)
 
@@ -166,8 +166,8 @@ def open_sweep(spec: SweepSpec) -> SweepSpec:
 
     cfg = spec.user()
     tags = tracking.versions_and_hardware(cfg.train.gpu)
-    tags.update({"genbench.kind": "tune", "genbench.model": cfg.model,
-                 "genbench.dataset": cfg.data.dataset})
+    tags.update({schema.KIND: schema.TUNE, schema.MODEL: cfg.model,
+                 schema.DATASET: cfg.data.dataset})
     params = {**cfg.flat(), "train.total_steps": spec.steps,
               **{f"tune.{k}": getattr(spec, k) for k in ("samples", "scheduler", "search",
                                                          "metric", "mode", "interval",
@@ -205,7 +205,7 @@ def trusted_sweep(path: str) -> tuple[Path, str]:
     except Exception:
         parent = None
     tags = parent.data.tags if parent is not None else {}
-    if tags.get("genbench.kind") != "tune" or tags.get(SWEEP_ID_TAG) != sweep_id:
+    if schema.kind(tags) != schema.TUNE or tags.get(SWEEP_ID_TAG) != sweep_id:
         raise ConfigError(f"{path} names sweep {sweep_id}, which is not a sweep's parent run in "
                           f"your tracking store {uri}; --resume restores Ray Tune's pickled "
                           f"state from the directory: resume only sweeps you ran yourself, "

@@ -16,16 +16,16 @@ from typing import Any, Callable
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import tracking
+from pipeline import schema, tracking
 from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
 from tune.spec import SweepSpec
 
-TRIAL_ID_TAG = "genbench.trial_id"
-STATUS_TAG = "genbench.trial_status"   # running | completed | early_stopped | failed | interrupted
-STARTS_TAG = "genbench.trial_starts"   # how often the trial function began (1 unless resumed)
+TRIAL_ID_TAG = schema.TRIAL_ID
+STATUS_TAG = schema.TRIAL_STATUS   # running | completed | early_stopped | failed | interrupted
+STARTS_TAG = schema.TRIAL_STARTS   # how often the trial function began (1 unless resumed)
 DRIVER_MEMORY = 2**28                  # bytes, logical: what a multi-worker trial's driver claims
 # A multi-worker trial's workers run in a placement group whose lifetime is the sweep driver's
 # job, not the trial's: when Tune stops the trial (ASHA) it kills the trial's process, Ray Train's
@@ -50,10 +50,10 @@ def open_child_run(spec: SweepSpec, sampled: dict, cfg: Config, trial_id: str) -
         tracking.set_tags(run.info.run_id, {STARTS_TAG: starts, STATUS_TAG: "running"}, uri)
         tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
-    tags = {"mlflow.parentRunId": spec.parent_run_id, "genbench.kind": "tune-trial",
-            "genbench.model": cfg.model, "genbench.dataset": cfg.data.dataset,
+    tags = {"mlflow.parentRunId": spec.parent_run_id, schema.KIND: schema.TUNE_TRIAL,
+            schema.MODEL: cfg.model, schema.DATASET: cfg.data.dataset,
             TRIAL_ID_TAG: trial_id, STARTS_TAG: 1, STATUS_TAG: "running",
-            "genbench.sampled": json.dumps(sampled)}
+            schema.SAMPLED: json.dumps(sampled)}
     params = {**cfg.flat(), "train.total_steps": spec.steps}
     return tracking.start_run(spec.experiment, f"trial-{trial_id}", params, tags, uri=uri)
 

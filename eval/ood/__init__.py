@@ -1,9 +1,9 @@
 """`genbench eval --metrics ood`: can the model reject inputs it has never seen?
 
 The in-distribution test split (less data.exclude_classes) is scored against each OOD set
-(eval/ood_sets.py) with every score that applies to the family (eval/ood_scores.py) and with the
+(eval/ood/sets.py) with every score that applies to the family (eval/ood/scores.py) and with the
 domain classifier's max softmax probability, the discriminative baseline. Each (score, set) gives
-AUROC, AUPR and FPR at 95% TPR (eval/ood_metrics.py), logged as ood_<metric>_<set>_<score>; the
+AUROC, AUPR and FPR at 95% TPR (eval/ood/metrics.py), logged as ood_<metric>_<set>_<score>; the
 protocol goes into eval.ood.* tags, and the score histograms into one PNG.
 """
 from __future__ import annotations
@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eval import ood_metrics
-from eval.background import MUTATION_RATE, recipe, train_background
-from eval.baseline import Classifier
-from eval.bayes import log_prior
 from eval.likelihood import data_description, pixel_bits
-from eval.ood_plots import score_histograms_png
-from eval.ood_scores import DESCRIPTIONS, ModelScorer, family_scores, png_bits_per_dim
-from eval.ood_sets import DESCRIPTIONS as SET_DESCRIPTIONS
-from eval.ood_sets import SETS, build_sets, subset
+from eval.ood import metrics as ood_metrics
+from eval.ood.background import MUTATION_RATE, recipe, train_background
+from eval.ood.baseline import Classifier
+from eval.ood.bayes import log_prior
+from eval.ood.plots import score_histograms_png
+from eval.ood.scores import DESCRIPTIONS, ModelScorer, family_scores, png_bits_per_dim
+from eval.ood.sets import DESCRIPTIONS as SET_DESCRIPTIONS
+from eval.ood.sets import SETS, build_sets, subset
+from pipeline import schema
 from pipeline.data import ImageData, load_split, only_classes
 from pipeline.models import FAMILIES
 
@@ -39,23 +40,11 @@ class OODResult:
     means: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> set -> mean
 
 
-def metric_name(metric: str, set_name: str, score: str) -> str:
-    return f"ood_{metric}_{set_name}_{score}"
-
-
-def parse_metric(key: str) -> tuple[str, str, str] | None:
-    """"ood_auroc_noise_bpd" -> ("auroc", "noise", "bpd"); None for other keys."""
-    parts = key.split("_")
-    if len(parts) != 4 or parts[0] != "ood" or parts[1] not in ood_metrics.METRICS:
-        return None
-    return parts[1], parts[2], parts[3]
-
-
 def auroc_lines(metrics: dict[str, float]) -> list[str]:
     """The logged ood_auroc_* as a score x set table of text lines (empty when none)."""
     table: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        parsed = parse_metric(key)
+        parsed = schema.parse_ood_key(key)
         if parsed and parsed[0] == "auroc":
             table.setdefault(parsed[2], {})[parsed[1]] = value
     if not table:
@@ -96,7 +85,7 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
                                    cfg.data.dataset, cfg.data.root)
     for name, why in skipped.items():
         out.notes.append(f"ood set {name} skipped: {why}")
-        out.tags[f"eval.ood.set.{name}"] = f"skipped: {why}"
+        out.tags[schema.ood_set_tag(name)] = f"skipped: {why}"
     if not ood_sets:
         out.notes.append("ood: no OOD set could be built")
         return out
@@ -143,7 +132,7 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
         for name in ood_sets:
             for metric, value in ood_metrics.detection_metrics(per_group["in"],
                                                                per_group[name]).items():
-                out.metrics[metric_name(metric, name, score)] = value
+                out.metrics[schema.ood_key(metric, name, score)] = value
 
     out.histograms = score_histograms_png(f"{cfg.model}: OOD scores", scores)
     out.tags.update(protocol_tags(cfg, ood_sets, list(scores), len(in_dist), images, k,
@@ -154,29 +143,32 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
 
 def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed,
                   classifier, seconds) -> dict[str, str]:
-    tags = {"eval.ood": "AUROC, AUPR (average precision, OOD positive) and FPR at 95% TPR; "
-                        "higher score = more out of distribution; ties count half (AUROC) "
-                        "and are flagged together",
-            "eval.ood.in_distribution": f"{n_in} test images"
-                                        + (f" without classes {list(cfg.data.exclude_classes)}"
-                                           if cfg.data.exclude_classes else ""),
-            "eval.ood.images_per_set": str(images), "eval.ood.seed": str(seed),
-            "eval.ood.sets": ",".join(ood_sets), "eval.ood.scores": ",".join(scores),
-            "eval.ood.seconds": f"{seconds:.0f}"}
+    def tag(*parts) -> str:
+        return schema.eval_tag("ood", *parts)
+
+    tags = {tag(): "AUROC, AUPR (average precision, OOD positive) and FPR at 95% TPR; "
+                   "higher score = more out of distribution; ties count half (AUROC) "
+                   "and are flagged together",
+            tag("in_distribution"): f"{n_in} test images"
+                                    + (f" without classes {list(cfg.data.exclude_classes)}"
+                                       if cfg.data.exclude_classes else ""),
+            tag("images_per_set"): str(images), tag("seed"): str(seed),
+            tag("sets"): ",".join(ood_sets), tag("scores"): ",".join(scores),
+            tag("seconds"): f"{seconds:.0f}"}
     for name, s in ood_sets.items():
-        tags[f"eval.ood.set.{name}"] = f"{len(s)} images: {SET_DESCRIPTIONS[name]}"
+        tags[schema.ood_set_tag(name)] = f"{len(s)} images: {SET_DESCRIPTIONS[name]}"
     for score in scores:
-        tags[f"eval.ood.score.{score}"] = DESCRIPTIONS[score]
+        tags[schema.ood_score_tag(score)] = DESCRIPTIONS[score]
     if "bpd" in scores:
-        tags["eval.ood.score.bpd.k"] = str(k)
-        tags["eval.ood.score.bpd.data"] = data_description(
+        tags[tag("score", "bpd", "k")] = str(k)
+        tags[tag("score", "bpd", "data")] = data_description(
             pixel_bits(FAMILIES[cfg.model], cfg.family))
     if background_steps:
-        tags["eval.ood.background"] = recipe(background_steps, MUTATION_RATE)
+        tags[tag("background")] = recipe(background_steps, MUTATION_RATE)
     if cfg.data.exclude_classes:
-        tags["eval.ood.exclude_classes"] = ",".join(map(str, cfg.data.exclude_classes))
+        tags[tag("exclude_classes")] = ",".join(map(str, cfg.data.exclude_classes))
     if classifier is not None:
-        tags["eval.ood.classifier"] = (f"domain classifier sha256 {classifier.sha256[:16]}, "
-                                       f"trained on the {classifier.trained_on}, test accuracy "
-                                       f"{classifier.test_accuracy:.4f}")
+        tags[tag("classifier")] = (f"domain classifier sha256 {classifier.sha256[:16]}, "
+                                   f"trained on the {classifier.trained_on}, test accuracy "
+                                   f"{classifier.test_accuracy:.4f}")
     return tags

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from pipeline import schema
+
 ECE_BINS = 15  # Guo et al. 2017
 
 
@@ -111,21 +113,24 @@ def evaluate_bayes(model, train, classifier, *, images: int, k: int = 1, batch_s
                                                batch_seed(seed, b)))
             progress.update(len(x))
     loglik = torch.cat(parts)
-    metrics = {f"bayes_{k_}": v for k_, v in
+    metrics = {schema.classification_key(schema.BAYES, k_): v for k_, v in
                classification_metrics(log_posterior(loglik, prior), labels).items()}
-    tags = {"eval.bayes": "p(y|x) = p(x|y) p(y) / sum_y' p(x|y') p(y'), one pass per class; "
-                          "accuracy, NLL in nats, ECE over 15 equal-width confidence bins",
-            "eval.bayes.images": str(n), "eval.bayes.seed": str(seed),
-            "eval.bayes.prior": "train split class frequencies: " + ", ".join(
+    def tag(*parts) -> str:
+        return schema.eval_tag(schema.BAYES, *parts)
+
+    tags = {tag(): "p(y|x) = p(x|y) p(y) / sum_y' p(x|y') p(y'), one pass per class; "
+                   "accuracy, NLL in nats, ECE over 15 equal-width confidence bins",
+            tag("images"): str(n), tag("seed"): str(seed),
+            tag("prior"): "train split class frequencies: " + ", ".join(
                 f"{p:.3f}" for p in prior.exp().tolist()),
-            "eval.bayes.likelihood": f"{getattr(family, 'LIKELIHOOD', None) or 'nll'}"
-                                     + (f", k={k}" if k > 1 else ""),
-            "eval.bayes.px": "p(x) = sum_y p(x|y) p(y) is the bpd OOD score of conditional "
-                             "models (--metrics ood)"}
+            tag("likelihood"): f"{getattr(family, 'LIKELIHOOD', None) or 'nll'}"
+                               + (f", k={k}" if k > 1 else ""),
+            tag("px"): "p(x) = sum_y p(x|y) p(y) is the bpd OOD score of conditional "
+                       "models (--metrics ood)"}
     if classifier is not None:
         log_probs = classifier.log_probs(x_all, batch_size, device)
-        metrics.update({f"classifier_{k_}": v for k_, v in
+        metrics.update({schema.classification_key(schema.CLASSIFIER, k_): v for k_, v in
                         classification_metrics(log_probs, labels).items()})
-        tags["eval.bayes.classifier"] = (f"domain classifier sha256 {classifier.sha256[:16]}, "
-                                         f"trained on the {classifier.trained_on}")
+        tags[tag("classifier")] = (f"domain classifier sha256 {classifier.sha256[:16]}, "
+                                   f"trained on the {classifier.trained_on}")
     return metrics, tags

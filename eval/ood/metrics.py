@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.schema import OOD_METRICS as METRICS  # the keys detection_metrics returns
+
 TPR_LEVEL = 0.95
-METRICS = ("auroc", "aupr", "fpr95")
 
 
 def _as_scores(values, name: str) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eval.ood_scores import LABELS
+from eval.ood.scores import LABELS
 
 
 def score_histograms_png(title: str, scores: dict[str, dict[str, torch.Tensor]],

@@ -3,7 +3,7 @@
 Which scores a family gets is asked of its module, never of its name:
 
     bpd         can(family, "nll"): -log2 p(x) / D. A conditional model is scored by its
-                marginal p(x) = sum_y p(x|y) p(y) (one pass per class; eval/bayes.py).
+                marginal p(x) = sum_y p(x|y) p(y) (one pass per class; eval/ood/bayes.py).
     ratio       likelihood families: bpd minus the bpd of a background model of the same family
                 trained briefly on perturbed images (Ren et al. 2019: the negative log-likelihood
                 ratio, which cancels what both models find easy, such as flat backgrounds).
@@ -12,7 +12,7 @@ Which scores a family gets is asked of its module, never of its name:
     recon       can(family, "reconstruct"): mean squared reconstruction error on [-1, 1] pixels.
     neglogd     can(family, "discriminate"): -log D(x), the GAN discriminator's "not real" score.
     msp         the domain classifier: 1 - max softmax probability (Hendrycks & Gimpel 2017),
-                the discriminative baseline (eval/baseline.py).
+                the discriminative baseline (eval/ood/baseline.py).
 
 For a conditional model, recon and neglogd take the most favourable class (the minimum over
 classes with p(y) > 0): an input any class explains well is in distribution.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from eval.bayes import class_log_likelihoods, log_marginal
+from eval.ood.bayes import class_log_likelihoods, log_marginal
 from eval.likelihood import batch_seed
 from pipeline.models import FAMILIES, can
 from pipeline.models.layers import to_float
