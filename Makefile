@@ -45,7 +45,7 @@ test: venv data browser
 	$(BIN)/python -m pytest
 
 bench: venv data
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python -m benchmarks.train_throughput
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts ray_results reports bench_out

@@ -9,29 +9,28 @@ starts after the data is loaded and is checked every `--check-every` steps, wher
 hands over a checkpoint, so a run overshoots by at most that many steps (the table shows the
 seconds and steps actually used).
 
-    .venv/bin/python benchmarks/ar_budget.py --seconds 300                 # CPU
-    .venv/bin/python benchmarks/ar_budget.py --seconds 300 --gpu           # one GPU, bf16
-    .venv/bin/python benchmarks/ar_budget.py --seconds 20 --test-images 500 \
-        --set transformer.d_model=32 --set pixelcnn.channels=16           # a smoke run
+    .venv/bin/python -m benchmarks.ar_budget --seconds 300                 # CPU
+    .venv/bin/python -m benchmarks.ar_budget --seconds 300 --gpu           # one GPU, bf16
+    .venv/bin/python -m benchmarks.ar_budget --seconds 20 --test-images 500 \
+        --set transformer.d_model=32 --set pixelcnn.channels=16           # a short run
+    .venv/bin/python -m benchmarks.ar_budget --smoke    # does it run? (tiny nets, ~1 s each)
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from eval.likelihood import nll_sums  # noqa: E402
-from pipeline import checkpoint as ckpt  # noqa: E402
-from pipeline.config import Config, merge, parse_overrides  # noqa: E402
-from pipeline.data import load_split  # noqa: E402
-from pipeline.loop import Context, build_nets, fit  # noqa: E402
+from benchmarks.common import add_smoke, print_table, tiny_sets, where
+from eval.likelihood import nll_sums
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config, merge, parse_overrides
+from pipeline.data import load_split
+from pipeline.loop import Context, build_nets, fit
 
 FAMILIES = ("pixelcnn", "transformer")
 
@@ -67,7 +66,7 @@ def train_for(cfg: Config, seconds: float, device: torch.device, data, val) -> B
     raise RuntimeError("the loop ended before the budget was spent")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=300, help="training budget per family")
     ap.add_argument("--gpu", action="store_true", help="train and score on cuda (bf16 autocast)")
@@ -80,10 +79,15 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. transformer.d_model=128 (repeatable)")
-    args = ap.parse_args()
+    add_smoke(ap)
+    args = ap.parse_args(argv)
+    if args.smoke:  # tiny nets; the budget is checked every 2 steps
+        args.seconds, args.test_images, args.batch_size = 1.0, 50, 16
+        args.check_every = args.check_every or 2
+        args.set = [kv for f in args.families.split(",") for kv in tiny_sets(f)] + args.set
     args.check_every = args.check_every or (50 if args.gpu else 10)
     if args.gpu and not torch.cuda.is_available():
-        sys.exit("ar_budget: --gpu given but torch sees no CUDA device")
+        raise SystemExit("ar_budget: --gpu given but torch sees no CUDA device")
     device = torch.device("cuda" if args.gpu else "cpu")
     sets = parse_overrides(args.set)
 
@@ -107,20 +111,19 @@ def main() -> None:
         print(f"  {family}: {done.payload['step']} steps in {done.seconds:.0f}s, "
               f"test {sums.bits_per_dim:.4f} bits/dim", file=sys.stderr, flush=True)
 
-    where = (torch.cuda.get_device_name() if args.gpu
-             else f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)")
-    print(f"\nautoregressive families after {args.seconds:g}s of training each; {where}; "
-          f"{args.dataset}, batch {args.batch_size}, seed {args.seed}; exact test bits/dim on "
-          f"{len(test)} images")
-    print("| family | parameters | steps | train s | train bpd (last interval) | test bpd | "
-          "scoring s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for family, params, steps, secs, train_bpd, test_bpd, score_s, _ in rows:
-        print(f"| {family} | {params:,} | {steps} | {secs:.0f} | {train_bpd:.4f} | "
-              f"**{test_bpd:.4f}** | {score_s:.0f} |")
+    print(f"\nautoregressive families after {args.seconds:g}s of training each; "
+          f"{where(device)}; {args.dataset}, batch {args.batch_size}, seed {args.seed}; exact "
+          f"test bits/dim on {len(test)} images")
+    print_table(["family", "parameters", "steps", "train s", "train bpd (last interval)",
+                 "test bpd", "scoring s"],
+                [[family, f"{params:,}", steps, f"{secs:.0f}", f"{train_bpd:.4f}",
+                  f"**{test_bpd:.4f}**", f"{score_s:.0f}"]
+                 for family, params, steps, secs, train_bpd, test_bpd, score_s, _ in rows],
+                right=True)
     for family, *_, fam_cfg in rows:
         print(f"{family}: {fam_cfg}")
-    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+    print("command: " + " ".join([Path(sys.executable).name, "-m", "benchmarks.ar_budget",
+                                  *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -1,51 +1,39 @@
 """Eval throughput on this machine: images/s for feature extraction (domain, inception), for
-sampling in each family that samples, and for bits/dim evaluation. Run by hand, not in CI.
+sampling in each family that samples, and for bits/dim evaluation in each family that has a
+likelihood. Run by hand; tests/test_benchmarks.py runs its --smoke.
 
-Models are freshly initialised with each family's default config: throughput does not depend
-on the weights. Without Inception weights (--inception-weights / GENBENCH_INCEPTION_WEIGHTS)
-the Inception row uses random weights of the same network, marked as such. One warm-up batch
-is excluded from every timing.
+Models are freshly initialised with each family's default config (--smoke: its TINY one):
+throughput does not depend on the weights. Slow samplers (the autoregressive ones: a
+GRID_SIZE under 64) draw --slow-n images. Without Inception weights (--inception-weights /
+GENBENCH_INCEPTION_WEIGHTS) the Inception row uses random weights of the same network, marked
+as such. One warm-up batch is excluded from every timing.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--n 1000] [--pixelcnn-n 64] [--device cpu]
+    .venv/bin/python -m benchmarks.eval_throughput [--n 1000] [--slow-n 64] [--device cpu]
+    .venv/bin/python -m benchmarks.eval_throughput --smoke     # does it run? (tiny, 20 images)
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import add_smoke, print_table, rate_text, timed, tiny, where
 from eval.domain_classifier import DomainClassifier, to_rgb_uint8
 from eval.likelihood import nll_sums
 from eval.samples import generate
 from pipeline.config import Config
 from pipeline.data import ImageData, load_split
-from pipeline.models import FAMILIES
+from pipeline.models import FAMILIES, can
 
 
-def timed(fn, images: int, repeat_warmup=None) -> tuple[float, float]:
-    """(seconds, images/s) of fn(), after one warm-up call of repeat_warmup (or fn)."""
-    (repeat_warmup or fn)()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    seconds = time.perf_counter() - t0
-    return seconds, images / seconds
-
-
-def rate_text(rate: float) -> str:
-    return f"{rate:.0f}" if rate >= 100 else f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def slow_sampler(family) -> bool:
+    """A sequential (autoregressive) sampler: the contract gives such a family a smaller
+    GRID_SIZE than the 64 images of the others."""
+    return family.GRID_SIZE < 64
 
 
 @torch.no_grad()
@@ -76,17 +64,22 @@ def inception_module(device, weights: str | None):
         return RandomInception("inception", layers, f.name).to(device), "random weights"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="images per row (default 1000)")
     ap.add_argument("--inception-n", type=int, default=64)
-    ap.add_argument("--pixelcnn-n", type=int, default=64, help="PixelCNN samples (default 64)")
+    ap.add_argument("--slow-n", "--pixelcnn-n", type=int, default=64,
+                    help="samples of the slow (autoregressive) samplers (default 64)")
     ap.add_argument("--k", type=int, default=16, help="VAE importance samples (default 16)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--inception-weights", metavar="PATH")
-    args = ap.parse_args()
+    add_smoke(ap)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.inception_n, args.slow_n, args.k, args.batch = 20, 4, 2, 2, 10
+        args.threads = args.threads or 1  # two thrash on a busy 2-core machine
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -94,7 +87,7 @@ def main() -> int:
     rows: list[tuple[str, int, float, float]] = []
 
     def add(name, n, fn, warm=None):
-        seconds, rate = timed(fn, n, warm)
+        seconds, rate = timed(fn, n, warm, device)
         rows.append((name, n, seconds, rate))
         print(f"  {name:<46} {rate_text(rate):>9} img/s", file=sys.stderr, flush=True)
 
@@ -109,27 +102,32 @@ def main() -> int:
         lambda: extraction(module, few, 32, device),
         lambda: extraction(module, few[:8], 8, device))
 
-    for family in ("vae", "gan", "pixelcnn"):
-        cfg = Config.from_dict({"model": family})
+    for name in FAMILIES:
+        family = FAMILIES[name]
+        if not (can(family, "sample") or can(family, "nll")):
+            continue
+        cfg = Config.from_dict({"model": name, name: tiny(name) if args.smoke else {}})
         torch.manual_seed(0)
         nets = {k: v.to(device).eval() for k, v in
-                FAMILIES[family].build(cfg.family, test.image_shape, 0).items()}
-        n = args.pixelcnn_n if family == "pixelcnn" else args.n
+                family.build(cfg.family, test.image_shape, 0).items()}
+        slow = can(family, "sample") and slow_sampler(family)
+        n = args.slow_n if slow else args.n
         batch = min(args.batch, n)
+        if can(family, "sample"):
+            def sample(n=n, batch=batch, cfg=cfg, nets=nets):
+                generate(cfg, nets, n, test.image_shape, None, 0, batch, device, quiet=True)
 
-        def sample(n=n, batch=batch, cfg=cfg, nets=nets):
-            generate(cfg, nets, n, test.image_shape, None, 0, batch, device, quiet=True)
-
-        warm = (lambda: None) if family == "pixelcnn" else (  # 784 passes: no warm-up needed
-            lambda cfg=cfg, nets=nets, batch=batch: generate(cfg, nets, min(batch, 8),
-                                                             test.image_shape, None, 0, batch,
-                                                             device, quiet=True))
-        add(f"sampling: {family}", n, sample, warm)
-        if family == "gan":
+            warm = (lambda: None) if slow else (  # 784 passes: no warm-up needed
+                lambda cfg=cfg, nets=nets, batch=batch: generate(cfg, nets, min(batch, 8),
+                                                                 test.image_shape, None, 0,
+                                                                 batch, device, quiet=True))
+            add(f"sampling: {name}", n, sample, warm)
+        if not can(family, "nll"):
             continue
         data = ImageData(test.images[:args.n], test.labels[:args.n], 10)
-        for k in ((1, args.k) if family == "vae" else (1,)):
-            label = f"bits/dim: {family}" + (f" (IWAE k={k})" if family == "vae" else " (exact)")
+        bound = family.LIKELIHOOD == "bound"
+        for k in ((1, args.k) if bound else (1,)):
+            label = f"bits/dim: {name}" + (f" (IWAE k={k})" if bound else " (exact)")
             add(label, len(data),
                 lambda cfg=cfg, nets=nets, k=k: nll_sums(cfg, nets, data, k, args.batch,
                                                          device=device),
@@ -137,14 +135,11 @@ def main() -> int:
                     cfg, nets, ImageData(data.images[:50], data.labels[:50], 10), k, 50,
                     device=device))
 
-    hw = torch.cuda.get_device_name(0) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    print(f"\neval throughput on {device.type} ({hw}); default family configs, batch {args.batch}")
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'task':<{width}} | {'images':>6} | {'seconds':>8} | {'images/s':>9} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 8}|{'-' * 10}|{'-' * 11}|")
-    for name, n, seconds, rate in rows:
-        print(f"| {name:<{width}} | {n:>6} | {seconds:>8.2f} | {rate_text(rate):>9} |")
+    print(f"\neval throughput on {device.type} ({where(device)}); "
+          f"{'tiny (--smoke)' if args.smoke else 'default'} family configs, batch {args.batch}")
+    print_table(["task", "images", "seconds", "images/s"],
+                [[name, n, f"{seconds:.2f}", rate_text(rate)] for name, n, seconds, rate in rows],
+                right=True)
     return 0
 
 

@@ -28,7 +28,7 @@ echo "setup (bundle, data): $(( $(date +%s) - t0 )) s; $(nproc) CPUs"
 
 repo=$PWD
 cd "$work" || exit 1
-python3 "$repo/benchmarks/stage_times.py" --limit "${BENCH_LIMIT:-420}" \
+python3 -m benchmarks.stage_times --limit "${BENCH_LIMIT:-420}" \
     --log "$OUT/bench.log" -- python3 -m genbench bench --preset gpu --gpu \
     --experiment gpu-bench "$@" 2> "$work/harness.txt"
 code=$?

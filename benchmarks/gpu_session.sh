@@ -8,9 +8,9 @@
 #           `genbench bench --preset gpu --gpu` in its own session (it outlives this call) and
 #           wait for it up to $WAIT seconds (default 540 minus the set-up).
 #   finish  wait for the bench up to $WAIT seconds (default 100), then compare each of its
-#           training runs with the plain loop (benchmarks/train_throughput.py --against) and
+#           training runs with the plain loop (python -m benchmarks.train_throughput --against) and
 #           copy everything to $OUT.
-#   table   the throughput table (benchmarks/train_throughput.py --gpu, new runs at the gpu
+#   table   the throughput table (benchmarks.train_throughput --gpu, new runs at the gpu
 #           preset's batch and log interval) into $OUT/throughput.md, after timing the imports
 #           of a new process before and after the bundle's bytecode is compiled.
 #
@@ -69,7 +69,7 @@ if [ "$phase" = table ]; then
     compile_bundle
     time python3 -c "import ray.train.torch, mlflow"
     set -o pipefail
-    timeout "${TABLE_LIMIT:-400}" python3 benchmarks/train_throughput.py --gpu --batch 256 \
+    timeout "${TABLE_LIMIT:-400}" python3 -m benchmarks.train_throughput --gpu --batch 256 \
         --log-every 50 --checkpoint-every 500 --steps 1500 --steps-of pixelcnn=1000 \
         --steps-of transformer=800 2>&1 | tee "$OUT/throughput.md"
     echo "table ended with code $? at $(( $(date +%s) - t0 )) s"
@@ -83,20 +83,20 @@ if [ "$phase" = start ]; then
     # the gpu preset's batch, 1000 steps (400, 1.4 s for the AE, were too few to trust)
     for f in ae vae gan pixelcnn transformer; do
         GENBENCH_BENCH_SETS='["train.batch_size=256"]' timeout 90 python3 \
-            benchmarks/train_throughput.py --plain "$f" --steps 1000 --log-every 100 \
+            -m benchmarks.train_throughput --plain "$f" --steps 1000 --log-every 100 \
             --threads 1 --gpu >> "$W/plain.jsonl" || echo "plain loop $f failed"
     done
     cat "$W/plain.jsonl"
     echo "plain loops done at $(( $(date +%s) - t0 )) s"
     date +%s > "$W/started"
-    (cd "$W" && setsid nohup python3 "$repo/benchmarks/stage_times.py" --log "$W/bench.log" \
+    (cd "$W" && setsid nohup python3 -m benchmarks.stage_times --log "$W/bench.log" \
         -- python3 -m genbench bench --preset gpu --gpu --experiment gpu-bench \
         > "$W/harness.txt" 2>&1 < /dev/null &)
     sleep 5
     wait_and_copy "${WAIT:-$(( 540 - ($(date +%s) - t0) ))}"
 else
     wait_and_copy "${WAIT:-100}"
-    timeout "${AGAINST_LIMIT:-60}" python3 benchmarks/train_throughput.py --gpu \
+    timeout "${AGAINST_LIMIT:-60}" python3 -m benchmarks.train_throughput --gpu \
         --against gpu-bench --plain-json "$W/plain.jsonl" --steps 1000 --log-every 100 \
         > "$OUT/throughput.md" 2> "$W/against.err" || tail -5 "$W/against.err"
     cat "$OUT/throughput.md"

@@ -7,8 +7,9 @@ score the family has, next to a classifier trained without class K. Per likeliho
 conditional run on all classes: the Bayes classifier's accuracy, NLL and ECE next to the domain
 classifier's. Prints Markdown tables; writes them (and the histograms) to --out.
 
-    python benchmarks/ood_check.py --device cuda --epochs 3                # GPU: a few epochs
-    python benchmarks/ood_check.py --steps 300 --images 500 --families ae,vae,gan   # CPU taste
+    python -m benchmarks.ood_check --device cuda --epochs 3                # GPU: a few epochs
+    python -m benchmarks.ood_check --steps 300 --images 500 --families ae,vae,gan   # CPU taste
+    python -m benchmarks.ood_check --smoke     # does it run? (tiny nets, 4 steps, 50 images)
 
 Needs torch, torchvision, torch-fidelity (the domain classifier's module), scikit-learn,
 matplotlib; the domain classifier is cached in GENBENCH_CACHE as usual.
@@ -22,16 +23,18 @@ from pathlib import Path
 
 import torch
 
-from eval.background import fit_in_process
-from eval.baseline import baseline_classifier
-from eval.bayes import evaluate_bayes
+from benchmarks.common import add_smoke, family_sets, print_table, tiny_sets
 from eval.load import LoadedModel
 from eval.ood import auroc_lines, evaluate_ood
-from eval.ood_scores import has_likelihood
-from eval.ood_sets import SETS
+from eval.ood.background import fit_in_process
+from eval.ood.baseline import baseline_classifier
+from eval.ood.bayes import evaluate_bayes
+from eval.ood.scores import has_likelihood
+from eval.ood.sets import SETS
 from pipeline.config import Config, merge, parse_overrides
 from pipeline.data import load_config_split
 from pipeline.models import FAMILIES
+from pipeline.schema import parse_ood_key
 
 BATCH = {"ae": 128, "vae": 128, "gan": 64, "pixelcnn": 64, "transformer": 64}
 
@@ -41,8 +44,7 @@ def train(family: str, args, **data_train) -> tuple[LoadedModel, object]:
            "train": {"batch_size": BATCH.get(family, 64), "seed": args.seed,
                      **({"steps": args.steps} if args.steps else {"epochs": args.epochs}),
                      **data_train.get("train", {})}}
-    cfg = Config.from_dict(merge(raw, parse_overrides(
-        [kv for kv in args.set if kv.split(".", 1)[0] in (family, "train")])))
+    cfg = Config.from_dict(merge(raw, parse_overrides(family_sets(family, args.set))))
     train_split = load_config_split(cfg.data, "train")
     test = load_config_split(cfg.data, "test")
     t0 = time.time()
@@ -51,7 +53,17 @@ def train(family: str, args, **data_train) -> tuple[LoadedModel, object]:
     return LoadedModel(cfg, nets, {}, 0, None, "ood_check", test), train_split
 
 
-def main() -> None:
+def best_auroc(metrics: dict[str, float], sets) -> list[str]:
+    """Per OOD set, the best score's AUROC and the score's name ("0.912 (bpd)")."""
+    best: dict[str, tuple[float, str]] = {}
+    for key, value in metrics.items():
+        parsed = parse_ood_key(key)
+        if parsed and parsed[0] == "auroc" and value > best.get(parsed[1], (-1.0, ""))[0]:
+            best[parsed[1]] = (value, parsed[2])
+    return [f"{best[s][0]:.3f} ({best[s][1]})" if s in best else "—" for s in sets]
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--families", default=",".join(FAMILIES))
@@ -70,7 +82,12 @@ def main() -> None:
                    "or every run (train.batch_size=32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ood_check")
-    args = p.parse_args()
+    add_smoke(p)
+    args = p.parse_args(argv)
+    if args.smoke:  # each family's tiny size, a few steps and images; the sets stay real
+        args.steps, args.images, args.background_steps, args.k = 4, 50, 4, 2
+        args.set = [kv for f in args.families.split(",") for kv in tiny_sets(f)] + [
+            "train.batch_size=16", *args.set]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = SETS if args.all_sets else ("unseen", "digits", "noise")
@@ -110,6 +127,10 @@ def main() -> None:
                          f"{metrics['classifier_accuracy']:.4f} | "
                          f"{metrics['classifier_ece']:.4f} |")
             print(lines[-1], flush=True)
+    if record["ood"]:
+        print(f"\n## Best OOD AUROC per set, {args.dataset} without class {args.unseen}\n")
+        print_table(["family", *sets], [[f, *best_auroc(m, sets)]
+                                         for f, m in record["ood"].items()])
     lines.append(f"\n{time.time() - t_all:.0f}s in all")
     (out / "ood_check.md").write_text("\n".join(lines) + "\n")
     (out / "ood_check.json").write_text(json.dumps(record, indent=2))

@@ -1,12 +1,14 @@
 """PixelCNN sampling speed: the reference sampler (H * W * C full forward passes) against the
-cached one, in images/s, with the default config at the Fashion-MNIST shape (1x28x28). Run by
-hand, not in CI. Random weights: the work does not depend on them.
+cached one, in images/s, with the default config at the Fashion-MNIST shape (1x28x28; --smoke:
+PixelCNN's TINY config at 1x8x8, 12x fewer sequential steps). Run by hand;
+tests/test_benchmarks.py runs its --smoke. Random weights: the work does not depend on them.
 
 It also draws the reference's images again with the cached sampler (same seed, same batch size)
 and says whether every uint8 value agrees.
 
-    .venv/bin/python benchmarks/sampling_speed.py                          # CPU: 8 vs 64 images
-    .venv/bin/python benchmarks/sampling_speed.py --device cuda --n 10000  # GPU: aim <= 60 s
+    .venv/bin/python -m benchmarks.sampling_speed                          # CPU: 8 vs 64 images
+    .venv/bin/python -m benchmarks.sampling_speed --device cuda --n 10000  # GPU: aim <= 60 s
+    .venv/bin/python -m benchmarks.sampling_speed --smoke                  # does it run?
 """
 from __future__ import annotations
 
@@ -15,14 +17,11 @@ import time
 
 import torch
 
+from benchmarks.common import add_smoke, print_table, sync, tiny, where
 from pipeline.models import pixelcnn
 
 IMAGE_SHAPE = (1, 28, 28)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+SMOKE_SHAPE = (1, 8, 8)
 
 
 def timed_draw(sampler, cfg, nets, n: int, batch_size: int, device, seed: int = 0):
@@ -38,7 +37,7 @@ def timed_draw(sampler, cfg, nets, n: int, batch_size: int, device, seed: int = 
     return torch.cat(out), time.perf_counter() - t0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--n", type=int, default=None,
@@ -48,16 +47,20 @@ def main() -> int:
     ap.add_argument("--reference-n", type=int, default=8,
                     help="images for the reference sampler, one batch (default 8; 0 skips it)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = ap.parse_args()
+    add_smoke(ap)
+    args = ap.parse_args(argv)
+    if args.smoke:  # one thread: two thrash on a busy 2-core machine
+        args.n, args.reference_n, args.threads = args.n or 4, 2, args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     n = args.n or (10_000 if device.type == "cuda" else 64)
     batch_size = args.batch_size or n
 
-    cfg = pixelcnn.Config()
+    cfg = pixelcnn.Config(**(tiny("pixelcnn") if args.smoke else {}))
     torch.manual_seed(0)
-    nets = {k: v.to(device).eval() for k, v in pixelcnn.build(cfg, IMAGE_SHAPE, 0).items()}
+    shape = SMOKE_SHAPE if args.smoke else IMAGE_SHAPE
+    nets = {k: v.to(device).eval() for k, v in pixelcnn.build(cfg, shape, 0).items()}
     timed_draw(pixelcnn.sample, cfg, nets, 2, 2, device)   # warm-up: kernels, allocator
 
     rows = []
@@ -72,12 +75,12 @@ def main() -> int:
     _, fast_s = timed_draw(pixelcnn.sample, cfg, nets, n, batch_size, device)
     rows.append(("cached", n, batch_size, fast_s))
 
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {torch.get_num_threads()} torch threads")
-    print(f"PixelCNN sampling, default config {cfg}, 1x28x28, {where}")
-    print(f"| sampler | images | batch | seconds | images/s |\n|---|---|---|---|---|")
-    for name, images, batch, seconds in rows:
-        print(f"| {name} | {images} | {batch} | {seconds:.2f} | {images / seconds:.3g} |")
+    size = "x".join(map(str, shape))
+    print(f"PixelCNN sampling, {'tiny' if args.smoke else 'default'} config {cfg}, {size}, "
+          f"{where(device)}")
+    print_table(["sampler", "images", "batch", "seconds", "images/s"],
+                [[name, images, batch, f"{seconds:.2f}", f"{images / seconds:.3g}"]
+                 for name, images, batch, seconds in rows])
     if args.reference_n:
         print(f"speed-up, same batch of {args.reference_n}: {ref_s / same_s:.0f}x; "
               f"cached with batches of {batch_size} against the reference: "

@@ -5,7 +5,8 @@ as they come, and samples the CPU time of the whole process tree (the driver, Ra
 its workers) every half second. On a busy machine wall time says little; CPU seconds say what
 the stage would cost on a quiet one: with 2 cores, about CPU / 2 where torch uses both threads.
 
-    python benchmarks/stage_times.py [--log FILE] [--limit S] -- genbench bench --preset quick
+    python -m benchmarks.stage_times [--log FILE] [--limit S] -- genbench bench --preset quick
+    python -m benchmarks.stage_times --smoke      # a stand-in command of two short stages
 
 --limit S (or Ctrl-C) interrupts the command as Ctrl-C would and still prints the table.
 """
@@ -20,8 +21,17 @@ import sys
 import threading
 import time
 
+from benchmarks.common import add_smoke, print_table
+
 STAGE = re.compile(r"^\[(\d+)/(\d+)\] (.+?)  \(")
 TICK = os.sysconf("SC_CLK_TCK")
+# --smoke without a command: two stages that print the bench's stage lines and burn a little CPU
+SMOKE_COMMAND = [sys.executable, "-c", "import sys, time\n"
+                 "for i, name in enumerate(('spin', 'sleep'), 1):\n"
+                 "    print(f'[{i}/2] {name}  (0s elapsed)', file=sys.stderr, flush=True)\n"
+                 "    t = time.time()\n"
+                 "    while name == 'spin' and time.time() - t < 0.6: pass\n"
+                 "    time.sleep(0.6)\n"]
 
 
 def tree_cpu(root: int, seen: dict[int, float]) -> float:
@@ -53,16 +63,19 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log", help="also write the command's stderr here")
     ap.add_argument("--limit", type=float, help="interrupt the command (SIGINT) after this "
                     "many seconds")
+    add_smoke(ap)
     ap.add_argument("command", nargs=argparse.REMAINDER)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd and args.smoke:
+        cmd = SMOKE_COMMAND
     if not cmd:
-        ap.error("give the command after --")
+        ap.error("give the command after -- (or --smoke for a stand-in)")
     t0 = time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
 
@@ -70,8 +83,8 @@ def main() -> int:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    # restored at the end: main() may run inside another program (the smoke test)
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     seen: dict[int, float] = {}
     marks = [("start", time.time(), 0.0, load())]
     lock = threading.Lock()
@@ -101,16 +114,19 @@ def main() -> int:
         time.sleep(0.5)
     reader.join(5)
     marks.append(("end", time.time(), sum(seen.values()), load()))
-    print(f"\n| stage | wall s | CPU s | CPU/2 s | load at start |", file=sys.stderr)
-    print("|---|---|---|---|---|", file=sys.stderr)
-    for (name, t, cpu, ld), (_, t2, cpu2, _) in zip(marks, marks[1:]):
-        name = "before the first stage" if name == "start" else name
-        print(f"| {name} | {t2 - t:.0f} | {cpu2 - cpu:.0f} | {(cpu2 - cpu) / 2:.0f} | {ld:.1f} |",
-              file=sys.stderr)
     total_cpu = marks[-1][2]
-    print(f"| total | {time.time() - t0:.0f} | {total_cpu:.0f} | {total_cpu / 2:.0f} | mean "
-          f"{sum(loads) / max(1, len(loads)):.1f} |", file=sys.stderr)
+    rows = [["before the first stage" if name == "start" else name, f"{t2 - t:.0f}",
+             f"{cpu2 - cpu:.0f}", f"{(cpu2 - cpu) / 2:.0f}", f"{ld:.1f}"]
+            for (name, t, cpu, ld), (_, t2, cpu2, _) in zip(marks, marks[1:])]
+    rows.append(["total", f"{time.time() - t0:.0f}", f"{total_cpu:.0f}", f"{total_cpu / 2:.0f}",
+                 f"mean {sum(loads) / max(1, len(loads)):.1f}"])
+    print(file=sys.stderr)
+    print_table(["stage", "wall s", "CPU s", "CPU/2 s", "load at start"], rows, file=sys.stderr)
     print(f"exit code {proc.returncode}", file=sys.stderr)
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+    if log:
+        log.close()
     return proc.returncode
 
 

@@ -19,11 +19,12 @@ every registered family, in one run.
 - first log s: from the `genbench train` call to its first logged step: Ray Train's start
   (controller, worker, process group), the worker's imports and data, the first log_every steps.
 
-    python benchmarks/train_throughput.py [--steps 100] [--families ae,vae] [--small] [--gpu]
-    python benchmarks/train_throughput.py --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+    python -m benchmarks.train_throughput [--steps 100] [--families ae,vae] [--small] [--gpu]
+    python -m benchmarks.train_throughput --gpu --steps 3000 --log-every 100 --checkpoint-every 1000
+    python -m benchmarks.train_throughput --smoke --families ae   # does it run? (tiny, 6 steps)
     # 2 CPU cores, every family in one run (~45 min; smaller autoregressive nets, fewer of
     # their steps, more pairs of the fast families):
-    python benchmarks/train_throughput.py --steps 500 --steps-of gan=300 --steps-of pixelcnn=120 \
+    python -m benchmarks.train_throughput --steps 500 --steps-of gan=300 --steps-of pixelcnn=120 \
         --steps-of transformer=60 --repeats 3 --repeats-of ae=6 --repeats-of vae=6 \
         --repeats-of gan=4 --set pixelcnn.channels=16 --set pixelcnn.layers=4 \
         --set pixelcnn.head_channels=32 --set transformer.d_model=32 --set transformer.layers=2 \
@@ -34,7 +35,7 @@ every registered family, in one run.
 config (from its checkpoint). Its wall-clock figure then includes what the bench's runs do
 between log points: validation, sample grids, checkpoints.
 
-    python benchmarks/train_throughput.py --gpu --against gpu-bench --steps 400
+    python -m benchmarks.train_throughput --gpu --against gpu-bench --steps 400
 
 A GPU runs hundreds of steps a second: give it enough steps that the window lasts tens of
 seconds (MLflow timestamps are whole milliseconds, and the first steps include warm-up).
@@ -55,25 +56,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import (add_smoke, config, family_sets, plain_loop, print_table,
+                               private_mlflow, tiny_sets, wall_clock)
+
 ROOT = Path(__file__).resolve().parents[1]
-# --small: the test suite's sizes (tests/conftest.py), for a quick check that everything runs.
-SMALL = {"ae": ["ae.width=8", "ae.latent_dim=8"], "vae": ["vae.width=8", "vae.latent_dim=8"],
-         "gan": ["gan.width=8", "gan.latent_dim=16"],
-         "pixelcnn": ["pixelcnn.channels=8", "pixelcnn.layers=2", "pixelcnn.head_channels=16"],
-         "transformer": ["transformer.d_model=16", "transformer.layers=1",
-                         "transformer.heads=2"]}
+SMOKE = {"steps": 6, "log_every": 2, "checkpoint_every": 4, "batch": 16}
 
 
-def family_sets(name: str, args) -> list[str]:
-    """KEY=VALUE overrides for one family: --small sizes, then --set (family keys only where
-    they belong)."""
-    from pipeline.models import FAMILIES
-
-    sets = list(SMALL.get(name, [])) if args.small else []
-    for kv in args.set:
-        section = kv.split(".", 1)[0]
-        if section == name or section not in FAMILIES:
-            sets.append(kv)
+def sets_of(name: str, args) -> list[str]:
+    """KEY=VALUE overrides for one family: its tiny size (--small, --smoke), then --set
+    (family keys only where they belong), then --batch."""
+    sets = (tiny_sets(name) if args.small else []) + family_sets(name, args.set)
     return sets + [f"train.batch_size={args.batch}"] if args.batch else sets
 
 
@@ -94,67 +87,13 @@ def pair_ratios(plains: list[float], ours: list[float]) -> list[float]:
     return [o / ((a + b) / 2) for o, a, b in zip(ours, plains, plains[1:])]
 
 
-def config(name: str, sets: list[str], steps: int):
-    from pipeline.config import Config, parse_overrides
-
-    raw = parse_overrides(sets)
-    raw["model"] = name
-    raw.setdefault("train", {})["steps"] = steps
-    return Config.from_dict(raw)
-
-
-def plain_loop(name: str, sets: list[str], steps: int, warmup: int, gpu: bool,
-               threads: int, cfg=None) -> dict:
-    """The reference: a bare PyTorch loop (no metrics, no logging, no checkpoints)."""
-    import contextlib as cl
-
-    import torch
-
-    from pipeline.data import ShardedBatches, load_split
-    from pipeline.models import FAMILIES
-
-    torch.set_num_threads(threads)
-    cfg = cfg or config(name, sets, steps)
-    family, device = FAMILIES[name], torch.device("cuda" if gpu else "cpu")
-    d = cfg.data
-    data = load_split(d.dataset, "train", d.root, d.val_fraction, d.split_seed, d.image_size)
-    batches = ShardedBatches(data, cfg.train.batch_size, 0, 1, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    nets = {k: v.to(device) for k, v in family.build(cfg.family, data.image_shape, 0).items()}
-    opts = family.make_optimizers(cfg.family, nets)
-    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-                if gpu and cfg.train.bf16 else cl.nullcontext)
-    t0 = None
-    for step in range(steps):
-        if step == warmup:
-            if gpu:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        x = batches.batch(step)[0].to(device, non_blocking=True)  # as the loop does
-        for phase in family.PHASES:
-            opts[phase].zero_grad(set_to_none=True)
-            with autocast():
-                out = family.loss(cfg.family, nets, x, None, phase)
-            out["loss"].backward()
-            opts[phase].step()
-        if (step + 1) % warmup == 0:
-            out["loss"].item()  # bound how far a GPU runs ahead, as logging does
-    if gpu:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"family": name, "images_per_s": (steps - warmup) * cfg.train.batch_size / seconds,
-            "batch": cfg.train.batch_size, "config": cfg.to_dict()[name]}
-
-
 def plain_subprocess(name: str, steps: int, args, threads: int, env: dict) -> dict:
     """The plain loop for one family in its own process; env gives its config: the overrides
     (GENBENCH_BENCH_SETS) or a whole run's config (GENBENCH_BENCH_CONFIG)."""
-    cmd = [sys.executable, __file__, "--plain", name, "--steps", str(steps),
-           "--log-every", str(args.log_every), "--threads", str(threads)]
-    env = {**os.environ, **env,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--plain", name, "--steps",
+           str(steps), "--log-every", str(args.log_every), "--threads", str(threads)]
     proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), capture_output=True, text=True,
-                          cwd=ROOT, env=env)
+                          cwd=ROOT, env={**os.environ, **env})  # cwd: benchmarks importable
     if proc.returncode != 0:
         raise SystemExit(f"plain loop for {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -170,6 +109,8 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
             "--set", f"train.log_every={args.log_every}",
             "--set", f"train.checkpoint_every={args.checkpoint_every}",
             "--set", "train.eval_every=1000000000", "--storage-path", args.storage]
+    if args.address:
+        argv += ["--address", args.address]
     for kv in sets:
         argv += ["--set", kv]
     if args.gpu:
@@ -186,21 +127,6 @@ def genbench_run(name: str, sets: list[str], args, uri: str) -> dict:
     # group), the worker's imports and data, and the first log_every steps.
     ours["first_log_s"] = ours.pop("first_timestamp") - started
     return ours
-
-
-def wall_clock(c, run) -> dict:
-    """A finished run's wall-clock images/s from the first to the last logged step (MLflow
-    metric timestamps), and the time-weighted mean of what it logged over the same steps."""
-    points = sorted(c.get_metric_history(run.info.run_id, "images_per_s"), key=lambda m: m.step)
-    batch = int(run.data.params["train.batch_size"])
-    first, last = points[0], points[-1]
-    seconds = (last.timestamp - first.timestamp) / 1000
-    images = (last.step - first.step) * batch
-    # The logged figure over the same steps, weighted by time (images / sum of interval times).
-    logged_seconds = sum((b.step - a.step) * batch / b.value for a, b in zip(points, points[1:]))
-    return {"images_per_s": images / seconds, "logged_images_per_s": images / logged_seconds,
-            "first_step": first.step, "last_step": last.step, "batch": batch,
-            "first_timestamp": first.timestamp / 1000}
 
 
 def runs_text(values: list[float]) -> str:
@@ -232,9 +158,8 @@ def against(args) -> None:
           f"wall-clock images/s (MLflow timestamps, first to last logged step) against the "
           f"plain loop with the run's config ({args.steps} steps, images/s from step "
           f"{args.log_every})")
-    print("| run | family | batch | plain img/s | genbench wall-clock img/s | ratio | "
-          "logged / wall |")
-    print("|---|---|---|---|---|---|---|")
+    print_table(["run", "family", "batch", "plain img/s", "genbench wall-clock img/s", "ratio",
+                 "logged / wall"], [])
     for run in runs:
         if "images_per_s" not in run.data.metrics:
             continue
@@ -255,7 +180,7 @@ def against(args) -> None:
               f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} |", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma-separated (default: every registered family)")
     ap.add_argument("--steps", type=int, default=100)
@@ -268,7 +193,11 @@ def main() -> None:
                     help="another number of genbench runs for one family")
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--batch", type=int, help="batch size (default: the config's)")
-    ap.add_argument("--small", action="store_true", help="the test suite's tiny model sizes")
+    ap.add_argument("--small", action="store_true",
+                    help="each family's tiny size (its TINY), the real step counts")
+    add_smoke(ap)
+    ap.add_argument("--address", help="Ray cluster address for the genbench runs (default: "
+                    "RAY_ADDRESS, or a local Ray)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every family (family keys only for theirs)")
     ap.add_argument("--gpu", action="store_true", help="one GPU (bf16 autocast) for both loops")
@@ -280,17 +209,21 @@ def main() -> None:
                          "per family as --plain prints them (others are measured now)")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # internal: the plain loop, as JSON
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.smoke:  # the tiny size, a few steps, one genbench run per family
+        args.small, args.repeats, args.repeats_of, args.steps_of = True, 1, [], []
+        args.steps, args.log_every = SMOKE["steps"], SMOKE["log_every"]
+        args.checkpoint_every, args.batch = SMOKE["checkpoint_every"], args.batch or SMOKE["batch"]
     if args.plain:
-        cfg = None
         if os.environ.get("GENBENCH_BENCH_CONFIG"):  # --against: a run's own config
             from pipeline.config import Config
             raw = json.loads(os.environ["GENBENCH_BENCH_CONFIG"])
             raw["train"]["steps"] = args.steps
             cfg = Config.from_dict(raw)
-        sets = json.loads(os.environ.get("GENBENCH_BENCH_SETS", "[]"))
-        print(json.dumps(plain_loop(args.plain, sets, args.steps, args.log_every, args.gpu,
-                                    args.threads, cfg)))
+        else:
+            cfg = config(args.plain, json.loads(os.environ.get("GENBENCH_BENCH_SETS", "[]")),
+                         args.steps)
+        print(json.dumps(plain_loop(cfg, args.log_every, args.gpu, args.threads)))
         return
     if args.against:
         against(args)
@@ -303,11 +236,10 @@ def main() -> None:
     threads = 1 if args.gpu else os.cpu_count()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        uri = private_mlflow(tmp)
         args.storage = f"{tmp}/ray_results"
         for name in names:
-            sets = family_sets(name, args)
+            sets = sets_of(name, args)
             # plain, genbench, plain, ... plain: every genbench run between two plain ones, so a
             # machine whose speed drifts from minute to minute (a shared VM) moves both sides of
             # each pair alike; the median pair ratio is not moved by one disturbed run.
@@ -331,22 +263,21 @@ def main() -> None:
     counts = ", ".join(f"{name} {steps_of(name, args)}" for name, _, _ in rows)
     print(f"\ntraining throughput, 1 worker, {device}; steps: {counts}; images/s from step "
           f"{args.log_every} to the last; genbench logs every {args.log_every} steps and "
-          f"checkpoints every {args.checkpoint_every}{' (--small sizes)' if args.small else ''}; "
+          f"checkpoints every {args.checkpoint_every}{' (tiny sizes)' if args.small else ''}; "
           f"each genbench run between two plain runs; img/s: the mean of each side (every run "
           f"in brackets, in order); ratio: the median of the pair ratios (each genbench run / "
           f"the mean of the plain runs either side)")
-    print("| family | batch | plain img/s | genbench wall-clock img/s | ratio (median pair) | "
-          "pair ratios | ratio of means | logged / wall | first log s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, plain, ours in rows:
-        print(f"| {name} | {ours['batch']} | {plain['images_per_s']:.0f} "
-              f"({runs_text(plain['runs'])}) | {ours['images_per_s']:.0f} "
-              f"({runs_text(ours['runs'])}; steps {ours['first_step']}-{ours['last_step']}) | "
-              f"{statistics.median(ours['pairs']):.3f} | "
-              f"{' / '.join(f'{r:.3f}' for r in ours['pairs'])} | "
-              f"{ours['images_per_s'] / plain['images_per_s']:.3f} | "
-              f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f} | "
-              f"{ours['first_log_s']:.1f} |")
+    print_table(["family", "batch", "plain img/s", "genbench wall-clock img/s",
+                 "ratio (median pair)", "pair ratios", "ratio of means", "logged / wall",
+                 "first log s"],
+                [[name, ours["batch"], f"{plain['images_per_s']:.0f} ({runs_text(plain['runs'])})",
+                  f"{ours['images_per_s']:.0f} ({runs_text(ours['runs'])}; steps "
+                  f"{ours['first_step']}-{ours['last_step']})",
+                  f"{statistics.median(ours['pairs']):.3f}",
+                  " / ".join(f"{r:.3f}" for r in ours["pairs"]),
+                  f"{ours['images_per_s'] / plain['images_per_s']:.3f}",
+                  f"{ours['logged_images_per_s'] / ours['images_per_s']:.3f}",
+                  f"{ours['first_log_s']:.1f}"] for name, plain, ours in rows])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ back from MLflow:
    compute each spent (optimizer steps and training seconds summed over trials) and the best
    validation bits/dim each found.
 
-    .venv/bin/python benchmarks/tune_overhead.py [--cpus 2] [--steps 300] [--samples 8]
+    .venv/bin/python -m benchmarks.tune_overhead [--cpus 2] [--steps 300] [--samples 8]
+    .venv/bin/python -m benchmarks.tune_overhead --smoke    # does it run? (tiny VAE, 2 trials)
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+from benchmarks.common import add_smoke, print_table, private_mlflow, start_ray, tiny_sets
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -62,62 +65,71 @@ def sweep(experiment: str, argv: list[str]) -> dict:
             "best": float(parent.data.metrics[f"best_{metric}"])}
 
 
-def overhead_row(name: str, result: dict, concurrency: int) -> str:
+def overhead_row(name: str, result: dict, concurrency: int) -> list:
     t = result["trials"]
     in_trial = [x["trial_s"] - x["train_s"] for x in t]
     train = sum(x["train_s"] for x in t)
     amortised = (result["tuner_wall"] * concurrency - train) / len(t)
-    return (f"| {name} | {len(t)} | {concurrency} | {statistics.mean(x['train_s'] for x in t):.1f} "
-            f"| {statistics.mean(x['trial_s'] for x in t):.1f} | {statistics.mean(in_trial):.1f} "
-            f"(min {min(in_trial):.1f}, max {max(in_trial):.1f}) | {amortised:.1f} |")
+    return [name, len(t), concurrency, f"{statistics.mean(x['train_s'] for x in t):.1f}",
+            f"{statistics.mean(x['trial_s'] for x in t):.1f}",
+            f"{statistics.mean(in_trial):.1f} (min {min(in_trial):.1f}, max {max(in_trial):.1f})",
+            f"{amortised:.1f}"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=2,
+                   help="CPUs of the local Ray it starts (not used with --address or a Ray "
+                        "this process already runs)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a local Ray)")
     p.add_argument("--steps", type=int, default=300, help="steps per trial, ASHA vs FIFO")
     p.add_argument("--samples", type=int, default=8, help="trials, ASHA vs FIFO")
     p.add_argument("--overhead-steps", type=int, default=40)
-    args = p.parse_args()
+    add_smoke(p)
+    args = p.parse_args(argv)
+    vae, direct_samples, multi_samples = VAE, 4, 2
+    if args.smoke:  # the tiny VAE, 2 trials per sweep, a few steps (ASHA's grace period: 1)
+        vae = ["--model", "vae", *[a for kv in tiny_sets("vae") for a in ("--set", kv)],
+               "--set", "train.batch_size=16"]
+        direct_samples, multi_samples = 2, 1
+        args.steps, args.samples, args.overhead_steps = 8, 2, 4
 
     import ray
     work = tempfile.mkdtemp(prefix="genbench-tune-bench-")
     os.chdir(work)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
+    private_mlflow(work)
     for name in ("ray", "ray.tune", "ray.train"):  # as `genbench tune` does: quiet Ray
         logging.getLogger(name).setLevel(logging.ERROR)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    print(f"# tune overhead benchmark ({args.cpus} CPUs, Ray {ray.__version__}); work dir {work}",
+    started = start_ray(args.address, args.cpus)
+    cpus = int(ray.cluster_resources().get("CPU", args.cpus))
+    print(f"# tune overhead benchmark ({cpus} CPUs, Ray {ray.__version__}); work dir {work}",
           file=sys.stderr)
 
     s = str(args.overhead_steps)
-    direct = sweep("overhead-direct", [*VAE, "--samples", "4", "--steps", s,
+    direct = sweep("overhead-direct", [*vae, "--samples", str(direct_samples), "--steps", s,
                                        "--scheduler", "fifo"])
-    multi = sweep("overhead-multi", [*VAE, "--samples", "2", "--steps", s,
+    multi = sweep("overhead-multi", [*vae, "--samples", str(multi_samples), "--steps", s,
                                      "--scheduler", "fifo", "--workers-per-trial", "2"])
-    runs = {name: sweep(f"vae-{name}", [*VAE, "--samples", str(args.samples), "--steps",
+    runs = {name: sweep(f"vae-{name}", [*vae, "--samples", str(args.samples), "--steps",
                                         str(args.steps), "--scheduler", name])
             for name in ("fifo", "asha")}
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
-    print(f"\n## Fixed overhead per trial (VAE width 16, batch 64, {s} steps, FIFO; seconds)\n")
-    print("| trials | n | concurrent | training | trial wall | trial wall - training | "
-          "amortised overhead |")
-    print("|---|---|---|---|---|---|---|")
-    print(overhead_row("single-worker, loop in the trial", direct, args.cpus))
-    print(overhead_row("2 workers, TorchTrainer in the trial", multi, max(1, args.cpus // 2)))
-
+    width = "tiny VAE, batch 16" if args.smoke else "VAE width 16, batch 64"
+    print(f"\n## Fixed overhead per trial ({width}, {s} steps, FIFO; seconds)\n")
+    print_table(["trials", "n", "concurrent", "training", "trial wall", "trial wall - training",
+                 "amortised overhead"],
+                [overhead_row("single-worker, loop in the trial", direct, cpus),
+                 overhead_row("2 workers, TorchTrainer in the trial", multi, max(1, cpus // 2))])
     print(f"\n## ASHA vs FIFO: the same {args.samples}-sample VAE sweep, {args.steps} steps "
           f"per trial\n")
-    print("| scheduler | steps spent | training s | sweep wall s | early-stopped | "
-          "best val_bpd |")
-    print("|---|---|---|---|---|---|")
-    for name, r in runs.items():
-        t = r["trials"]
-        print(f"| {name.upper()} | {sum(x['steps'] for x in t)} | "
-              f"{sum(x['train_s'] for x in t):.1f} | {r['wall']:.0f} | "
-              f"{sum(x['status'] == 'early_stopped' for x in t)}/{len(t)} | {r['best']:.4f} |")
+    print_table(["scheduler", "steps spent", "training s", "sweep wall s", "early-stopped",
+                 "best val_bpd"],
+                [[name.upper(), sum(x["steps"] for x in r["trials"]),
+                  f"{sum(x['train_s'] for x in r['trials']):.1f}", f"{r['wall']:.0f}",
+                  f"{sum(x['status'] == 'early_stopped' for x in r['trials'])}/{len(r['trials'])}",
+                  f"{r['best']:.4f}"] for name, r in runs.items()])
     fifo, asha = runs["fifo"], runs["asha"]
     saved = 1 - sum(x["steps"] for x in asha["trials"]) / sum(x["steps"] for x in fifo["trials"])
     print(f"\nASHA spent {saved:.0%} fewer steps; best val_bpd {asha['best']:.4f} vs FIFO "

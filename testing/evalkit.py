@@ -6,16 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config
 from pipeline.data import ImageData, load_split
 from pipeline.loop import build_nets
+from pipeline.models import FAMILIES
 
-# Small enough that sampling, bits/dim and the probe take seconds on 2 CPU cores (family sizes
-# live in YAML: no source file outside pipeline/models/ names a family).
-TINY = yaml.safe_load((Path(__file__).with_name("tiny_models.yaml")).read_text())
+
+def tiny_size(family: str) -> dict:
+    """The family's own tiny size, TINY in its module (small enough that training steps,
+    sampling, bits/dim and the probe take seconds on 2 CPU cores), or {}: its defaults. The
+    suite's --set sizes (tests/conftest.py) and the benchmarks' --smoke read the same."""
+    return dict(getattr(FAMILIES[family], "TINY", {}))
+
+
+TINY = {family: tiny_size(family) for family in FAMILIES}
 
 # The test domain classifier: a short run of the real architecture, trained once per session.
 # Many passes over few images make it confident, which is what IS measures.
@@ -23,7 +29,7 @@ TEST_CLASSIFIER = {"epochs": 4, "max_images": 3000, "width": 16}
 
 
 def tiny_config(family: str, **train) -> Config:
-    return Config.from_dict({"model": family, family: TINY.get(family, {}), "train": train})
+    return Config.from_dict({"model": family, family: tiny_size(family), "train": train})
 
 
 def fmnist_test() -> ImageData:

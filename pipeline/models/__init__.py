@@ -24,7 +24,9 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
     nll(cfg, nets, x, y=None, k=1) -> nats per image (B,)
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
   optional: PUBLISHED (published numbers for the report, plain dicts; eval/references.py),
-    CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py)
+    CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py),
+    TINY ({Config field: value}: the tiny size the tests, the tiny checkpoints of
+    testing/evalkit.py and the benchmarks' --smoke train; a family without it: its defaults)
 
 Where families come from: the built-ins below, families the user's own code registered in
 this process with `register(name, module)`, and installed packages that declare an entry point

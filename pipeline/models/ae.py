@@ -25,6 +25,7 @@ SWEEP_METRIC, SWEEP_MODE = "val_mse", "min"
 LIKELIHOOD = None
 LIKELIHOOD_NOTE = "an autoencoder has no likelihood (see mse_test, psnr_test)"
 GRID_SIZE = 64
+TINY = {"width": 8, "latent_dim": 8}  # tests, --smoke: seconds on 2 cores
 DDP_OPTIONS: dict[str, dict] = {}
 
 

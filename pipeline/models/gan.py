@@ -65,6 +65,7 @@ SWEEP_METRIC, SWEEP_MODE = None, "min"   # no validation loss: sweeps use a smal
 LIKELIHOOD = None
 LIKELIHOOD_NOTE = "a GAN has no likelihood"
 GRID_SIZE = 64
+TINY = {"width": 8, "latent_dim": 16}  # tests, --smoke: seconds on 2 cores
 # Two D forwards (real, fake) before one backward: with BatchNorm, a DDP-wrapped D must not
 # broadcast buffers, or the second forward rewrites them in place (pytorch #175024).
 DDP_OPTIONS = {"discriminator": {"broadcast_buffers": False}}

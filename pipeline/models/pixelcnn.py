@@ -55,6 +55,7 @@ SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"
 LIKELIHOOD = "exact"
 LIKELIHOOD_NOTE = "exact: autoregressive, 256-way softmax per sub-pixel"
 GRID_SIZE = 16   # H * W * C sequential sampling steps per grid, even with the cache
+TINY = {"channels": 8, "layers": 2, "head_channels": 16}  # tests, --smoke: seconds on 2 cores
 DDP_OPTIONS: dict[str, dict] = {}
 
 

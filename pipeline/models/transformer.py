@@ -49,6 +49,7 @@ SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"
 LIKELIHOOD = "exact"
 LIKELIHOOD_NOTE = "exact: autoregressive Transformer, 256-way softmax per sub-pixel"
 GRID_SIZE = 16   # C*H*W sampling steps per grid, even with the cache
+TINY = {"d_model": 16, "layers": 2, "heads": 2, "mlp_ratio": 2}  # tests, --smoke
 DDP_OPTIONS: dict[str, dict] = {}
 # Published numbers the report shows beside ours, only under the same protocol (test NLL on
 # CIFAR-10, 8-bit pixels, 256-way softmax); a sparse-attention Transformer, 59M parameters.

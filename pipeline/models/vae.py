@@ -42,6 +42,7 @@ SWEEP_METRIC, SWEEP_MODE = "val_bpd", "min"   # the beta = 1 bound, whatever bet
 LIKELIHOOD = "bound"
 LIKELIHOOD_NOTE = "IWAE upper bound on -log p(x), k importance samples (k=1 is the ELBO), beta=1"
 GRID_SIZE = 64
+TINY = {"width": 8, "latent_dim": 8}  # tests, --smoke: seconds on 2 cores
 DDP_OPTIONS: dict[str, dict] = {}
 
 

@@ -1,0 +1,184 @@
+"""Every benchmark runs end to end at --smoke size (each family's TINY, a few steps, one repeat)
+and prints its table: a header row and one row per family or case. The numbers mean nothing
+here; that the benchmarks still run against today's code is what is tested. Those that start
+Ray Train or sweeps run on the session's Ray (`ray_local`), in this process."""
+import pytest
+import torch
+
+from pipeline.config import Config
+from pipeline.models import FAMILIES, can
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """The Markdown tables in text: (header cells, rows of cells), in order."""
+    found, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        if len(block) >= 2 and all(set(c) <= set("-:") for c in block[1]):
+            found.append((block[0], block[2:]))
+        block = []
+    return found
+
+
+def first_column(table) -> list[str]:
+    header, rows = table
+    assert all(len(row) == len(header) for row in rows), table
+    return [row[0] for row in rows]
+
+
+def test_every_family_has_a_tiny_size_that_builds_smaller_than_its_default():
+    from benchmarks.common import tiny, tiny_sets
+
+    shape = (1, 28, 28)
+    for name in FAMILIES:
+        family = FAMILIES[name]
+        size = tiny(name)
+        if name in ("ae", "vae", "gan", "pixelcnn", "transformer"):  # the built-ins declare one
+            assert size, name
+        assert tiny_sets(name) == [f"{name}.{k}={v}" for k, v in size.items()]
+        small = Config.from_dict({"model": name, name: size}).family
+        default = Config.from_dict({"model": name}).family
+
+        def params(cfg):
+            return sum(p.numel() for net in family.build(cfg, shape, 0).values()
+                       for p in net.parameters())
+        assert not size or params(small) < params(default), name
+
+
+def test_the_suites_sizes_are_the_families_own(fast_sets):
+    from testing.evalkit import TINY, tiny_config
+
+    assert fast_sets("gan")[:4] == ["--set", "gan.width=8", "--set", "gan.latent_dim=16"]
+    for name in FAMILIES:
+        assert TINY[name] == getattr(FAMILIES[name], "TINY", {})
+        assert tiny_config(name).to_dict()[name] == {
+            **Config.from_dict({"model": name}).to_dict()[name], **TINY[name]}
+
+
+def test_sampling_speed(capsys):
+    from benchmarks import sampling_speed
+
+    assert sampling_speed.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    [table] = tables(out)
+    assert first_column(table) == ["reference", "cached", "cached"]
+    assert "2/2 images identical" in out  # the cached sampler agrees with the reference
+
+
+def test_eval_throughput(capsys):
+    from benchmarks import eval_throughput
+
+    assert eval_throughput.main(["--smoke"]) == 0
+    [table] = tables(capsys.readouterr().out)
+    tasks = first_column(table)
+    assert tasks[:2] == ["features: domain (28x28, CNN)",
+                         "features: inception (random weights, 299x299)"]
+    for name in FAMILIES:
+        assert (f"sampling: {name}" in tasks) == can(FAMILIES[name], "sample"), name
+        assert any(t.startswith(f"bits/dim: {name} ") for t in tasks) == can(FAMILIES[name],
+                                                                              "nll"), name
+
+
+def test_ar_budget(capsys):
+    from benchmarks import ar_budget
+
+    ar_budget.main(["--smoke"])
+    [table] = tables(capsys.readouterr().out)
+    assert first_column(table) == list(ar_budget.FAMILIES)
+    assert all(float(row[5].strip("*")) > 0 for row in table[1])  # test bits/dim
+
+
+def test_stage_times(capsys):
+    from benchmarks import stage_times
+
+    assert stage_times.main(["--smoke"]) == 0
+    [table] = tables(capsys.readouterr().err)
+    assert first_column(table) == ["before the first stage", "spin", "sleep", "total"]
+
+
+def test_gpu_check_sizes_and_loop_stand_in():
+    """Without CUDA: every family has a batch (the Transformer lacked one), --smoke parses,
+    and the logger stand-in still satisfies the loop (timed_fit on the CPU)."""
+    from benchmarks import gpu_check
+    from benchmarks.common import tiny
+
+    args = gpu_check.parse_args(["--smoke"])
+    assert args.smoke and args.steps == 10
+    for name in FAMILIES:
+        assert gpu_check.batch_size(name) > 0
+    assert gpu_check.batch_size("transformer") == gpu_check.BATCH["transformer"]
+    cfg = Config.from_dict({"model": "ae", "ae": tiny("ae"), "train": {
+        "steps": 6, "batch_size": 16, "log_every": 2, "eval_every": 10**9,
+        "checkpoint_every": 10**9}})
+    rate, marks = gpu_check.timed_fit(cfg, 6, 2, device="cpu")
+    assert [step for step, _ in marks] == [2, 4, 6] and rate > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu_check needs CUDA (nccl, bf16)")
+def test_gpu_check_on_a_gpu(capsys):
+    from benchmarks import gpu_check
+
+    gpu_check.main(["--smoke"])
+    [table] = tables(capsys.readouterr().out)
+    assert first_column(table) == list(FAMILIES)
+
+
+@pytest.mark.slow
+def test_ood_check(domain_classifier, tmp_path, monkeypatch, capsys):
+    """Two families, one without a likelihood and one with (every family: ~80 s on 2 cores);
+    it trains a classifier without the unseen class too."""
+    from benchmarks import ood_check
+
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_classifier))
+    ood_check.main(["--smoke", "--families", "ae,vae", "--device", "cpu",
+                    "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    found = {tuple(header): (header, rows) for header, rows in tables(out)}
+    ood = found[("family", "unseen", "digits", "noise")]
+    assert first_column(ood) == ["ae", "vae"]
+    bayes = next(t for h, t in found.items() if h[:2] == ("model", "accuracy"))
+    assert first_column(bayes) == ["vae"]  # Bayes' rule needs p(x|y)
+    assert (tmp_path / "out" / "ood_check.json").is_file()
+
+
+@pytest.fixture
+def private_env(monkeypatch, workdir):
+    """The benchmarks point MLFLOW_TRACKING_URI at their own store and may chdir: undone after."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'unused.db'}")
+    return workdir
+
+
+@pytest.mark.slow
+def test_train_throughput(ray_local, private_env, capsys):
+    from benchmarks import train_throughput
+
+    train_throughput.main(["--smoke", "--families", "ae"])
+    [table] = tables(capsys.readouterr().out)
+    assert first_column(table) == ["ae"]
+    assert float(table[1][0][4]) > 0  # the median pair ratio
+
+
+@pytest.mark.slow
+def test_worker_overhead(ray_local, private_env, capsys):
+    from benchmarks import worker_overhead
+
+    worker_overhead.main(["--smoke", "--family", "ae"])
+    [table] = tables(capsys.readouterr().out)
+    assert first_column(table) == ["genbench, checkpoints", "genbench, no checkpoints",
+                                   "plain loop"]
+
+
+@pytest.mark.slow
+def test_tune_overhead(ray_local, private_env, monkeypatch, capsys):
+    from benchmarks import tune_overhead
+
+    monkeypatch.chdir(private_env)  # it changes directory: back after the test
+    assert tune_overhead.main(["--smoke"]) == 0
+    overhead, schedulers = tables(capsys.readouterr().out)
+    assert first_column(overhead) == ["single-worker, loop in the trial",
+                                      "2 workers, TorchTrainer in the trial"]
+    assert first_column(schedulers) == ["FIFO", "ASHA"]
