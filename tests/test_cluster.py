@@ -499,57 +499,6 @@ def test_train_spreads_two_workers_over_two_nodes(cluster):
 
 
 @pytest.mark.slow
-def test_a_run_that_loses_a_node_for_45_s_finishes_when_it_returns(cluster):
-    """Rank 0 pauses after step 25 (checkpoint at 20) of a 2-node run; the worker node is
-    SIGKILLed whole and comes back 45 s later. Ray Train restarts the group once both nodes are
-    there, from step 20, and the run finishes with one point per logged step."""
-    env = {**cluster.env, "GENBENCH_FAULT": "rank=0,step=25,action=pause,seconds=10"}
-    proc = subprocess.Popen(
-        [str(BIN / "python"), "-m", "genbench", "train", "--model", "ae", "--steps", "40",
-         "--workers", "2", "--set", "train.batch_size=32", "--set", "train.log_every=10",
-         "--set", "train.checkpoint_every=20", "--set", "train.checkpoint_min_interval_s=0",
-         "--address", cluster.address, "--storage-path", str(cluster.tmp / "storage-loss"),
-         "--experiment", "cluster-node-loss"],
-        env=env, cwd=cluster.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def paused_run_id():
-            try:
-                found = http_json(f"{cluster.mlflow}/api/2.0/mlflow/experiments/get-by-name?"
-                                  f"experiment_name=cluster-node-loss")
-                exp = found["experiment"]["experiment_id"]
-                runs = json.loads(urllib.request.urlopen(urllib.request.Request(
-                    f"{cluster.mlflow}/api/2.0/mlflow/runs/search",
-                    data=json.dumps({"experiment_ids": [exp]}).encode(),
-                    headers={"Content-Type": "application/json"}), timeout=10).read())
-            except (OSError, ValueError, KeyError):
-                return None
-            for run in runs.get("runs", []):
-                if any(t["key"] == "genbench.fault_fired" for t in run["data"].get("tags", [])):
-                    return run["info"]["run_id"]
-            return None
-
-        run_id = wait_for(paused_run_id, 300, "the paused run", [proc])
-        cluster.lose_worker_node()
-        time.sleep(45)
-        cluster.bring_back_worker_node()
-        out, err = proc.communicate(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    # for the tests after it: the worker node came back with a new node id
-    cluster.node_ids = set(wait_for(cluster.alive_nodes, 120, "two alive Ray nodes again"))
-    assert proc.returncode == 0, err[-3000:]
-    run = mlflow_run(cluster, run_id)
-    assert run["info"]["status"] == "FINISHED"
-    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-    assert tags["genbench.resumed_from_step"] == "20"
-    history = http_json(f"{cluster.mlflow}/api/2.0/mlflow/metrics/get-history?"
-                        f"run_id={run_id}&metric_key=mse")["metrics"]
-    assert sorted(m["step"] for m in history) == [10, 20, 30, 40]
-
-
-@pytest.mark.slow
 def test_ray_job_submit_runs_genbench_train(cluster):
     # Token authentication is on: the job API refuses a request without the token.
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -596,3 +545,55 @@ def test_multi_node_run_without_shared_storage_is_refused(cluster):
     with pytest.raises(urllib.error.HTTPError):
         http_json(f"{cluster.mlflow}/api/2.0/mlflow/experiments/get-by-name?"
                   f"experiment_name=cluster-no-storage")
+
+
+@pytest.mark.slow
+def test_a_run_that_loses_a_node_for_45_s_finishes_when_it_returns(cluster):
+    """Rank 0 pauses after step 25 (checkpoint at 20) of a 2-node run; the worker node is
+    SIGKILLed whole and comes back 45 s later. Ray Train restarts the group once both nodes are
+    there, from step 20, and the run finishes with one point per logged step."""
+    env = {**cluster.env, "GENBENCH_FAULT": "rank=0,step=25,action=pause,seconds=10"}
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-m", "genbench", "train", "--model", "ae", "--steps", "40",
+         "--workers", "2", "--set", "train.batch_size=32", "--set", "train.log_every=10",
+         "--set", "train.checkpoint_every=20", "--set", "train.checkpoint_min_interval_s=0",
+         "--address", cluster.address, "--storage-path", str(cluster.tmp / "storage-loss"),
+         "--experiment", "cluster-node-loss"],
+        env=env, cwd=cluster.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def paused_run_id():
+            try:
+                found = http_json(f"{cluster.mlflow}/api/2.0/mlflow/experiments/get-by-name?"
+                                  f"experiment_name=cluster-node-loss")
+                exp = found["experiment"]["experiment_id"]
+                runs = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"{cluster.mlflow}/api/2.0/mlflow/runs/search",
+                    data=json.dumps({"experiment_ids": [exp]}).encode(),
+                    headers={"Content-Type": "application/json"}), timeout=10).read())
+            except (OSError, ValueError, KeyError):
+                return None
+            for run in runs.get("runs", []):
+                if any(t["key"] == "genbench.fault_fired" for t in run["data"].get("tags", [])):
+                    return run["info"]["run_id"]
+            return None
+
+        run_id = wait_for(paused_run_id, 300, "the paused run", [proc])
+        cluster.lose_worker_node()
+        time.sleep(45)
+        cluster.bring_back_worker_node()
+        out, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    # last in this module: the worker node came back with a new node id (ray.nodes() lists
+    # the dead one too)
+    cluster.node_ids = set(wait_for(cluster.alive_nodes, 120, "two alive Ray nodes again"))
+    assert proc.returncode == 0, err[-3000:]
+    run = mlflow_run(cluster, run_id)
+    assert run["info"]["status"] == "FINISHED"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["genbench.resumed_from_step"] == "20"
+    history = http_json(f"{cluster.mlflow}/api/2.0/mlflow/metrics/get-history?"
+                        f"run_id={run_id}&metric_key=mse")["metrics"]
+    assert sorted(m["step"] for m in history) == [10, 20, 30, 40]
