@@ -23,8 +23,8 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
         take progress=callable, called with the number of pixel positions just finished
     nll(cfg, nets, x, y=None, k=1) -> nats per image (B,)
     reconstruct(cfg, nets, x, y=None), encode(cfg, nets, x, y=None)
-  optional: PUBLISHED (published numbers for the report, plain dicts; eval/references.py),
-    CURVE_PANELS (training-curve panels; eval/plots.py), pixel_bits(cfg) (eval/likelihood.py),
+  optional: PUBLISHED (published numbers for the report, plain dicts; report/references.py),
+    CURVE_PANELS (training-curve panels; report/plots.py), pixel_bits(cfg) (eval/likelihood.py),
     TINY ({Config field: value}: the tiny size the tests, the tiny checkpoints of
     testing/evalkit.py and the benchmarks' --smoke train; a family without it: its defaults)
 

@@ -35,7 +35,7 @@ class Config:
             raise ValueError("gan.beta1 and gan.beta2 must lie in [0, 1)")
 
 
-# Published FIDs of this model, with the protocol they were measured under; eval/references.py
+# Published FIDs of this model, with the protocol they were measured under; report/references.py
 # shows one only beside a number measured the same way (Inception features, the same n, the test
 # split) by a run whose config matches `when`.
 _LUCIC = ("Lucic et al. 2018, Are GANs Created Equal? A Large-Scale Study (NeurIPS), as tabulated "

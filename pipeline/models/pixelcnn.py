@@ -33,7 +33,7 @@ class Config:
 
 
 # Published likelihoods on the CIFAR-10 test split, 8-bit pixels, 256-way softmax (bits per
-# dimension); eval/references.py shows them beside bpd_test of a run on the same data.
+# dimension); report/references.py shows them beside bpd_test of a run on the same data.
 PUBLISHED = (
     {"model": "PixelCNN", "dataset": "cifar10", "metric": "bpd_test", "value": 3.14,
      "source": "van den Oord et al. 2016, Pixel Recurrent Neural Networks, Table 5",
