@@ -185,7 +185,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "preset names)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's own logs")
 
 
 def flags_config(args) -> dict:

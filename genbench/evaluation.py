@@ -98,7 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda")
     c.add_argument("--force", action="store_true", help="replace a cached classifier")
     c.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own logs")
+    # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's and MLflow's own logs")
 
 
 def options_from_args(args):

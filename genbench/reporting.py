@@ -10,7 +10,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "reports/EXPERIMENT, the name made one path part)")
     p.add_argument("--force", action="store_true", help="replace the report genbench wrote in "
                    "DIR (the files its report.manifest.json lists; other files stay)")
-    p.add_argument("--verbose", action="store_true", help="show MLflow's own logs")
+    # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show MLflow's own logs")
 
 
 def run(args) -> int:

@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep (its "
                    "directory, printed at start) without re-running finished trials")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's own logs")
 
 
 def read_space(path: str | None) -> dict | None:

@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "on the run when training ends")
     p.add_argument("--eval-n", type=positive_int, metavar="N", help="generated and real "
                    "images for --eval (default 10000 or the test split's size)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's own logs")
 
 
 def run(args) -> int:
