@@ -182,3 +182,15 @@ def test_tune_overhead(ray_local, private_env, monkeypatch, capsys):
     assert first_column(overhead) == ["single-worker, loop in the trial",
                                       "2 workers, TorchTrainer in the trial"]
     assert first_column(schedulers) == ["FIFO", "ASHA"]
+
+
+@pytest.mark.slow
+def test_tracking_outage(capsys):
+    """A real mlflow server down for 5 s under a real genbench train (its own Ray)."""
+    from benchmarks import tracking_outage
+
+    assert tracking_outage.main(["--smoke"]) == 0
+    [(header, rows)] = tables(capsys.readouterr().out)
+    assert header[0] == "outage s" and len(rows) == 1
+    outage, alive, code, status, restarted, once = rows[0][:6]
+    assert (alive, code, status, restarted, once) == ("yes", "0", "FINISHED", "no", "yes")
