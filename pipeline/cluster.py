@@ -5,11 +5,10 @@ error when they cannot fit. Used by `genbench train` (launch.py), sweeps (tune/)
 A cluster is joined only when asked for: --address or RAY_ADDRESS. Anything else starts a local
 Ray for this process alone (address="local": a `ray start` cluster recorded on this machine, in
 /tmp/ray/ray_current_cluster, may be someone else's), with every server on 127.0.0.1 and a token
-that only this user can read (see _loopback_only and _private_token)."""
+that only this user can read (see ray_private.single_machine_mode and _private_token)."""
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ipaddress
 import logging
 import os
@@ -18,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from pipeline import reaper
+from pipeline import ray_private, reaper
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.signals import handle_sigterm
@@ -60,7 +59,8 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         _private_token()
     target = kwargs["address"]
     try:
-        with _loopback_only(not joins or is_loopback(target.rpartition(":")[0])):
+        with ray_private.single_machine_mode(
+                not joins or is_loopback(target.rpartition(":")[0])):
             ray.init(**kwargs)
     except ConnectionError as exc:
         hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
@@ -83,39 +83,6 @@ def init_ray(address: str | None = None, verbose: bool = False) -> None:
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
 
 
-@contextlib.contextmanager
-def _loopback_only(enabled: bool = True):
-    """While ray.init starts a local node: every Ray server of it on 127.0.0.1. Also while it
-    joins a cluster at a loopback address (such a node), which it would otherwise rewrite to
-    the machine's routable address, where nothing listens.
-
-    Ray 2.60 offers no bind option for a local node, and ray.init(_node_ip_address="127.0.0.1")
-    does not help: ray.init replaces a loopback address by the machine's routable one
-    (services.resolve_ip_for_localhost, ray/_private/services.py). The node address decides
-    where the servers listen: the C++ gRPC servers (GCS, raylet and its object manager, each
-    worker's core-worker server) bind 127.0.0.1 only when it is 127.0.0.1, all interfaces
-    otherwise; so do the dashboard agent and the runtime-env agent (ray/dashboard/agent.py,
-    is_localhost). Ray's single-machine mode, the default on macOS and Windows, is what makes
-    it 127.0.0.1: with ray_constants.ENABLE_RAY_CLUSTER false, services.get_node_ip_address()
-    returns the loopback address. Set here for ray.init only (the servers are started by then),
-    not through RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in the environment: child processes would
-    inherit it, and it makes `ray start --address` refuse to join a cluster."""
-    try:
-        from ray._private import ray_constants, services  # no public API binds a local node
-    except ImportError:
-        enabled = False
-    if not enabled or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER") \
-            or not hasattr(services, "get_node_ip_address"):
-        yield  # a Ray without the switch: the token of _private_token still guards the node
-        return
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
 def _private_token() -> str:
     """Require token authentication on the local Ray, with a fresh token that only this user can
     read: a 0600 file in a 0700 directory, removed when this process exits. Ray 2.60 turns token
@@ -131,12 +98,7 @@ def _private_token() -> str:
     atexit.register(shutil.rmtree, directory, True)  # runs after Ray's node stopped its processes
     os.environ.pop("RAY_AUTH_TOKEN", None)  # the loader would take it over the file
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=path)
-    try:  # a driver that ran a Ray before has its token mode and token cached
-        from ray._raylet import AuthenticationTokenLoader, Config as RayConfig
-        RayConfig.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-    except (ImportError, AttributeError):
-        pass
+    ray_private.reset_auth_token_cache()  # a driver that ran a Ray before cached its token
     return path
 
 
@@ -152,12 +114,11 @@ def torch_config(timeout_s: int):
 
     if not is_loopback(ray.util.get_node_ip_address()):
         return TorchConfig(timeout_s=timeout_s)
-    try:
-        from ray.train.torch.config import _TorchBackend  # private: the backend TorchConfig uses
-    except ImportError:
+    TorchBackend = ray_private.torch_backend_class()
+    if TorchBackend is None:
         return TorchConfig(timeout_s=timeout_s)
 
-    class LoopbackTorchBackend(_TorchBackend):
+    class LoopbackTorchBackend(TorchBackend):
         def on_start(self, worker_group, backend_config):
             worker_group.execute(_loopback_rendezvous)  # in each worker, before its rendezvous
             super().on_start(worker_group, backend_config)
@@ -224,16 +185,14 @@ def joined_cluster(address: str | None = None) -> bool:
     started (a Ray worker, such as a Tune trial). Asked after Ray is up."""
     if joins_cluster(address):
         return True
-    from ray._private import worker  # no public API says who started the connected cluster
-    node = getattr(worker, "_global_node", None)
+    node = ray_private.connected_node()
     return node is not None and not node.is_head()
 
 
 def started_ray_here() -> bool:
     """True in a driver that started the Ray it is connected to: the Ray ends with this
     process. False in a Ray worker process (a Tune trial) and on a cluster joined."""
-    from ray._private import worker  # no public API says who started the connected cluster
-    node = getattr(worker, "_global_node", None)
+    node = ray_private.connected_node()
     return node is not None and node.is_head() and not joins_cluster()
 
 

@@ -91,9 +91,9 @@ def check_ray_address(address: str | None = None, timeout: float = 5.0, tries: i
         return
     target = given
     if given == "auto":  # the cluster `ray start` left on this machine, if any
-        from ray._private.services import canonicalize_bootstrap_address
+        from pipeline.ray_private import bootstrap_address
         try:
-            target = canonicalize_bootstrap_address("auto", None)
+            target = bootstrap_address("auto")
         except ConnectionError:
             raise ConfigError("no running Ray cluster on this machine for address 'auto'; "
                               "start one (ray start --head) or drop --address / RAY_ADDRESS "

@@ -90,21 +90,15 @@ UNUSED_ON_OWN_RAY = ("PlacementGroupCleanerCallback",)
 
 
 def lean_trainer_class():
-    """TorchTrainer without the helper actors listed above. Built on Ray's private
-    `_create_default_callbacks`: where a Ray release lacks it, this is the plain TorchTrainer."""
+    """TorchTrainer without the helper actors listed above (through pipeline/ray_private.py;
+    where a Ray release does not allow it, the plain TorchTrainer)."""
     from ray.train.torch import TorchTrainer
 
-    if not hasattr(TorchTrainer, "_create_default_callbacks"):
-        return TorchTrainer
-
     from pipeline.cluster import started_ray_here
+    from pipeline.ray_private import trainer_without_callbacks
 
-    class LeanTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            unused = UNUSED_ALWAYS if not self.datasets else ()
-            if started_ray_here():
-                unused += UNUSED_ON_OWN_RAY
-            return [cb for cb in super()._create_default_callbacks()
-                    if type(cb).__name__ not in unused]
+    def unused(trainer) -> tuple[str, ...]:
+        names = UNUSED_ALWAYS if not trainer.datasets else ()
+        return names + UNUSED_ON_OWN_RAY if started_ray_here() else names
 
-    return LeanTorchTrainer
+    return trainer_without_callbacks(TorchTrainer, unused)

@@ -400,18 +400,29 @@ def cluster(tmp_path_factory):
                                   "--port", str(mlflow_port), "--workers", "1",
                                   "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
                                   "--artifacts-destination", str(tmp / "artifacts")])
-        head = start("head", [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1",
-                              "--port", str(gcs), "--include-dashboard", "true",
-                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                              "--ray-client-server-port", str(client),
-                              "--dashboard-agent-listen-port", str(h_agent),
-                              "--dashboard-agent-grpc-port", str(h_grpc),
-                              "--runtime-env-agent-port", str(h_renv),
-                              "--metrics-export-port", str(h_metrics),
-                              "--temp-dir", str(ray_tmp), "--disable-usage-stats"])
+        head_argv = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1",
+                     "--port", str(gcs), "--include-dashboard", "true",
+                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                     "--ray-client-server-port", str(client),
+                     "--dashboard-agent-listen-port", str(h_agent),
+                     "--dashboard-agent-grpc-port", str(h_grpc),
+                     "--runtime-env-agent-port", str(h_renv),
+                     "--metrics-export-port", str(h_metrics),
+                     "--temp-dir", str(ray_tmp), "--disable-usage-stats"]
         address_file = ray_tmp / "ray_current_cluster"
-        address = wait_for(lambda: address_file.is_file() and address_file.read_text().strip(),
-                           120, "Ray head", [head])
+        for attempt in range(2):
+            # `ray start` gives its raylet a fixed 30 s to register (ray/_private/node.py):
+            # on 2 busy cores it can miss that once; a second try starts afresh
+            head = start(f"head{attempt}", head_argv)
+            try:
+                address = wait_for(lambda: address_file.is_file()
+                                   and address_file.read_text().strip(), 120, "Ray head",
+                                   [head])
+                break
+            except RuntimeError:
+                if attempt:
+                    raise
+                stop_session(head)
         worker_argv = [str(BIN / "ray"), "start", "--block", "--num-cpus", "1",
                        "--address", address,
                        "--dashboard-agent-listen-port", str(w_agent),

@@ -51,14 +51,18 @@ def release_placement_group(result: dict) -> None:
     pg_hex = result.get(PLACEMENT_GROUP_KEY)
     if not pg_hex:
         return
-    from ray._raylet import PlacementGroupID
     from ray.util import placement_group_table
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.placement_group import remove_placement_group
+
+    from pipeline.ray_private import placement_group
 
     if placement_group_table().get(pg_hex, {}).get("state") in (None, "REMOVED"):
         return
+    group = placement_group(pg_hex)
+    if group is None:
+        return
     try:
-        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_hex)))
+        remove_placement_group(group)
     except Exception:  # removed meanwhile by its trainer
         pass
 
