@@ -1,5 +1,8 @@
 """Load a trained model for evaluation: from an MLflow run id (its `checkpoint/checkpoint.pt`
-artifact) or from a checkpoint path. The nets are rebuilt from the checkpoint's own config."""
+artifact) or from a checkpoint path. The nets are rebuilt from the checkpoint's own config.
+A net with a weight average in the checkpoint (EMA, pipeline/ema.py: the GAN's generator by
+default) gets the averaged weights: they are what the model samples and is evaluated with, and
+`LoadedModel.ema` says so for the evaluation's stamp."""
 from __future__ import annotations
 
 import tempfile
@@ -9,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import schema, tracking
+from pipeline import ema, schema, tracking
 from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
@@ -27,6 +30,8 @@ class LoadedModel:
     run_id: str | None      # the MLflow run the checkpoint belongs to (None: unknown)
     source: str             # where it came from, for messages and tags
     test: ImageData         # the dataset's test split (the reference split)
+    ema: str = "none"       # the nets holding averaged weights, e.g. "generator (decay 0.999,
+                            # 30 updates)", or "none": every net has its trained weights
 
 
 def download_checkpoint(run_id: str) -> dict:
@@ -54,9 +59,11 @@ def model_from_payload(payload: dict, device="cpu", source: str = "checkpoint") 
     test = load_config_split(d, "test")  # in-distribution: without data.exclude_classes
     nets, opts = build_nets(cfg, test, torch.device(device), 1)
     step = ckpt.restore(payload, nets, opts, source=source)
+    averaged = ckpt.use_averaged_weights(payload, nets, source)
     for net in nets.values():
         net.eval().requires_grad_(False)
-    return LoadedModel(cfg, nets, payload, step, payload.get("mlflow_run_id"), source, test)
+    return LoadedModel(cfg, nets, payload, step, payload.get("mlflow_run_id"), source, test,
+                       ema.describe(payload.get("ema")) if averaged else "none")
 
 
 def load_model(run_id: str | None = None, checkpoint: str | None = None,

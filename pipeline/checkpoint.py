@@ -1,4 +1,5 @@
-"""Checkpoints: model + optimizer states, step, config and MLflow run id in one torch file.
+"""Checkpoints: model + optimizer states, step, config and MLflow run id in one torch file,
+and the weight averages of the nets that keep one (pipeline/ema.py) under "ema".
 
 A checkpoint is untrusted input: it is read with weights_only=True, and a corrupt or mismatched
 one is a ConfigError (one line, exit 2), never a traceback.
@@ -19,11 +20,16 @@ FILENAME = "checkpoint.pt"
 FORMAT = 1  # bump when the payload's layout changes; load() refuses any other version
 
 
-def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_id: str) -> Path:
+def save(directory: str | Path, nets, optimizers, step: int, config: dict, run_id: str,
+         ema: dict | None = None) -> Path:
+    """ema: the weight averages' state (pipeline.ema.WeightAverage.state_dict()), if any; a
+    checkpoint without one (written before the EMA existed, or by a run without) still loads."""
     path = Path(directory) / FILENAME
     payload = {"format": FORMAT, "step": step, "config": config, "mlflow_run_id": run_id,
                "nets": {k: unwrap(v).state_dict() for k, v in nets.items()},
                "optimizers": {k: v.state_dict() for k, v in optimizers.items()}}
+    if ema is not None:
+        payload["ema"] = ema
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -78,3 +84,28 @@ def restore(payload: dict, nets, optimizers, source: str = "checkpoint") -> int:
         raise ConfigError(f"{source} does not match this model's shapes ({first}); "
                           f"resume with the config it was trained with") from None
     return int(payload["step"])
+
+
+def sampling_weights(payload: dict) -> dict[str, dict]:
+    """{net name: state dict} to sample and evaluate with: the averaged weights of the nets that
+    have an EMA in the checkpoint, the trained weights of the others."""
+    averaged = (payload.get("ema") or {}).get("nets") or {}
+    return {name: averaged.get(name, state) for name, state in payload["nets"].items()}
+
+
+def use_averaged_weights(payload: dict, nets, source: str = "checkpoint") -> list[str]:
+    """Load the checkpoint's EMA weights into those nets (after restore()); returns their
+    names, [] when the checkpoint has none."""
+    averaged = (payload.get("ema") or {}).get("nets") or {}
+    unknown = sorted(set(averaged) - set(nets))
+    if unknown:
+        raise ConfigError(f"{source} holds weight averages of {unknown}, which this model "
+                          f"does not have; pass a checkpoint genbench train wrote")
+    try:
+        for name, state in averaged.items():
+            unwrap(nets[name]).load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{source}: its weight average of {name} does not fit the model "
+                          f"({first}); pass a checkpoint genbench train wrote") from None
+    return sorted(averaged)

@@ -47,6 +47,10 @@ class TrainConfig:
     seed: int = 0
     conditional: bool = False        # learn p(x|y) instead of p(x)
     bf16: bool = True                # autocast on GPU only
+    # Decay of the exponential moving average of the weights that sampling and evaluation use
+    # (pipeline/ema.py). None: the family's default (the GAN's generator: 0.999; the others
+    # none); 0: no average; in (0, 1): this decay (every net of a family without a default).
+    ema_decay: float | None = None
     log_every: int = 20              # steps between metric points
     eval_every: int = 500            # steps between sample grids and validation metrics
     checkpoint_every: int = 200
@@ -163,6 +167,9 @@ class Config:
         if not t.checkpoint_min_interval_s >= 0:  # also refuses nan
             raise ConfigError(f"train.checkpoint_min_interval_s must be >= 0 seconds, got "
                               f"{t.checkpoint_min_interval_s}")
+        if t.ema_decay is not None and not 0 <= t.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1) (0: no weight average), "
+                              f"got {t.ema_decay}")
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must lie in [0, 1), got {self.data.val_fraction}")
         check_dataset_name(self.data.dataset)

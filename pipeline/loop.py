@@ -6,6 +6,8 @@ GPU, backward (DDP all-reduces gradients), optimizer step. Every log interval th
 are summed and all-reduced across ranks, and rank 0 queues them for MLflow (written by a
 background thread); every eval interval all ranks compute validation metrics on their shard of
 the validation split and rank 0 logs a sample grid. Ray hears from the loop only at checkpoints.
+Rank 0 keeps the weight averages (EMA, pipeline/ema.py) of the nets that have one, updated after
+each step; its sample grids and checkpoints carry them.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config
 from pipeline.data import ImageData, ShardedBatches, load_config_split
+from pipeline.ema import WeightAverage
 from pipeline.faults import Fault
 from pipeline.grids import grid_png, recon_pairs
 from pipeline.models import FAMILIES, can
@@ -91,6 +94,10 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
     steps = total_steps(cfg, batches.steps_per_epoch)
     nets, opts = build_nets(cfg, data, ctx.device, ctx.world)
     step = ckpt.restore(start, nets, opts) if start else 0
+    # Every rank holds the same weights: rank 0's averages are the run's (it checkpoints them)
+    averages = WeightAverage.for_run(cfg, nets) if ctx.rank == 0 else None
+    if averages is not None and start:
+        averages.load_state_dict(start.get("ema"))
     torch.manual_seed(t.seed * 7919 + ctx.rank + 104729 * step)  # noise differs across ranks
     use_bf16 = t.bf16 and ctx.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
@@ -113,6 +120,8 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             for k, v in out.items():
                 if k != "loss":  # kept on the device as they are: no kernel, no sync
                     values.setdefault(k, []).append(v.detach())
+        if averages is not None:
+            averages.update()
         step, count = step + 1, count + 1
         if fault is not None and step == fault.step:
             fault.fire()
@@ -142,7 +151,8 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             if logger is not None:
                 if scores:
                     logger.metrics(scores, step)
-                log_samples(cfg, nets, data, ctx, logger, step)
+                log_samples(cfg, nets if averages is None else {**nets, **averages.nets},
+                            data, ctx, logger, step)
             metrics.update(scores)
         metrics["step"] = step
         last = metrics
@@ -152,7 +162,8 @@ def fit(cfg: Config, ctx: Context, report: Callable[[dict, str | None], None],
             last_checkpoint = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 if ctx.rank == 0:
-                    ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id)
+                    ckpt.save(tmp, nets, opts, step, cfg.to_dict(), ctx.run_id,
+                              ema=averages.state_dict() if averages is not None else None)
                     if is_last and logger is not None:  # read now: queued before the report
                         logger.artifact(f"{tmp}/{ckpt.FILENAME}", "checkpoint")
                 report(metrics, tmp if ctx.rank == 0 else None)
@@ -237,7 +248,8 @@ def validation_metrics(cfg: Config, nets, val: ImageData | None, ctx: Context, a
 
 @torch.no_grad()
 def log_samples(cfg: Config, nets, data: ImageData, ctx: Context, logger, step: int) -> None:
-    """Rank 0: a sample grid (and reconstructions for AE/VAE) as MLflow image artifacts."""
+    """Rank 0: a sample grid (and reconstructions for AE/VAE) as MLflow image artifacts.
+    nets: the ones to sample from (fit() passes the weight averages where there are some)."""
     family = FAMILIES[cfg.model]
     n = family.GRID_SIZE
     gen = torch.Generator().manual_seed(0)

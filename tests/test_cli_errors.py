@@ -56,7 +56,7 @@ def clean(workdir, mlflow_uri):
 # --- config and argument errors (no Ray needed) -------------------------------------------
 
 BAD_ARGUMENTS = [
-    (["--model", "diffusion"], ["--model", "invalid choice", "'diffusion'", "--help"]),
+    (["--model", "score-sde"], ["--model", "invalid choice", "'score-sde'", "--help"]),
     (["--model", "ae", "--dataset", "imagenet"], ["unknown dataset 'imagenet'", "fashion-mnist"]),
     (["--model", "ae", "--set", "train.stepz=3"], ["unknown config key train.stepz",
                                                     "known keys"]),
@@ -91,9 +91,9 @@ def test_unknown_config_key_in_yaml(clean, capsys):
 
 
 def test_unknown_model_in_yaml(clean, capsys):
-    (clean / "c.yaml").write_text("model: flow\n")
+    (clean / "c.yaml").write_text("model: nope\n")
     code, err = run_cli([*TRAIN, "--config", str(clean / "c.yaml")], capsys)
-    assert_one_line_error(code, err, "unknown model 'flow'", "ae, vae, gan, pixelcnn")
+    assert_one_line_error(code, err, "unknown model 'nope'", "ae, vae, gan, pixelcnn")
 
 
 def test_negative_beta_in_yaml(clean, capsys):

@@ -42,7 +42,7 @@ def test_merge_layers_nested_sections():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"model": "diffusion"}, "unknown model 'diffusion'"),
+    ({"model": "score-sde"}, "unknown model 'score-sde'"),
     ({"train": {"stepz": 3}}, "unknown config key train.stepz"),
     ({"model": "ae", "vae": {"beta": 2}}, "unknown config section 'vae'"),
     ({"model": "vae", "vae": {"lr": 0}}, "vae.lr must be positive"),

@@ -11,7 +11,10 @@ TINY = {"ae": {"latent_dim": 4, "width": 4},
         "vae": {"latent_dim": 4, "width": 4},
         "gan": {"latent_dim": 4, "width": 4},
         "pixelcnn": {"channels": 8, "layers": 2, "kernel": 3, "head_channels": 8},
-        "transformer": {"d_model": 16, "layers": 1, "heads": 2, "mlp_ratio": 1}}
+        "transformer": {"d_model": 16, "layers": 1, "heads": 2, "mlp_ratio": 1},
+        "flow": {"hidden": 8, "couplings": 2},
+        "diffusion": {"width": 8, "levels": 2, "attention": False, "timesteps": 10,
+                      "sample_steps": 3, "nll_timesteps": 2}}
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 NUM_CLASSES = 10
 

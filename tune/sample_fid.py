@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from pipeline.checkpoint import sampling_weights
 from pipeline.config import Config
 from pipeline.data import ImageData
 from pipeline.models import FAMILIES
@@ -68,8 +69,9 @@ class SmallSampleFID:
 
         family = FAMILIES[self.cfg.model]
         nets = family.build(self.cfg.family, self.image_shape, self.num_classes)
+        weights = sampling_weights(payload)  # the EMA weights of the nets that keep one
         for name, net in nets.items():
-            net.to(self.device).load_state_dict(payload["nets"][name])
+            net.to(self.device).load_state_dict(weights[name])
             net.eval()  # BatchNorm on running statistics, as the loop's sample grids
         cuda = [self.device] if torch.device(self.device).type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # leave the training loop's RNG untouched

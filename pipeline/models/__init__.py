@@ -26,7 +26,11 @@ asks the family (its attributes, `can()`) and never tests its name. The contract
   optional: PUBLISHED (published numbers for the report, plain dicts; report/references.py),
     CURVE_PANELS (training-curve panels; report/plots.py), pixel_bits(cfg) (eval/likelihood.py),
     TINY ({Config field: value}: the tiny size the tests, the tiny checkpoints of
-    testing/evalkit.py and the benchmarks' --smoke train; a family without it: its defaults)
+    testing/evalkit.py and the benchmarks' --smoke train; a family without it: its defaults),
+    EMA ({net name: decay}: the nets that keep an exponential moving average of their weights
+    by default, e.g. {"generator": 0.999}; sampling and evaluation then use the averaged
+    weights. train.ema_decay overrides every decay, 0 turns the EMA off, and a value > 0 on a
+    family without EMA averages all its nets: see `ema_decays` and pipeline/ema.py)
 
 Where families come from: the built-ins below, families the user's own code registered in
 this process with `register(name, module)`, and installed packages that declare an entry point
@@ -88,7 +92,8 @@ def unregister(name: str) -> None:
     _ENTRY_POINTS.pop(name, None)
 
 
-BUILT_IN = ("ae", "vae", "gan", "pixelcnn", "transformer")   # pipeline/models/<name>.py each
+# pipeline/models/<name>.py each
+BUILT_IN = ("ae", "vae", "gan", "pixelcnn", "transformer", "flow", "diffusion")
 _REGISTRY.update({name: f"pipeline.models.{name}" for name in BUILT_IN})
 DEFAULT_FAMILY = "vae"   # the model of a config that names none
 
@@ -217,6 +222,20 @@ class _Families(Mapping):
 
 
 FAMILIES = _Families()
+
+
+def ema_decays(family, net_names, override: float | None = None) -> dict[str, float]:
+    """{net name: decay} of the nets that keep a weight average (pipeline/ema.py): the family's
+    EMA, each decay replaced by `override` (train.ema_decay) when it is given; override 0: none;
+    override > 0 on a family without EMA: every net in `net_names`."""
+    if isinstance(family, str):
+        family = get(family)
+    default = dict(getattr(family, "EMA", None) or {})
+    if override is None:
+        return default
+    if override == 0:
+        return {}
+    return {name: float(override) for name in (default or net_names)}
 
 
 def can(family, capability: str) -> bool:

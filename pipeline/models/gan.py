@@ -66,6 +66,10 @@ LIKELIHOOD = None
 LIKELIHOOD_NOTE = "a GAN has no likelihood"
 GRID_SIZE = 64
 TINY = {"width": 8, "latent_dim": 16}  # tests, --smoke: seconds on 2 cores
+# Samples come from an exponential moving average of G's weights (pipeline/ema.py): it damps
+# the oscillation of the game (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in
+# GAN Training", ICLR). train.ema_decay overrides the decay; 0 samples from the raw G.
+EMA = {"generator": 0.999}
 # Two D forwards (real, fake) before one backward: with BatchNorm, a DDP-wrapped D must not
 # broadcast buffers, or the second forward rewrites them in place (pytorch #175024).
 DDP_OPTIONS = {"discriminator": {"broadcast_buffers": False}}
