@@ -185,6 +185,7 @@ def test_tune_overhead(ray_local, private_env, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults
 def test_tracking_outage(capsys):
     """A real mlflow server down for 5 s under a real genbench train (its own Ray)."""
     from benchmarks import tracking_outage

@@ -254,6 +254,7 @@ def test_every_cluster_command_is_valid_shell(prepared):
 
 # --- the head's MLflow servers, for real ---------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_head_mlflow_commands_serve_ui_on_loopback_and_genbench_with_a_login(cluster_config,
                                                                               tmp_path,
                                                                               monkeypatch):
@@ -488,6 +489,7 @@ def run_id_from(output: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_train_spreads_two_workers_over_two_nodes(cluster):
     out = genbench(cluster, *TRAIN, "--workers", "2", "--address", cluster.address,
                    "--storage-path", str(cluster.tmp / "storage"), "--experiment", "cluster")
@@ -510,6 +512,7 @@ def test_train_spreads_two_workers_over_two_nodes(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_ray_job_submit_runs_genbench_train(cluster):
     # Token authentication is on: the job API refuses a request without the token.
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -532,6 +535,7 @@ def test_ray_job_submit_runs_genbench_train(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_a_shell_on_the_head_joins_the_running_cluster(cluster):
     # A driver that connected by itself (a bare ray.init() finds the `ray start` cluster through
     # its temp dir) and then calls genbench: a cluster it joined (it may autoscale). genbench's
@@ -545,6 +549,7 @@ def test_a_shell_on_the_head_joins_the_running_cluster(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_multi_node_run_without_shared_storage_is_refused(cluster):
     out = genbench(cluster, *TRAIN, "--workers", "2", "--address", cluster.address,
                    "--experiment", "cluster-no-storage", timeout=180)
@@ -559,6 +564,7 @@ def test_multi_node_run_without_shared_storage_is_refused(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults: the 2-node cluster
 def test_a_run_that_loses_a_node_for_45_s_finishes_when_it_returns(cluster):
     """Rank 0 pauses after step 25 (checkpoint at 20) of a 2-node run; the worker node is
     SIGKILLed whole and comes back 45 s later. Ray Train restarts the group once both nodes are

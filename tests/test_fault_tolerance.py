@@ -22,6 +22,7 @@ from pipeline.trainer import find_latest_checkpoint
 from pipeline.train import FAULT_TAG, RESUMED_TAG
 
 pytestmark = pytest.mark.slow
+fault_test = pytest.mark.fault  # make test-faults
 
 GENBENCH = [sys.executable, "-m", "genbench"]
 TINY = ["--model", "ae", "--workers", "2", "--set", "ae.width=8", "--set", "ae.latent_dim=8",
@@ -54,6 +55,7 @@ def check_finished(client: MlflowClient, run_id: str, steps: int, tmp_path: Path
     assert payload["step"] == steps and payload["mlflow_run_id"] == run_id
 
 
+@fault_test
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, workdir, mlflow_uri, capsys,
                                                     monkeypatch):
     """Rank 1 is SIGKILLed right after step 150 of 300 (checkpoints every 100): Ray restarts the
@@ -77,6 +79,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, workdir, mlflow_u
     assert "  step 300/300 | mse " in err
 
 
+@fault_test
 def test_worker_killed_before_the_first_checkpoint(ray_local, workdir, mlflow_uri, capsys,
                                                    monkeypatch):
     """Rank 1 is SIGKILLed at step 150 of 300 with no checkpoint yet: Ray restarts the group
@@ -92,6 +95,7 @@ def test_worker_killed_before_the_first_checkpoint(ray_local, workdir, mlflow_ur
     check_exactly_once(client, run.info.run_id, 300, 10)
 
 
+@fault_test
 def test_stalled_rank_restarts_the_group(ray_local, workdir, mlflow_uri, capsys, monkeypatch):
     """Rank 1 is SIGSTOPped right after step 150 of 300 (checkpoints every 100): alive but
     silent, it holds rank 0 in the next gradient all-reduce until train.collective_timeout_s
@@ -146,6 +150,7 @@ def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300)
         time.sleep(0.2)
 
 
+@fault_test
 def test_resume_an_interrupted_run_whose_newest_checkpoint_is_torn(ray_local, workdir,
                                                                    mlflow_uri, capsys):
     """The driver is SIGKILLed while rank 0 pauses after step 45 (checkpoints every 20), and
@@ -181,6 +186,7 @@ def test_resume_an_interrupted_run_whose_newest_checkpoint_is_torn(ray_local, wo
     check_exactly_once(client, run_id, 60, 10)
 
 
+@fault_test
 @pytest.mark.parametrize("seed", [1, 2])
 def test_driver_killed_at_a_random_moment_then_resumed(ray_local, workdir, mlflow_uri, capsys,
                                                        seed):

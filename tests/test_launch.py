@@ -23,7 +23,7 @@ from genbench.cli import main
 from pipeline import tracking
 from pipeline.train import FAULT_TAG, RESUMED_TAG
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # make test-faults
 
 STEPS = 40
 GENBENCH = [sys.executable, "-m", "genbench"]

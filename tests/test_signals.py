@@ -19,7 +19,7 @@ from genbench.cli import main
 from pipeline.faults import ENV
 from pipeline.train import FAULT_TAG, RESUMED_TAG
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # make test-faults
 
 TINY = ["--model", "ae", "--workers", "2", "--set", "ae.width=8", "--set", "ae.latent_dim=8",
         "--set", "train.batch_size=16", "--set", "train.log_every=10",

@@ -138,6 +138,7 @@ class Lines(threading.Thread):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # make test-faults
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, workdir,
                                                                       mlflow_uri, stop):
