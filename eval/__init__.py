@@ -1,7 +1,12 @@
 """Evaluation of trained runs (`genbench eval`): the metrics, and the generative-vs-discriminative
 study in eval/ood/. The report that reads them is the top-level package report/.
 
-    run.py          orchestration: load, sample, score, log into the run's MLflow run
+    run.py          orchestration: load, run the selected metrics, log one evaluation record
+                    (a nested MLflow run of the evaluated run) and the numbers into the run
+    metrics/        the metric registry (__init__.py: name, label, direction, needs, stamps,
+                    compute; register(); the genbench.metrics entry points) and the built-ins'
+                    computes: fidelity, likelihood, probe, study (ood, bayes); context.py is
+                    what a compute gets
     load.py         a model from an MLflow run id or a checkpoint path
     samples.py      batched sampling (labels from class frequencies for conditional models)
     extractors.py   feature extractors for torch-fidelity: `domain` and `inception`

@@ -1,4 +1,5 @@
-"""Sample-quality metrics from features: FID, Inception Score, KID and precision/recall.
+"""Sample-quality metrics from features: FID, Inception Score, KID, precision/recall, and
+density/coverage (eval/density_coverage.py, on the FID features).
 
 Features come from an Extractor (eval/extractors.py) run here in batches with a progress bar;
 the metrics are torch-fidelity's own feature-level functions, so numbers match its
@@ -15,19 +16,21 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import (KEY_METRIC_PRECISION, KEY_METRIC_RECALL,
                                        prc_features_to_metric)
 
+from eval.density_coverage import density_coverage
 from eval.domain_classifier import to_rgb_uint8
 from eval.extractors import Extractor
 from eval.progress import bar
 from pipeline import schema
 from pipeline.errors import ConfigError
 
-FIDELITY_METRICS = ("fid", "is", "kid", "prc")
+FIDELITY_METRICS = ("fid", "is", "kid", "prc", "dc")
 TF_METRIC = {"fid": "fid", "is": "isc", "kid": "kid", "prc": "prc"}  # our name -> torch-fidelity's
 # torch-fidelity's defaults, so a number here equals its CLI's on the same features.
 IS_SPLITS = 10
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
+DC_NEIGHBORHOOD = 5   # Naeem et al.'s k for density/coverage (DEFAULT_K there)
 RNG_SEED = 2020
 
 
@@ -106,6 +109,10 @@ def fidelity_metrics(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor
     if "prc" in metrics:
         p, r = precision_recall(fake[layer["prc"]], real[layer["prc"]])
         out[key("precision")], out[key("recall")] = p, r
+    if "dc" in metrics:  # on the FID features, as the paper computes them
+        dc = density_coverage(real=real[layer["fid"]], fake=fake[layer["fid"]],
+                              k=DC_NEIGHBORHOOD)
+        out[key("density")], out[key("coverage")] = dc.density, dc.coverage
     return out
 
 

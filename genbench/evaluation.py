@@ -32,12 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "confidence interval for FID and KID from B resamples of the feature sets "
                    "(fid_<extractor>_ci_low/_ci_high)")
     p.add_argument("--metrics", type=comma_list, default=None,
-                   help="comma list of fid,is,kid,prc,bpd,probe,ood,bayes (default: all that "
-                   "apply of fid,is,kid,prc,bpd,probe: FID/IS/KID/PR need a sampler; bpd a "
-                   "likelihood, exact or a bound (families that only reconstruct report "
-                   "mse_test/psnr_test); probe an encoder. ood: AUROC/AUPR/FPR@95 of the "
-                   "family's scores and the domain classifier's max softmax against OOD sets; "
-                   "bayes: p(y|x) by Bayes' rule for a conditional likelihood model)")
+                   help="comma list of fid,is,kid,prc,dc,bpd,probe,ood,bayes (default: all that "
+                   "apply of fid,is,kid,prc,dc,bpd,probe: FID/IS/KID/PR and density/coverage "
+                   "(dc) need a sampler; bpd a likelihood, exact or a bound (families that "
+                   "only reconstruct report mse_test/psnr_test); probe an encoder. ood: "
+                   "AUROC/AUPR/FPR@95 of the family's scores and the domain classifier's max "
+                   "softmax against OOD sets; bayes: p(y|x) by Bayes' rule for a conditional "
+                   "likelihood model; any metric registered in eval/metrics/ or by a "
+                   "genbench.metrics entry point). "
+                   "Each eval is logged as its own record, a nested MLflow run of the run")
     p.add_argument("--extractor", type=comma_list, default=("domain",),
                    help="feature extractor(s) for FID/IS/KID/PR: domain (a small classifier "
                    "trained on the dataset, offline; default) or inception (torch-fidelity's "

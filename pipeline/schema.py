@@ -18,7 +18,8 @@ TUNE = "tune"              # a sweep's parent run
 TUNE_TRIAL = "tune-trial"  # one trial of a sweep, a child of the parent
 SCALING = "scaling"        # the bench's scaling runs (one family, 1, 2, ... workers)
 REPORT = "report"          # `genbench report`'s own run
-KINDS = (TRAIN, EVAL, EXTERNAL, TUNE, TUNE_TRIAL, SCALING, REPORT)
+EVALUATION = "evaluation"  # one `genbench eval`'s immutable record, nested under the run it read
+KINDS = (TRAIN, EVAL, EXTERNAL, TUNE, TUNE_TRIAL, SCALING, REPORT, EVALUATION)
 
 
 def kind(tags: dict) -> str:
@@ -78,7 +79,27 @@ SCALING_TARGET = "genbench.scaling.target"   # the preset's target validation me
 # --- the report's own run -------------------------------------------------------------------------
 REPORT_OF = "genbench.report_of"   # comma list of the runs in the report's main table
 
-# --- eval's protocol stamps (tags, so a re-evaluation can record its own) -------------------------
+# --- evaluation records ---------------------------------------------------------------------------
+# Each `genbench eval` is a run of its own (kind EVALUATION), a child of the evaluated run: its
+# protocol stamps (below) are its params, which MLflow never lets change, its numbers its
+# metrics. The evaluated run gets the same numbers and, as tags, the latest evaluation's stamps
+# and the id of its record (EVAL_RECORD): a convenience the next evaluation overwrites.
+PARENT_RUN = "mlflow.parentRunId"   # MLflow's own nesting tag (the UI shows children under it)
+EVAL_RECORD = "genbench.eval_record"
+
+
+def record_tags(parent_run_id: str, parent_tags: dict) -> dict:
+    """The tags of an evaluation record of the run parent_run_id."""
+    tags = {KIND: EVALUATION, PARENT_RUN: parent_run_id}
+    tags.update({k: parent_tags[k] for k in (MODEL, DATASET) if k in parent_tags})
+    return tags
+
+
+def parent_of(tags: dict) -> str:
+    return tags.get(PARENT_RUN, "")
+
+
+# --- eval's protocol stamps (params of the record; tags of the evaluated run) ---------------------
 EVAL_PREFIX = "eval."
 # params and tags that stamp how a metric was measured: the report's protocol table
 PROTOCOL_PREFIXES = (EVAL_PREFIX, "protocol.", "fidelity.", "likelihood.", "probe.", "floor.")

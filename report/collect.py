@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import schema, tracking
 from report.data import IMAGE_DIRS, FamilyRow, Image, ReportData, SeedRun, eval_metric, kind
 from report.plots import training_curves_png
+from report.records import evaluated, records_by_parent
 from report.sweeps import sweep
 from report.tables import by_family, discover_columns, fill_cells, floor_table, seed_table
 
@@ -26,6 +27,11 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     if exp_id is None:
         return None
     runs = tracking.search_runs(exp_id, uri=uri)
+    records = records_by_parent(runs)
+    # each run as the report reads it: every number from the newest evaluation that made it,
+    # with that evaluation's stamps (report/records.py)
+    runs = [evaluated(r, records.get(r.info.run_id, [])) if kind(r) != schema.EVALUATION else r
+            for r in runs]
     families = families or tuple(FAMILIES)
     missing: list[str] = []
     train = [r for r in runs if kind(r) == schema.TRAIN]
@@ -85,13 +91,44 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,
-        protocol=by_family(rows, lambda row: {k: v for k, v in {**row.params, **row.tags}.items()
-                                              if k.startswith(schema.PROTOCOL_PREFIXES)
-                                              and not k.startswith(schema.OOD_TAG_PREFIXES)}),
+        protocol=by_family(rows, protocol_stamps),
         versions=by_family(rows, lambda row: {k: row.tags[k] for k in schema.VERSION_TAGS
                                               if k in row.tags}),
         sweeps=sweeps, runs=[run_summary(r) for r in runs if kind(r) != schema.REPORT],
         missing=missing)
+
+
+# what an evaluation computed, not how: the list of every metric name it logged, and --metrics
+NOT_PROTOCOL = (schema.eval_tag("metrics"), schema.eval_tag("selected"))
+
+
+def protocol_stamps(row: FamilyRow) -> dict:
+    """The stamps of the evaluations behind the row's main-table numbers (its run's own params
+    and tags for numbers no record holds). A stamp two evaluations set differently is shown
+    with each evaluation's id, never as one value."""
+    in_use: dict[str, dict] = {}      # record id ("" for the run itself) -> stamps
+    for key in row.metrics:
+        if eval_metric(key) or key.startswith(schema.FLOOR_PREFIX):
+            source = row.sources.get(key)
+            rid = source.record_id if source else ""
+            if rid not in in_use:
+                in_use[rid] = source.stamps if source else {**row.params, **row.tags}
+    if not in_use:
+        in_use[""] = {**row.params, **row.tags}
+    values: dict[str, dict[str, str]] = {}   # stamp -> {value: record ids}
+    for rid, stamps in in_use.items():
+        for k, v in stamps.items():
+            if k.startswith(schema.PROTOCOL_PREFIXES) and not k.startswith(
+                    schema.OOD_TAG_PREFIXES) and k not in NOT_PROTOCOL:
+                values.setdefault(k, {}).setdefault(v, []).append(rid)
+    out = {}
+    for k, by_value in values.items():
+        if len(by_value) == 1:
+            out[k] = next(iter(by_value))
+        else:
+            out[k] = " | ".join(f"{v} (evaluation {', '.join(r[:8] or 'tags' for r in rids)})"
+                                for v, rids in by_value.items())
+    return out
 
 
 def run_summary(run) -> dict:
@@ -135,10 +172,12 @@ def family_row(fam: str, runs: list, experiment: str, uri: str, with_images: boo
     row = FamilyRow(fam, rid, run.info.run_name or "", run.info.status,
                     run.data.tags.get(schema.DATASET, run.data.params.get("data.dataset", "?")),
                     dict(run.data.metrics), dict(run.data.params), dict(run.data.tags),
-                    external=kind(run) == schema.EXTERNAL)
+                    external=kind(run) == schema.EXTERNAL,
+                    sources=dict(getattr(run, "sources", {})))
     group = seed_group(run, runs)
     row.seeds = [SeedRun(r.data.params.get(SEED_PARAM, "?"), r.info.run_id, dict(r.data.metrics),
-                         dict(r.data.params), dict(r.data.tags)) for r in group]
+                         dict(r.data.params), dict(r.data.tags),
+                         dict(getattr(r, "sources", {}))) for r in group]
     newer = [r for r in runs if r.info.start_time > run.info.start_time]
     for r in newer:
         row.notes.append(f"a newer run {r.info.run_id} is {r.info.status}, so the table shows "

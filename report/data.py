@@ -2,10 +2,12 @@
 of the metrics it knows, and how numbers are written. collect.py fills it from MLflow, tables.py
 builds the tables, sweeps.py reads the sweeps; metric keys and tag names are pipeline/schema.py's.
 
-Driven by what MLflow holds rather than by fixed lists: a metric named `<fid|is|kid|precision|
-recall>_<extractor>` becomes a column under that extractor, `floor_<metric>` goes to the floor
-table, `*_test` and `probe_*` to the likelihood/encoder columns, and params or tags under the
-protocol prefixes to the protocol table; names added later show up without changes here.
+Driven by what MLflow holds and by the metric registry (eval/metrics/), never by metric names
+spelled here: a logged key that a registered metric claims becomes a column with that metric's
+label, direction and stamps (sample-quality keys `<metric>_<extractor>` one column per extractor
+and protocol), `floor_<metric>` goes to the floor table, and stamps under the protocol prefixes
+to the protocol table; a metric registered later shows up without changes here. Each number is
+read with the stamps of the evaluation record that made it (report/records.py).
 Anything that is missing (a family never trained, a failed run, no eval, no sweep) is recorded
 as a sentence for the report to show, never an exception.
 """
@@ -14,18 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from eval import metrics as registry
 from pipeline import schema
+from report.records import base_key
 
 # The order of the sample-quality columns: KID beside FID, since FID is biased by n and KID is
 # not, so the pair shows how much of a gap is bias.
 FIDELITY = schema.FIDELITY
-LIKELIHOOD_ORDER = (schema.BPD_TEST, schema.BPD_BINARIZED_TEST, schema.NLL_TEST, schema.MSE_TEST,
-                    schema.PSNR_TEST, schema.PROBE_ACCURACY)
-# bpd_binarized_test: a Bernoulli decoder on 1-bit data (uniform = 1.0), never beside 8-bit bpd
-LABELS = {schema.BPD_TEST: "bits/dim", schema.BPD_BINARIZED_TEST: "bits/dim, binarized data "
-          "(1-bit)", schema.NLL_TEST: "NLL nats", schema.MSE_TEST: "MSE", schema.PSNR_TEST:
-          "PSNR dB", schema.PROBE_ACCURACY: "probe acc.", "fid": "FID", "is": "IS", "kid": "KID",
-          "precision": "precision", "recall": "recall"}
 IMAGE_DIRS = ("samples", "reconstructions")  # first one a run has is its grid
 
 
@@ -42,6 +39,7 @@ class Cell:
     key: str = ""              # MLflow metric / param behind it
     value: float | None = None  # the exact number (HTML data-value), None when not a number
     note: str = ""             # tooltip / footnote
+    record: str = ""           # the evaluation record the number came from (its MLflow run)
 
 
 @dataclass
@@ -51,9 +49,14 @@ class Column:
     group: str
     id: str = ""                      # unique among the table's columns (default: key)
     protocol: tuple | None = None     # sample-quality columns: every value in it has this one
+    direction: str = ""               # "lower" / "higher" is better (the header's arrow)
 
     def __post_init__(self):
         self.id = self.id or self.key
+
+    @property
+    def arrow(self) -> str:
+        return registry.ARROWS.get(self.direction, "")
 
 
 @dataclass
@@ -64,6 +67,7 @@ class SeedRun:
     metrics: dict
     params: dict
     tags: dict
+    sources: dict = field(default_factory=dict)    # metric key -> records.Source
 
     @property
     def stamps(self) -> dict:
@@ -88,6 +92,7 @@ class FamilyRow:
     curves: Image | None = None
     refs: list = field(default_factory=list)       # (column id, Reference)
     notes: list[str] = field(default_factory=list)
+    sources: dict = field(default_factory=dict)    # metric key -> records.Source
 
 
 @dataclass
@@ -145,9 +150,8 @@ def fmt(value) -> str:
 
 
 def label(key: str) -> str:
-    """fid_domain -> "FID (domain)"; bpd_test -> "bits/dim"."""
-    parsed = schema.parse_fidelity_key(key)
-    return f"{LABELS[parsed[0]]} ({parsed[1]})" if parsed else LABELS.get(key, key)
+    """fid_domain -> "FID (domain)"; bpd_test -> "bits/dim": the registered metric's label."""
+    return registry.label(key)
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -162,9 +166,8 @@ def kind(run) -> str:
 
 
 def eval_metric(key: str) -> bool:
-    key = key.removesuffix(schema.CI_SUFFIXES[0]).removesuffix(schema.CI_SUFFIXES[1])
-    return bool(schema.parse_fidelity_key(strip_std(key))) or key.endswith("_test") or \
-        key.startswith("probe_")
+    """A key of the results table: one a registered metric logs (spreads and intervals too)."""
+    return registry.main_table_key(base_key(strip_std(key)))
 
 
 def strip_std(key: str) -> str:

@@ -18,6 +18,7 @@ from eval.ood.scores import LABELS as SCORE_LABELS
 from eval.ood.sets import SETS
 from pipeline import schema, tracking
 from report.data import Cell, Image, fmt
+from report.records import source_of, stamps_of
 
 SET_LABELS = {"unseen": "unseen class", "digits": "digits (sklearn)", "mnist": "MNIST",
               "noise": "noise", "constant": "constant", "flipped": "flipped", "inverted":
@@ -82,6 +83,17 @@ def aurocs(run) -> dict[tuple[str, str], float]:
     return out
 
 
+def stamp_note(run, score: str, name: str) -> tuple[str, str]:
+    """How one AUROC was measured, from the stamps of the evaluation that logged it, and that
+    evaluation's record id ("" for a number no record holds)."""
+    key = schema.ood_key("auroc", name, score)
+    stamps = stamps_of(run, key)
+    parts = [f"{what}: {stamps[k]}" for k, what in schema.OOD_STAMPS.items() if k in stamps]
+    source = source_of(run, key)
+    return "; ".join(parts + [f"evaluation {source.record_id[:8]}" if source else
+                              f"run {run.info.run_id[:8]}"]), source.record_id if source else ""
+
+
 def sentence(score: str, values: dict[str, float], raw: dict[str, float] | None = None) -> str:
     """What a row of AUROCs shows, in one sentence. raw: the same family's raw bits/dim row, to
     say whether a corrected score fixes a failure of the raw likelihood."""
@@ -130,6 +142,7 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
         unseen = newest([r for r in fam_runs if excluded(r)])
         cond = newest([r for r in plain if conditional(r) and r is not main])
         per: dict[str, dict[str, float]] = {}
+        stamp_notes: dict[tuple[str, str], tuple] = {}  # (score, set) -> (stamps, record id)
         sources = []
         for run, sets in ((main, None), (unseen, {"unseen"})):
             if run is None:
@@ -139,15 +152,18 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
                 if sets is not None and name not in sets:
                     continue
                 if score == "msp":
-                    classifier.setdefault(name, (v, run.info.run_id[:8]))
+                    classifier.setdefault(name, (v, run.info.run_id[:8],
+                                                 stamp_note(run, score, name)))
                     continue
                 per.setdefault(score, {})[name] = v
+                stamp_notes[(score, name)] = stamp_note(run, score, name)
             if with_images:
                 image = histogram_image(run, fam + ("_unseen" if sets else ""), uri)
                 if image:
                     images.append(image)
         if cond is not None:
             values = {n: v for (s, n), v in aurocs(cond).items() if s == "bpd"}
+            stamp_notes.update({("px", n): stamp_note(cond, "bpd", n) for n in values})
             if values:
                 per["px"] = values
                 sources.append(cond.info.run_id[:8])
@@ -157,15 +173,17 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
                      else f"{fam} · {SCORE_LABELS[score]}")
             values = per[score]
             seen_sets.update(values)
-            rows.append(OODRow(label, fam, score, auroc_cells(values), sentence(
+            rows.append(OODRow(label, fam, score, auroc_cells(values, {
+                n: stamp_notes.get((score, n), ("", "")) for n in values}), sentence(
                 "bpd" if score == "px" else score, values, raw), ", ".join(sources)))
     if classifier:
-        values = {n: v for n, (v, _) in classifier.items()}
+        values = {n: v for n, (v, _, _) in classifier.items()}
         seen_sets.update(values)
         label = "domain classifier · max softmax"
-        rows.append(OODRow(label, "classifier", "msp", auroc_cells(values),
+        rows.append(OODRow(label, "classifier", "msp", auroc_cells(
+            values, {n: note for n, (_, _, note) in classifier.items()}),
                            sentence("msp", values),
-                           ", ".join(sorted({r for _, r in classifier.values()}))))
+                           ", ".join(sorted({r for _, r, _ in classifier.values()}))))
     sets = [s for s in SETS if s in seen_sets]
     for row in rows:
         for s in sets:
@@ -174,15 +192,21 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
     return OODSection(sets, rows, bayes_rows(train_runs, families), images, notes)
 
 
-def auroc_cells(values: dict[str, float]) -> dict[str, Cell]:
-    """{set: Cell}, keyed ood_auroc_<set> (the row names the score)."""
-    return {s: Cell(f"{v:.3f}", f"{schema.OOD_PREFIX}auroc_{s}", v,
-                    "rejects" if v >= GOOD else ("worse than chance" if v < BAD else "partly"))
-            for s, v in values.items()}
+def auroc_cells(values: dict[str, float], stamps: dict[str, tuple] | None = None
+                ) -> dict[str, Cell]:
+    """{set: Cell}, keyed ood_auroc_<set> (the row names the score); the note says what the
+    value shows and, from stamps ({set: (note, record id)}), how its evaluation measured it."""
+    stamps = stamps or {}
+    return {s: Cell(f"{v:.3f}", f"{schema.OOD_PREFIX}auroc_{s}", v, "; ".join(x for x in (
+        "rejects" if v >= GOOD else ("worse than chance" if v < BAD else "partly"),
+        stamps.get(s, ("", ""))[0]) if x), stamps.get(s, ("", ""))[1])
+        for s, v in values.items()}
 
 
 def histogram_image(run, name: str, uri: str) -> Image | None:
-    path = run.data.tags.get(schema.figure_tag("ood"))
+    """The histograms of the newest evaluation that logged the run's OOD numbers."""
+    keys = [k for k in run.data.metrics if k.startswith(schema.OOD_PREFIX)]
+    path = stamps_of(run, keys[0]).get(schema.figure_tag("ood")) if keys else None
     if not path:
         return None
     try:
@@ -196,15 +220,23 @@ def histogram_image(run, name: str, uri: str) -> Image | None:
 
 
 def protocol_notes(runs: list) -> list[str]:
+    """The OOD stamps of the evaluations whose numbers the section shows (each AUROC's own
+    are in its cell's note)."""
     out = []
     stamps = {}
     for r in runs:
-        for key in schema.OOD_STAMPS:
-            if key in r.data.tags:
-                stamps.setdefault(key, set()).add(r.data.tags[key])
-        for key, value in r.data.tags.items():
-            if key.startswith(schema.ood_set_tag("")) and value.startswith("skipped"):
-                stamps.setdefault(key, set()).add(value)
+        used = {}   # record id -> stamps, for the evaluations behind this run's OOD numbers
+        for k in r.data.metrics:
+            if k.startswith((schema.OOD_PREFIX, schema.BAYES + "_", schema.CLASSIFIER + "_")):
+                source = source_of(r, k)
+                used[source.record_id if source else ""] = stamps_of(r, k)
+        for found in used.values():
+            for key in schema.OOD_STAMPS:
+                if key in found:
+                    stamps.setdefault(key, set()).add(found[key])
+            for key, value in found.items():
+                if key.startswith(schema.ood_set_tag("")) and value.startswith("skipped"):
+                    stamps.setdefault(key, set()).add(value)
     for key, values in sorted(stamps.items()):
         what = schema.OOD_STAMPS.get(key, f"set {key.rsplit('.', 1)[-1]}")
         out.append(f"{what}: {'; '.join(sorted(values))}")

@@ -176,9 +176,9 @@ def environment(autoescape: bool) -> jinja2.Environment:
     return env
 
 
-def column_groups(data: ReportData) -> list[tuple[str, int]]:
+def column_groups(columns: list) -> list[tuple[str, int]]:
     groups: list[tuple[str, int]] = []
-    for col in data.columns:
+    for col in columns:
         if groups and groups[-1][0] == col.group:
             groups[-1] = (col.group, groups[-1][1] + 1)
         else:
@@ -186,9 +186,27 @@ def column_groups(data: ReportData) -> list[tuple[str, int]]:
     return groups
 
 
+def results_tables(data: ReportData) -> list[dict]:
+    """The HTML results as several narrow tables instead of one wide one (a 1400-px window
+    shows each whole): the likelihood, encoder and other metrics with the training columns,
+    then one table per sample-quality protocol, titled with that protocol. Each:
+    {"title", "columns", "groups": [(group, number of columns)]}."""
+    first = [c for c in data.columns if c.protocol is None]
+    tables = [{"title": "", "columns": first}] if first else []
+    for col in data.columns:
+        if col.protocol is not None:
+            if not tables or tables[-1]["columns"][0].protocol is None \
+                    or tables[-1]["title"] != col.group:
+                tables.append({"title": col.group, "columns": []})
+            tables[-1]["columns"].append(col)
+    for table in tables:
+        table["groups"] = column_groups(table["columns"])
+    return tables
+
+
 def render_html(data: ReportData) -> str:
-    return environment(True).get_template("report.html.j2").render(d=data,
-                                                                   groups=column_groups(data))
+    return environment(True).get_template("report.html.j2").render(
+        d=data, groups=column_groups(data.columns), tables=results_tables(data))
 
 
 def render_markdown(data: ReportData) -> str:

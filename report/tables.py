@@ -5,10 +5,25 @@ from __future__ import annotations
 
 import statistics
 
+from eval import metrics as registry
 from pipeline import schema
 from report import references
-from report.data import (FIDELITY, LABELS, LIKELIHOOD_ORDER, Cell, Column, FamilyRow, eval_metric,
-                         fmt, fmt_seconds, label, std_of)
+from report.data import (FIDELITY, Cell, Column, FamilyRow, eval_metric, fmt, fmt_seconds, label,
+                         std_of)
+from report.records import source_of, stamps_of
+
+LIKELIHOOD_GROUP = "likelihood & encoder"   # bits/dim, its stand-ins and the probe
+BUILT_IN_GROUP = {"bpd": LIKELIHOOD_GROUP, "probe": LIKELIHOOD_GROUP}
+PLUG_IN_GROUP = "more metrics"              # registered metrics other than the built-ins
+
+
+def output_order(key: str) -> tuple:
+    """Registry order: metrics in the order they are registered, outputs as each declares."""
+    order = [(m, o.key) for m in registry.all_metrics() for o in m.outputs]
+    found = registry.output_of(key)
+    if found is None:
+        return (len(order), key)
+    return (order.index((found[0], found[1].key)), key)
 
 
 def fidelity_protocol(stamps: dict, metric: str) -> tuple:
@@ -36,19 +51,20 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
     with its n, never a place in the same column."""
     keys = {k for row in rows for s in row.seeds or [row] for k in s.metrics
             if eval_metric(k) and schema.STD not in k and not k.endswith(schema.CI_SUFFIXES)}
-    likelihood = sorted((k for k in keys if not schema.parse_fidelity_key(k)),
-                        key=lambda k: (LIKELIHOOD_ORDER.index(k) if k in LIKELIHOOD_ORDER
-                                       else len(LIKELIHOOD_ORDER), k))
-    cols = [Column(k, LABELS.get(k, k), "likelihood & encoder") for k in likelihood]
+    likelihood = sorted((k for k in keys if not schema.parse_fidelity_key(k)), key=output_order)
+    cols = [Column(k, label(k), BUILT_IN_GROUP.get(registry.output_of(k)[0].name,
+                                                   PLUG_IN_GROUP), direction=registry.direction(k))
+            for k in likelihood]
     if schema.BPD_TEST not in likelihood:  # always show the (8-bit) bits/dim column
-        cols.insert(0, Column(schema.BPD_TEST, LABELS[schema.BPD_TEST], "likelihood & encoder"))
+        cols.insert(0, Column(schema.BPD_TEST, label(schema.BPD_TEST), LIKELIHOOD_GROUP,
+                              direction=registry.direction(schema.BPD_TEST)))
     protocols: dict[str, dict[tuple, set]] = {}   # ext -> protocol -> metrics measured so
     for row in rows:
         for run in row.seeds or [row]:
             for k in run.metrics:
                 parsed = schema.parse_fidelity_key(k)  # (fid_domain_ci_low: None, no column)
                 if parsed and schema.STD not in k:
-                    stamps = {**run.params, **run.tags}
+                    stamps = stamps_of(run, k)
                     protocols.setdefault(parsed[1], {}).setdefault(
                         fidelity_protocol(stamps, k), set()).add(parsed[0])
     for ext in sorted(protocols, key=lambda e: (e != "inception", e)):
@@ -63,7 +79,8 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
                 if metric in by_protocol[p]:
                     key = schema.fidelity_key(metric, ext)
                     col_id = f"{key}@{'-'.join(str(x)[:8] for x in p)}" if several else key
-                    cols.append(Column(key, LABELS[metric], group, col_id, p))
+                    cols.append(Column(key, registry.label(key).split(" (")[0], group, col_id,
+                                       p, registry.direction(key)))
     cols += [Column("train.total_steps", "steps", "training"),
              Column("wall_seconds", "wall time", "training"),
              Column("images_per_s_median", "images/s", "training"),
@@ -74,20 +91,10 @@ def discover_columns(rows: list[FamilyRow]) -> list[Column]:
 
 def applicable(fam: str, key: str) -> bool:
     """Whether a family can have this metric at all (GAN bits/dim: no, and never zero)."""
-    from pipeline.models import FAMILIES, can
+    from pipeline.models import FAMILIES
 
     module = FAMILIES.get(fam)
-    if module is None:
-        return True
-    if key.startswith(("bpd", "nll")):
-        return can(module, "nll")
-    if key.startswith("probe"):
-        return can(module, "encode")
-    if key.startswith(("mse", "psnr")):  # eval's stand-in for a likelihood, where none exists
-        return can(module, "reconstruct") and not can(module, "nll")
-    if schema.parse_fidelity_key(key):
-        return can(module, "sample")
-    return True
+    return True if module is None else registry.applicable(module, key)
 
 
 OTHER_PROTOCOL = "measured under another protocol: see its own column"
@@ -121,15 +128,24 @@ def as_int(text) -> int | None:
 def measured(runs: list, col: Column) -> list:
     """The runs that have this column's metric under this column's protocol."""
     return [r for r in runs if r.metrics.get(col.key) is not None and (
-        col.protocol is None or fidelity_protocol({**r.params, **r.tags}, col.key) == col.protocol)]
+        col.protocol is None or fidelity_protocol(stamps_of(r, col.key), col.key) == col.protocol)]
 
 
 def stamp_of(run, key: str) -> str:
-    """eval's own description of how a metric was measured, e.g. eval.bpd = 'IWAE bound, k=16'."""
-    parts = [run.tags.get(schema.eval_tag(key.split("_")[0]), "")]
-    if key.startswith("bpd"):
-        parts.append(run.tags.get(schema.eval_tag("bpd", "data"), ""))
-    return "; ".join(p for p in parts if p)
+    """How a number was measured, from the stamps its metric declares (registry), read from
+    the evaluation that made it: 'IWAE bound, k=16; k=16; images=300 ...; evaluation 1a2b3c4d'."""
+    stamps = stamps_of(run, key)
+    parts = []
+    for tag in registry.stamp_fields(key):
+        value = stamps.get(tag)
+        if value:
+            field = tag.rsplit(".", 1)[-1]
+            parts.append(value if tag == schema.eval_tag(key.split("_")[0]) else
+                         f"{field}={value}")
+    source = source_of(run, key)
+    if source is not None:
+        parts.append(f"evaluation {source.record_id[:8]}")
+    return "; ".join(dict.fromkeys(parts))
 
 
 def metric_cell(runs: list, key: str, col: Column) -> Cell:
@@ -143,13 +159,14 @@ def metric_cell(runs: list, key: str, col: Column) -> Cell:
         low, high = (m.get(k) for k in schema.ci_keys(key))
         if low is not None and high is not None:  # eval --bootstrap
             text += f" [{fmt(low)}, {fmt(high)}]"
-        return Cell(text, key, values[0], "; ".join(x for x in (
-            stamp_of(runs[0], key), runs[0].tags.get(
-                schema.extractor_tag(schema.extractor_of(key), "bootstrap"), "")) if x))
+        source = source_of(runs[0], key)
+        return Cell(text, key, values[0], stamp_of(runs[0], key),
+                    source.record_id if source else "")
     mean, sd = statistics.fmean(values), statistics.stdev(values)
     each = "; ".join(f"seed {r.seed}: {fmt(v)}" for r, v in zip(runs, values))
     return Cell(f"{fmt(mean)} ± {sd:.2g} ({len(runs)} seeds)", key, mean,
-                f"mean ± sample std over {len(runs)} seeds ({each}); {stamp_of(runs[0], key)}")
+                f"mean ± sample std over {len(runs)} seeds ({each}); "
+                f"{'; '.join(dict.fromkeys(stamp_of(r, key) for r in runs))}")
 
 
 def cell(row: FamilyRow, col: Column) -> Cell:
@@ -200,31 +217,38 @@ def seed_table(rows: list[FamilyRow], columns: list[Column]) -> list:
 
 
 def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:
-    """Real-vs-real metrics; one row per distinct set of values, labelled with the protocol it
-    was measured under (the floor moves with n as the models' numbers do)."""
+    """Real-vs-real metrics; one row per distinct set of values and protocol, labelled with the
+    protocol it was measured under (the floor moves with n as the models' numbers do). Floors
+    of one run from different evaluations are different rows, each with its own stamps."""
     keys = sorted({k for r in rows for k in r.metrics if k.startswith(schema.FLOOR_PREFIX)
                    and schema.STD not in k and r.metrics[k] is not None})
     if not keys:
         return [], []
-    per_run = [(r, {k: Cell(fmt(r.metrics[k]), k, r.metrics[k])
-                    for k in keys if k in r.metrics}) for r in rows
-               if any(k in r.metrics for k in keys)]
-    distinct: dict[tuple, tuple[list, dict]] = {}
-    for r, cells in per_run:
-        values = tuple((k, c.value) for k, c in cells.items())
-        distinct.setdefault(values, ([], cells))[0].append(r)
+    per_run = []   # (row, protocol text, {key: Cell}): one per run and evaluation
+    for r in rows:
+        by_record: dict[str, dict] = {}
+        for k in keys:
+            if k in r.metrics:
+                source = source_of(r, k)
+                by_record.setdefault(source.record_id if source else "", {})[k] = Cell(
+                    fmt(r.metrics[k]), k, r.metrics[k], record=source.record_id if source else "")
+        for rid, cells in by_record.items():
+            protocols = []
+            for ext in dict.fromkeys(schema.extractor_of(k.removeprefix(schema.FLOOR_PREFIX))
+                                     for k in cells):
+                stamps = stamps_of(r, next(k for k in cells if schema.extractor_of(
+                    k.removeprefix(schema.FLOOR_PREFIX)) == ext))
+                n_real, split = (stamps.get(schema.extractor_tag(ext, x))
+                                 for x in ("n_real", "reference_split"))
+                floor = stamps.get(schema.extractor_tag(ext, "floor"), "train images")
+                protocols.append(f"{ext}: {floor}, {n_real or '?'} {split or 'test'} images")
+            per_run.append((r, "real train vs real test (" + "; ".join(protocols) + ")", cells))
+    distinct: dict[tuple, tuple[list, str, dict]] = {}
+    for r, text, cells in per_run:
+        values = (text,) + tuple((k, c.value) for k, c in cells.items())
+        distinct.setdefault(values, ([], text, cells))[0].append(r)
     out = []
-    for fams, cells in distinct.values():
-        first = fams[0]
-        stamps = {**first.params, **first.tags}
-        protocols = []
-        for ext in dict.fromkeys(schema.extractor_of(k.removeprefix(schema.FLOOR_PREFIX))
-                                 for k in cells):
-            n_real, split = (stamps.get(schema.extractor_tag(ext, x))
-                             for x in ("n_real", "reference_split"))
-            floor = stamps.get(schema.extractor_tag(ext, "floor"), "train images")
-            protocols.append(f"{ext}: {floor}, {n_real or '?'} {split or 'test'} images")
-        text = "real train vs real test (" + "; ".join(protocols) + ")"
+    for fams, text, cells in distinct.values():
         if len(distinct) > 1:
             text += f", as logged in the {', '.join(r.family for r in fams)} run(s)"
         out.append((text, cells))

@@ -7,6 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
+from pipeline import schema
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +26,10 @@ def check_run(uri: str, experiment: str, model: str, tmp_path: Path) -> str:
     """Everything the issue asks of a finished train run; returns its id."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1, f"expected one run in {experiment}, found {len(runs)}"
+    # the training run; each `genbench eval` of it adds an evaluation record beside it
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if schema.kind(r.data.tags) == schema.TRAIN]
+    assert len(runs) == 1, f"expected one training run in {experiment}, found {len(runs)}"
     run = runs[0]
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"

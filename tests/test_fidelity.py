@@ -74,10 +74,20 @@ def test_metrics_agree_with_torch_fidelity_on_the_same_images(extractor, test_im
              "kid_domain": "kernel_inception_distance_mean",
              "kid_domain_std": "kernel_inception_distance_std",
              "precision_domain": "precision", "recall_domain": "recall"}
-    assert set(ours) == set(pairs)
+    assert set(ours) == set(pairs) | {"density_domain", "coverage_domain"}
     for key, ref in pairs.items():
         assert ours[key] == pytest.approx(theirs[ref], rel=1e-6, abs=1e-12), key
     assert ours["fid_domain"] > 1.0 and ours["kid_domain"] > 0.0
+    # density/coverage (torch-fidelity has none): the reference implementation, prdc, on the
+    # same FID features with the same k
+    from prdc import compute_prdc
+    f_fake = extract_features(extractor, fake, 100, quiet=True)[extractor.layers["fid"]]
+    f_real = extract_features(extractor, real, 100, quiet=True)[extractor.layers["fid"]]
+    ref = compute_prdc(real_features=f_real.double().numpy(), fake_features=f_fake.double().numpy(),
+                       nearest_k=fidelity.DC_NEIGHBORHOOD)
+    assert ours["density_domain"] == pytest.approx(ref["density"], abs=1e-6)
+    assert ours["coverage_domain"] == pytest.approx(ref["coverage"], abs=1e-6)
+    assert 0 < ours["coverage_domain"] < 1
 
 
 def test_metrics_match_textbook_formulas_on_the_same_features(extractor, test_images):

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "eval", "tune", "report", "genbench")
 # not tags: the entry-point group families are installed under (pipeline/models, which may import
 # torch and the standard library only)
-NOT_TAGS = {"genbench.families"}
+NOT_TAGS = {"genbench.families", "genbench.metrics"}  # entry-point groups
 
 
 @pytest.mark.parametrize("metric", schema.FIDELITY)
@@ -70,3 +70,13 @@ def test_genbench_tags_are_spelled_only_in_the_schema():
                 if text.startswith("genbench.") and text not in NOT_TAGS:
                     found.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
     assert not found, "tag names belong in pipeline/schema.py:\n" + "\n".join(found)
+
+
+def test_an_evaluation_record_is_a_child_of_the_run_it_evaluated():
+    parent_tags = {schema.KIND: schema.TRAIN, schema.MODEL: "vae", schema.DATASET: "mnist",
+                   schema.RAY_RUN_DIR: "/somewhere"}
+    tags = schema.record_tags("abc", parent_tags)
+    assert tags == {schema.KIND: schema.EVALUATION, schema.PARENT_RUN: "abc",
+                    schema.MODEL: "vae", schema.DATASET: "mnist"}
+    assert schema.kind(tags) == schema.EVALUATION in schema.KINDS
+    assert schema.parent_of(tags) == "abc" and schema.parent_of(parent_tags) == ""
