@@ -36,6 +36,7 @@ from eval.metrics.fidelity import (DEFAULT_N, MIN_SAMPLES, FidelityPlan,  # noqa
 from eval.ood import DEFAULT_BACKGROUND_STEPS as OOD_BACKGROUND_STEPS
 from eval.ood import DEFAULT_IMAGES as OOD_IMAGES
 from eval.ood.sets import SETS as OOD_SETS
+from eval.ood.sets import check_names as check_ood_sets
 from pipeline import VERSION, schema, tracking
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
@@ -97,10 +98,7 @@ class EvalOptions:
         if unknown or not self.extractors:
             raise ConfigError(f"unknown extractor(s) {', '.join(unknown) or '(none given)'}; "
                               f"use {' or '.join(EXTRACTORS)}")
-        unknown = [s for s in self.ood_sets if s not in OOD_SETS]
-        if unknown or not self.ood_sets:
-            raise ConfigError(f"unknown OOD set(s) {', '.join(unknown) or '(none given)'}; "
-                              f"use a comma list of {','.join(OOD_SETS)}")
+        check_ood_sets(self.ood_sets)  # built-in names, or folders of images
         if self.ood_background_steps < 0:
             raise ConfigError(f"--ood-background-steps must be >= 0, got "
                               f"{self.ood_background_steps}")

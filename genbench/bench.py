@@ -6,6 +6,11 @@ MLflow experiment.
 scaling stage trains one family with each worker count of the preset (on CPU, and on GPU with
 --gpu), for the report's scaling table.
 
+Stages that do not depend on each other run at once (genbench/stage_pool.py): as many training
+runs as the machine (or cluster) holds, each sized to its share of the CPUs/GPUs, and beside them
+the evaluations, each as soon as its run is trained; --parallel 1 runs them one after another.
+The scaling stage runs alone (it measures throughput), then the report.
+
 A stage that fails is reported and the rest go on, so the report still shows what worked and
 says what is missing; the exit code is then 1.
 """
@@ -14,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +30,7 @@ from pipeline.errors import ConfigError
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
-             "domain_epochs"}
+             "domain_epochs", "bootstrap"}
 SWEEP_KEYS = {"model", "samples", "steps", "config"}
 PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 9 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
@@ -139,28 +143,6 @@ def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]
     return out
 
 
-class Stages:
-    """Runs named stages with a visible progress line each, keeping going after a failure."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.failed, self.t0 = total, 0, [], time.time()
-
-    def run(self, name: str, fn):
-        self.done += 1
-        print(f"\n[{self.done}/{self.total}] {name}  ({(time.time() - self.t0) / 60:.1f} min "
-              f"elapsed)", file=sys.stderr, flush=True)
-        try:
-            return fn()
-        except Exception as exc:  # keep going: the report says what is missing
-            if getattr(exc, "exit_code", None) in (130, 143):  # Ctrl-C, SIGTERM: the whole bench
-                raise
-            if not isinstance(exc, ConfigError):
-                traceback.print_exc(limit=3, file=sys.stderr)
-            print(f"genbench: stage {name!r} failed: {exc}", file=sys.stderr, flush=True)
-            self.failed.append(name)
-            return None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", metavar="{" + ",".join(PRESETS) + "} or FILE",
                    help=PRESET_HELP)
@@ -183,6 +165,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--families", type=comma_list, metavar="LIST", help="comma list of the "
                    "families to benchmark (default: the built-in ones, and installed ones that the "
                    "preset names)")
+    p.add_argument("--parallel", type=positive_int, metavar="N", help="stages at once: "
+                   "training runs (as many as the CPUs/GPUs hold, each with its share) and "
+                   "evaluations beside them; 1: one after another (default: the training runs "
+                   "that fit, plus one evaluation)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
     # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
@@ -250,33 +236,52 @@ def run(args) -> int:
     if getattr(args, "gpu", False):
         require_gpu(args.address, args.verbose)
     init_ray(args.address, args.verbose)
-    resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
+    first = resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
     scaling_cfgs = scaling.fitting(scaling_cfgs)
+    # the data, once, before stages start at once: no two threads downloading it together
+    from pipeline.launch import load_train_split
+    load_train_split(first, with_val=False)
+    plan = concurrency(first, next(iter(configs.values())).train.cpus_per_worker,
+                       getattr(args, "parallel", None), len(jobs))
+    if plan.cpus_per_worker is not None:  # each concurrent run (and sweep trial) gets its share
+        share = {"train": {"cpus_per_worker": plan.cpus_per_worker}}
+        configs = {k: Config.from_dict(merge(c.to_dict(), share)) for k, c in configs.items()}
+        if sweep_cfg is not None:
+            sweep_cfg = Config.from_dict(merge(sweep_cfg.to_dict(), share))
 
-    stages = Stages(2 * len(jobs) + (1 if preset.sweep else 0) + len(scaling_cfgs) + 1)
     print(f"genbench bench --preset {args.preset}: {', '.join(families)} on {args.dataset}"
           f"{f', seeds 0..{seeds[-1]}' if len(seeds) > 1 else ''}"
           f"{' (GPU)' if getattr(args, 'gpu', False) else ''}; "
-          f"MLflow experiment {experiment!r}", file=sys.stderr, flush=True)
+          f"MLflow experiment {experiment!r}; {plan.describe()}", file=sys.stderr, flush=True)
 
+    from genbench.stage_pool import StagePool
+    stages = StagePool(plan.ray_slots, plan.driver_slots, max_running=plan.parallel,
+                       hold_output=plan.parallel > 1)
+    quiet = plan.parallel > 1  # no live progress lines: each stage's output comes at its end
     runs: dict[str, str] = {}
     for name, _, _ in jobs:
-        def train_one(cfg=configs[name]):
+        def train_one(cfg=configs[name], name=name):
             result = train(cfg, experiment=experiment, address=args.address,
-                           verbose=args.verbose)
+                           verbose=args.verbose, quiet=quiet)
             print_summary(result)
+            runs[name] = result.run_id
             return result.run_id
 
-        run_id = stages.run(f"train {name}", train_one)
-        if run_id:
-            runs[name] = run_id
+        stages.add(f"train {name}", train_one, kind="ray")
 
+    first_eval = None
     for name, family, more in jobs:
-        if name not in runs:
-            stages.run(f"eval {name}", lambda name=name: _missing(f"no trained {name}"))
-            continue
-        stages.run(f"eval {name}", lambda name=name, family=family, more=more: _evaluate(
-            runs[name], family, preset, more, getattr(args, "inception_weights", None)))
+        def eval_one(name=name, family=family, more=more):
+            if name not in runs:
+                _missing(f"no trained {name}")
+            return _evaluate(runs[name], family, preset, more,
+                             getattr(args, "inception_weights", None))
+
+        # the first evaluation builds the shared caches (the domain classifier, the OOD sets):
+        # the others wait for it rather than build them twice at once
+        stages.add(f"eval {name}", eval_one, kind="driver",
+                   after={f"train {name}"} | ({first_eval} if first_eval else set()))
+        first_eval = first_eval or f"eval {name}"
 
     if sweep_cfg is not None:
         def sweep_one():
@@ -287,12 +292,13 @@ def run(args) -> int:
             if code != 0:
                 raise RuntimeError(f"the sweep ended with exit code {code}")
 
-        stages.run(f"sweep {sweep_cfg.model} ({preset.sweep['samples']} trials)", sweep_one)
+        stages.add(f"sweep {sweep_cfg.model} ({preset.sweep['samples']} trials)", sweep_one,
+                   kind="ray")
 
-    for cfg in scaling_cfgs:
-        stages.run(f"scaling {scaling.describe(cfg)}",
+    for cfg in scaling_cfgs:  # throughput: measured with nothing else running
+        stages.add(f"scaling {scaling.describe(cfg)}",
                    lambda cfg=cfg: scaling.train_one(cfg, experiment, preset.scaling,
-                                                     args.address, args.verbose))
+                                                     args.address, args.verbose), kind="alone")
 
     def report():
         from report.render import write_report
@@ -300,19 +306,73 @@ def run(args) -> int:
         print(f"report: {html}\n        {html.with_name('report.md')}")
         return html
 
-    html = stages.run("report", report)
+    stages.add("report", report, kind="alone")
+    html = stages.run()["report"]
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")
-    for name, run_id in runs.items():
-        print(f"  {name:<14} {run_id}")
+    for name, _, _ in jobs:
+        if name in runs:
+            print(f"  {name:<14} {runs[name]}")
     if html:
         print(f"  report    {html}")
+    print_timeline(stages.timeline())
     if stages.failed:
         print(f"genbench: {len(stages.failed)} stage(s) failed: {', '.join(stages.failed)}",
               file=sys.stderr)
         return 1
     return 0
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    parallel: int                   # stages at once (1: one after another)
+    ray_slots: int                  # training runs (or the sweep) at once
+    driver_slots: int               # evaluations at once
+    cpus_per_worker: int | None     # each run's share; None: as resolved for one run alone
+
+    def describe(self) -> str:
+        if self.parallel == 1:
+            return "stages one after another"
+        share = (f", {self.cpus_per_worker} CPU(s) per worker" if self.cpus_per_worker
+                 else "")
+        return (f"up to {self.ray_slots} training run(s) at once{share}, "
+                f"{self.driver_slots} evaluation(s) beside them")
+
+
+def concurrency(resolved, asked_cpus_per_worker: int | None, parallel: int | None,
+                n_runs: int) -> Concurrency:
+    """How many training runs fit at once on the Ray cluster, and each one's CPUs per worker.
+    resolved: a run's config after resolve_resources (its workers, gpu, and the CPUs per worker
+    it gets alone); asked_cpus_per_worker: what the preset or flags set (kept as given)."""
+    import ray
+
+    t = resolved.train
+    total = ray.cluster_resources()
+    if t.gpu:
+        fit = int(total.get("GPU", 0)) // t.workers
+    else:
+        fit = int(total.get("CPU", 0)) // (t.workers * (asked_cpus_per_worker or 1))
+    fit = max(1, min(fit, n_runs))
+    if parallel is None:
+        parallel = fit + 1                # the runs that fit, and one evaluation beside them
+    if parallel == 1:
+        return Concurrency(1, 1, 1, None)
+    ray_slots = min(fit, parallel)
+    cpus = None
+    if asked_cpus_per_worker is None and ray_slots > 1:
+        cpus = max(1, t.cpus_per_worker // ray_slots)
+    return Concurrency(parallel, ray_slots, max(1, parallel - ray_slots), cpus)
+
+
+def print_timeline(timeline: list[tuple[str, float, float]]) -> None:
+    """Each stage's start and end (seconds from the first stage's start): where they overlapped."""
+    if not timeline:
+        return
+    print("\nstage timeline (s from the start):", file=sys.stderr)
+    for name, start, end in sorted(timeline, key=lambda row: row[1]):
+        print(f"  {start:7.0f} {end:7.0f}  {name}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _missing(why: str):

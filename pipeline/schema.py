@@ -219,7 +219,8 @@ def classification_key(who: str, metric: str) -> str:
 
 
 # eval metrics that are no training curve (the report leaves them out of the curves)
-NOT_TRAINING = (FLOOR_PREFIX, OOD_PREFIX, BAYES + "_", CLASSIFIER + "_")
+SANITY_PREFIX = "sanity_"   # the metric sanity panel: sanity_<set>_<metric>_<extractor>
+NOT_TRAINING = (FLOOR_PREFIX, OOD_PREFIX, BAYES + "_", CLASSIFIER + "_", SANITY_PREFIX)
 
 # --- params (the training config, as Config.flat logs it) that the report reads -------------------
 SEED_PARAM = "train.seed"

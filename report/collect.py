@@ -58,6 +58,8 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     columns = discover_columns(rows)
     fill_cells(rows, columns)
     seed_rows = seed_table(rows, columns)
+    from report.significance_section import significance_tables   # marks ranks in the cells
+    significance = significance_tables(rows, columns, uri)
     for row in rows:
         if row.notes:
             missing.append(f"{row.family} (run {row.run_id}): " + "; ".join(row.notes))
@@ -66,6 +68,10 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
         missing.append(f"runs span several datasets ({', '.join(datasets)}); their numbers are "
                        f"not comparable across datasets")
     floor_columns, floor_rows = floor_table(rows)
+    from report.memorization_section import memorization_entries
+    from report.sanity import sanity_failures, sanity_panels
+    sanity = sanity_panels(rows)
+    memorization = memorization_entries(rows, uri, with_images)
     if rows and not floor_rows:
         missing.append("no floor (real vs real) metrics yet: `genbench eval` logs them as "
                        "floor_<metric>")
@@ -87,7 +93,8 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
                       [row.family for row in rows], uri, with_images)
     scaling = collect_scaling(runs, uri, with_images)
     return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
-        scaling=scaling,
+        scaling=scaling, significance=significance,
+        sanity=sanity, sanity_failures=sanity_failures(sanity), memorization=memorization,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,

@@ -134,6 +134,10 @@ class ReportData:
     seed_rows: list = field(default_factory=list)  # (family, SeedRun, {column id: Cell})
     ood: object = None                          # report.ood.OODSection, or None
     scaling: list = field(default_factory=list)    # report.scaling.ScalingSection
+    significance: list = field(default_factory=list)  # significance_section.SignificanceTable
+    sanity: list = field(default_factory=list)     # report.sanity.Panel
+    sanity_failures: list = field(default_factory=list)  # one sentence per failed expectation
+    memorization: list = field(default_factory=list)  # memorization_section.MemorizationEntry
 
 
 # --- formatting ----------------------------------------------------------------------------------

@@ -99,8 +99,8 @@ def sentence(score: str, values: dict[str, float], raw: dict[str, float] | None 
     say whether a corrected score fixes a failure of the raw likelihood."""
     if not values:
         return "Not measured."
-    good = [SET_LABELS[s] for s, v in values.items() if v >= GOOD]
-    bad = [SET_LABELS[s] for s, v in values.items() if v < BAD]
+    good = [SET_LABELS.get(s, s) for s, v in values.items() if v >= GOOD]
+    bad = [SET_LABELS.get(s, s) for s, v in values.items() if v < BAD]
     parts = []
     if good:
         parts.append(f"rejects {', '.join(good)} (AUROC >= {GOOD})")
@@ -109,12 +109,12 @@ def sentence(score: str, values: dict[str, float], raw: dict[str, float] | None 
                "(2019) found" if score == "bpd" else "it scores them as more typical than the "
                                                      "test images")
         parts.append(f"fails on {', '.join(bad)} (AUROC < {BAD}: {why})")
-    middle = [SET_LABELS[s] for s, v in values.items() if BAD <= v < GOOD]
+    middle = [SET_LABELS.get(s, s) for s, v in values.items() if BAD <= v < GOOD]
     if middle:
         parts.append(f"only partly separates {', '.join(middle)}")
     if raw and score in ("ratio", "complexity"):
-        fixed = [SET_LABELS[s] for s, v in values.items() if raw.get(s, 1) < BAD <= v]
-        broken = [SET_LABELS[s] for s, v in values.items() if v < BAD <= raw.get(s, 0)]
+        fixed = [SET_LABELS.get(s, s) for s, v in values.items() if raw.get(s, 1) < BAD <= v]
+        broken = [SET_LABELS.get(s, s) for s, v in values.items() if v < BAD <= raw.get(s, 0)]
         if fixed:
             parts.append(f"fixes raw bits/dim's failure on {', '.join(fixed)}")
         if broken:
@@ -184,7 +184,7 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
             values, {n: note for n, (_, _, note) in classifier.items()}),
                            sentence("msp", values),
                            ", ".join(sorted({r for _, r, _ in classifier.values()}))))
-    sets = [s for s in SETS if s in seen_sets]
+    sets = [s for s in SETS if s in seen_sets] + sorted(seen_sets - set(SETS))  # + folders
     for row in rows:
         for s in sets:
             row.cells.setdefault(s, Cell("—", "", None, "not measured"))

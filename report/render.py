@@ -149,6 +149,7 @@ def all_images(data: ReportData) -> list[Image]:
     found = [img for row in data.rows for img in (row.grid, row.curves) if img is not None]
     found += [s.plot for s in data.scaling if s.plot is not None]
     found += data.ood.images if data.ood is not None else []
+    found += [m.grid for m in data.memorization if m.grid is not None]
     return found + [p for s in data.sweeps for p in s.plots]
 
 

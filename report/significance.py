@@ -28,20 +28,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
+from eval.bootstrap import (FAKE_STREAM, RESAMPLES, Metric, _metric,  # noqa: F401 (re-exported)
+                            bootstrap_replicates, metric_function)
 from pipeline.errors import ConfigError
 
 LEVEL = 0.95
-RESAMPLES = 200
-FAKE_STREAM = 1_000_003     # offsets the generated sets' index generator from the real set's
 LOWER_IS_BETTER = {"fid", "kid"}
 RANK_RULE = ("Ranks: families sorted by the estimate; a family shares the rank of the one above "
              "it (tied) when the 95% interval of their difference contains 0; ties chain.")
 
-Metric = Callable[[torch.Tensor, torch.Tensor], float]   # (generated, real) features -> value
 
 
 @dataclass(frozen=True)
@@ -97,48 +96,6 @@ class Ranking:
     def note(self) -> str:
         """The line under the table: the intervals' method and the rank rule."""
         return f"{self.method} {RANK_RULE}"
-
-
-def metric_function(name: str, kid_subset_size: int | None = None) -> Metric:
-    """eval/fidelity.py's estimator for 'fid' or 'kid' (KID's mean over subsets, on subsets of
-    kid_subset_size, which must not exceed either set: pass the eval's --kid-subset-size)."""
-    from eval import fidelity
-
-    if name == "fid":
-        return fidelity.fid
-    if name == "kid":
-        size = kid_subset_size or fidelity.KID_SUBSET_SIZE
-
-        def kid(fake, real):
-            return fidelity.kid(fake, real, size)[0]
-        return kid
-    raise ConfigError(f"no significance estimator for metric {name!r}; use fid or kid, or pass "
-                      f"a function (generated, real) -> float")
-
-
-def _metric(metric: str | Metric) -> tuple[str, Metric]:
-    if callable(metric):
-        return getattr(metric, "__name__", "metric"), metric
-    return metric, metric_function(metric)
-
-
-def bootstrap_replicates(fake: torch.Tensor, real: torch.Tensor, metric: str | Metric,
-                         resamples: int = RESAMPLES, seed: int = 0) -> torch.Tensor:
-    """(resamples,) float64: the metric on `resamples` bootstrap resamples of one family's
-    generated features and the real features (N, F). Resample b's real indices depend only on
-    (seed, len(real), b), so every family evaluated with the same seed against the same real set
-    shares them: pass the replicates of all families to `pairwise_bootstrap`."""
-    if resamples < 2:
-        raise ConfigError(f"the bootstrap needs at least 2 resamples, got {resamples}")
-    _, fn = _metric(metric)
-    real_gen = torch.Generator().manual_seed(seed)
-    fake_gen = torch.Generator().manual_seed(seed + FAKE_STREAM)
-    values = []
-    for _ in range(resamples):
-        j = torch.randint(len(real), (len(real),), generator=real_gen)
-        i = torch.randint(len(fake), (len(fake),), generator=fake_gen)
-        values.append(fn(fake[i], real[j]))
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def rank_with_ties(estimates: Mapping[str, float],

@@ -169,6 +169,14 @@ def metric_cell(runs: list, key: str, col: Column) -> Cell:
                 f"{'; '.join(dict.fromkeys(stamp_of(r, key) for r in runs))}")
 
 
+def mark_rank(c: Cell, rank: int, tied: bool) -> None:
+    """The rank from the significance section (report/significance_section.py) in a results
+    cell: "101.8 · #1 (tied)"; tied when its interval with a neighbour holds 0."""
+    c.text += f" · #{rank}" + (" (tied)" if tied else "")
+    c.note = "; ".join(x for x in (c.note, f"rank {rank}" + (
+        ", tied: the 95% interval of the difference holds 0" if tied else "")) if x)
+
+
 def cell(row: FamilyRow, col: Column) -> Cell:
     key = col.key
     if key == "hardware":

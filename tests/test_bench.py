@@ -46,7 +46,7 @@ def tiny_quick_preset(tmp_path):
 
 
 def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, workdir, mlflow_uri,
-                                              monkeypatch, tmp_path_factory):
+                                              monkeypatch, tmp_path_factory, capsys):
     monkeypatch.setenv("GENBENCH_CACHE", str(domain_cache(tmp_path_factory.getbasetemp())))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     storage = workdir / "shared"
@@ -96,15 +96,37 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
         assert REGISTRY[timed].SWEEP_METRIC in r.data.metrics
     (report,) = by_kind["report"]
 
+    # stages at once (genbench/stage_pool.py): with --workers 2 on 2 CPUs one training run fits
+    # at a time, and an evaluation runs beside it: some evaluation overlaps another job's training
+    def span(r):
+        return r.info.start_time, r.info.end_time
+
+    def overlap(a, b):
+        return span(a)[0] < span(b)[1] and span(b)[0] < span(a)[1]
+
+    evals = by_kind["evaluation"]
+    assert len(evals) == len(trained)
+    assert any(overlap(e, t) for e in evals for t in trained
+               if e.data.tags["mlflow.parentRunId"] != t.info.run_id), \
+        [(r.info.run_name, *span(r)) for r in trained + evals]
+    for i, a in enumerate(trained):          # ...and never two training runs on the 2 CPUs
+        assert not any(overlap(a, b) for b in trained[i + 1:])
+    err = capsys.readouterr().err
+    assert "1 training run(s) at once" in err and "stage timeline" in err
+    assert len([line for line in err.splitlines() if ": done in " in line]) == \
+        len(trained) * 2 + 1 + 2 + 1     # train and eval each, the sweep, 2 scaling, the report
+
     # the results table: mean ± std over the seeds
     html = (workdir / "reports" / "seeds" / "report.html").read_text()
-    results = html.split('id="results-table"', 1)[1].split("</table>", 1)[0]
+    # (one table for likelihood and training, one per sample-quality protocol)
+    results = "".join(part.split("</table>", 1)[0]
+                      for part in html.split('id="results-table')[1:])
     for family, family_runs in by_family.items():
-        row = re.search(rf'<tr data-family="{family}"[^>]*>(.*?)</tr>', results, re.S).group(1)
+        rows = " ".join(re.findall(rf'<tr data-family="{family}"[^>]*>(.*?)</tr>', results, re.S))
         for key in ("fid_domain", "kid_domain") + (("bpd_test",) if family == "vae" else ()):
             values = [r.data.metrics[key] for r in family_runs]
             cell = re.search(rf'data-key="{key}"[^>]*data-value="([^"]+)"[^>]*>([^<]*)<',
-                             row).groups()
+                             rows).groups()
             assert float(cell[0]) == pytest.approx(statistics.fmean(values)), (family, key)
             assert cell[1].endswith("(2 seeds)") and " ± " in cell[1], (family, key, cell)
             assert f"{statistics.stdev(values):.2g}" in cell[1]

@@ -14,7 +14,7 @@ def test_quick_scores_synthetic_sets_and_digits_and_trains_a_conditional_vae():
                                            {"train": {"conditional": True}})]
     main = eval_options("RUN", "vae", preset)
     assert "ood" in main.metrics and "fid" in main.metrics
-    assert set(main.ood_sets) == {"digits", "noise", "constant", "flipped", "inverted"}
+    assert set(main.ood_sets) == {"digits", "mnist", "noise", "constant", "flipped", "inverted"}
     bayes = eval_options("RUN", "vae", preset, {"train": {"conditional": True}})
     assert bayes.metrics == ("bayes", "ood") and bayes.ood_background_steps == 0
 

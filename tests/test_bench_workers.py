@@ -83,7 +83,7 @@ def test_help_lists_the_options_and_presets():
     bench = parser._subparsers._group_actions[0].choices["bench"]
     text = bench.format_help()
     for option in ("--gpu", "--workers", "--address", "--storage-path", "--families",
-                   "--inception-weights"):
+                   "--inception-weights", "--parallel"):
         assert option in text
     assert {"quick", "gpu", "full"} <= set(PRESETS)
     assert "gpu" in text and "H100/H200" in " ".join(text.split())
@@ -140,6 +140,27 @@ def test_bad_scaling_section_is_one_line(tmp_path, section, needle):
     path.write_text(yaml.safe_dump({"scaling": section}))
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load_preset(str(path))
+
+
+@pytest.mark.parametrize("workers, asked_cpus, parallel, expect", [
+    (1, None, None, (3, 2, 1, 1)),    # 2 CPUs: two 1-CPU runs at once and one evaluation
+    (2, None, None, (2, 1, 1, None)),  # a 2-worker run takes both: one run, one evaluation
+    (1, 2, None, (2, 1, 1, None)),     # cpus_per_worker asked for: kept, so one run fits
+    (1, None, 1, (1, 1, 1, None)),     # --parallel 1: one stage after another
+    (1, None, 5, (5, 2, 3, 1)),        # more stages than runs fit: evaluations fill the rest
+])
+def test_concurrency_fits_the_runs_to_the_cluster(ray_local, workers, asked_cpus, parallel,
+                                                  expect):
+    from genbench.bench import concurrency
+    from pipeline.cluster import resolve_resources
+    from pipeline.config import Config
+
+    assert ray_local.cluster_resources()["CPU"] == 2
+    train = {"workers": workers, **({"cpus_per_worker": asked_cpus} if asked_cpus else {})}
+    resolved = resolve_resources(Config.from_dict({"model": "vae", "train": train}))
+    plan = concurrency(resolved, asked_cpus, parallel, n_runs=7)
+    assert (plan.parallel, plan.ray_slots, plan.driver_slots, plan.cpus_per_worker) == expect
+    assert plan.ray_slots * workers * (plan.cpus_per_worker or resolved.train.cpus_per_worker) <= 2
 
 
 def test_workers_that_do_not_divide_a_batch_fail_before_anything_starts(env, capsys):

@@ -101,6 +101,9 @@ def _fidelity(metric: str, label: str, direction: str) -> Output:
 
 
 FIDELITY_STAMPS = schema.FIDELITY_PROTOCOL + ("seed", "kid_subset_size", "bootstrap")
+MEMORIZATION_STAMPS = ("images", "test_images", "train_images", "reference", "method", "features",
+                       "threshold", "cells", "copy_fraction")
+SANITY_STAMPS = ("n_fake", "n_real", "train", "collapsed", "noise", "reference")
 BUILT_IN = (  # the order eval computes them in: sample quality first (its checks fail fastest)
     Metric("fid", "FID", "lower", ("sample",), FIDELITY_STAMPS, "eval.metrics.fidelity:compute",
            (_fidelity("fid", "FID", "lower"),), default=True),
@@ -116,6 +119,13 @@ BUILT_IN = (  # the order eval computes them in: sample quality first (its check
            "eval.metrics.fidelity:compute", (_fidelity("density", "density", "higher"),
                                              _fidelity("coverage", "coverage", "higher")),
            default=True),
+    Metric("memorization", "memorization (C_T)", "", ("sample",), MEMORIZATION_STAMPS,
+           "eval.metrics.memorization:compute",
+           (Output("c_t_pixels", "C_T pixels", "", ("sample",)),
+            Output("c_t_features", "C_T features", "", ("sample",)),
+            Output("copy_fraction", "copy fraction", "lower", ("sample",))), default=True),
+    Metric("sanity", "sanity panel", "", ("sample",), SANITY_STAMPS, "eval.metrics.sanity:compute",
+           (Output("sanity", "sanity panel", ""),), default=True),  # report/sanity.py reads it
     Metric("bpd", "bits/dim", "lower", (), ("k", "images", "split", "data", "seed"),
            "eval.metrics.likelihood:compute",
            (Output(schema.BPD_TEST, "bits/dim", "lower", ("nll",)),

@@ -19,6 +19,8 @@ from pipeline import schema
 from pipeline.data import ImageData
 from pipeline.errors import ConfigError
 
+REPLICATES_RECORD = "bootstrap_replicates"   # eval.json's key (report/significance_section.py)
+REPLICATED = ("fid", "kid")   # the metrics whose replicates --bootstrap saves
 DEFAULT_N = 10_000     # n_fake and n_real: 10,000 or the size of the reference split
 MIN_SAMPLES = IS_SPLITS   # IS splits the samples in 10; PR needs 4 neighbours
 
@@ -41,8 +43,11 @@ def compute(ctx: EvalContext, names: list[str]) -> None:
         counts = torch.bincount(labels, minlength=train.num_classes).tolist()
         ctx.stamp("sample_label_counts", value=",".join(map(str, counts)))
     how = "drawn from train class frequencies" if cfg.train.conditional else "unconditional"
+    replicates: list[dict] = []
     score_fidelity(opts, d, test, train, fake, extractors, fidelity, plan, how, ctx.metrics,
-                   ctx.tags, ctx.notes)
+                   ctx.tags, ctx.notes, replicates)
+    if replicates:  # eval.json of this record: the report pairs them across families
+        ctx.record[REPLICATES_RECORD] = replicates
     ctx.fake = fake
 
 
@@ -123,8 +128,11 @@ def real_sets(opts, d, test: ImageData, train: ImageData, plan: FidelityPlan):
 
 def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tensor,
                    extractors: list[Extractor], fidelity: list[str], plan: FidelityPlan,
-                   labels: str, metrics, tags, notes) -> None:
-    """Metrics of `fake` against the reference set, the floor, and their protocol stamps."""
+                   labels: str, metrics, tags, notes,
+                   replicates: list[dict] | None = None) -> None:
+    """Metrics of `fake` against the reference set, the floor, and their protocol stamps. With
+    --bootstrap and a `replicates` list, each FID/KID's paired bootstrap replicates are appended
+    to it (bootstrap_replicates_of)."""
     (reference, ref_key), (floor_set, floor_key) = real_sets(opts, d, test, train, plan)
     channels = test.image_shape[0]
     kid_size = plan.kid_size
@@ -145,6 +153,15 @@ def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tenso
             tags.update({stamp("bootstrap"): f"{BOOTSTRAP_LEVEL:.0%} interval from "
                          f"{opts.bootstrap} resamples of both feature sets with replacement "
                          f"(seed {opts.seed}): percentiles shifted by the bootstrap bias"})
+            if replicates is not None:
+                found = bootstrap_replicates_of(f_fake, f_real, ext, fidelity, kid_size,
+                                                opts.bootstrap, opts.seed, plan)
+                replicates.extend(found)
+                if found:
+                    tags[stamp("replicates")] = (
+                        f"eval.json {REPLICATES_RECORD}: {opts.bootstrap} resamples of "
+                        f"{'/'.join(r['metric'] for r in found)}, real indices seeded by seed "
+                        f"{opts.seed} alone (paired across families)")
         tags.update({stamp("n_fake"): str(plan.n_fake), stamp("n_real"): str(plan.n_real),
                      stamp("reference_split"): "test",
                      stamp("floor"): f"{plan.n_floor} real train images vs the reference",
@@ -159,3 +176,27 @@ def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tenso
             tags.update({stamp("kid_subset_size"): str(kid_size),
                          stamp("kid_subsets"): str(KID_SUBSETS)})
         tags.update({stamp(k): v for k, v in ext.protocol().items()})
+
+
+def bootstrap_replicates_of(f_fake: dict, f_real: dict, ext: Extractor, fidelity: list[str],
+                            kid_size: int | None, resamples: int, seed: int,
+                            plan: FidelityPlan) -> list[dict]:
+    """One entry per FID/KID: the metric on `resamples` bootstrap resamples (eval/
+    bootstrap.bootstrap_replicates: the real indices depend on the seed alone, so families
+    evaluated with the same seed against the same reference set are paired), with the protocol
+    that must match before two families' replicates are compared."""
+    from eval.bootstrap import bootstrap_replicates, metric_function
+
+    out = []
+    for name in REPLICATED:
+        if name not in fidelity:
+            continue
+        layer = ext.layers[name]
+        values = bootstrap_replicates(f_fake[layer], f_real[layer],
+                                      metric_function(name, kid_size), resamples, seed)
+        out.append({"metric": name, "key": schema.fidelity_key(name, ext.name),
+                    "extractor": ext.name, "weights": ext.sha256, "n_fake": plan.n_fake,
+                    "n_real": plan.n_real, "seed": seed, "resamples": resamples,
+                    "kid_subset_size": kid_size if name == "kid" else None,
+                    "values": values.tolist()})
+    return out

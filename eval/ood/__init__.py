@@ -49,7 +49,8 @@ def auroc_lines(metrics: dict[str, float]) -> list[str]:
             table.setdefault(parsed[2], {})[parsed[1]] = value
     if not table:
         return []
-    sets = [s for s in SETS if any(s in row for row in table.values())]
+    seen = {s for row in table.values() for s in row}
+    sets = [s for s in SETS if s in seen] + sorted(seen - set(SETS))  # then users' folders
     lines = ["OOD AUROC (ood_auroc_<set>_<score>; 0.5 = chance, 1 = perfect rejection)",
              f"{'score':<12}" + "".join(f"{s:>10}" for s in sets)]
     for score in [s for s in DESCRIPTIONS if s in table]:
@@ -156,7 +157,8 @@ def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed
             tag("sets"): ",".join(ood_sets), tag("scores"): ",".join(scores),
             tag("seconds"): f"{seconds:.0f}"}
     for name, s in ood_sets.items():
-        tags[schema.ood_set_tag(name)] = f"{len(s)} images: {SET_DESCRIPTIONS[name]}"
+        tags[schema.ood_set_tag(name)] = (f"{len(s)} images: "
+                                          f"{s.description or SET_DESCRIPTIONS[name]}")
     for score in scores:
         tags[schema.ood_score_tag(score)] = DESCRIPTIONS[score]
     if "bpd" in scores:
