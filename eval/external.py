@@ -9,7 +9,6 @@ genbench.kind=external (pass --experiment to put it beside a benchmark's runs).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -23,13 +22,11 @@ from eval.run import (GRID_IMAGES, EvalOptions, EvalResult, library_versions, pl
                       resolve_device, score_fidelity)
 from pipeline import schema, tracking
 from pipeline.config import DataConfig
-from pipeline.data import image_files, load_config_split, load_image
+from pipeline.data import image_files, load_config_split, read_images
 from pipeline.errors import ConfigError
 from pipeline.grids import grid_png
 
 KIND = schema.EXTERNAL
-MODE_OF_CHANNELS = {1: "L", 3: "RGB"}
-MODE_WORDS = {"L": "grey", "RGB": "colour (RGB)"}
 
 
 def load_samples(folder: Path, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, str]:
@@ -42,24 +39,7 @@ def load_samples(folder: Path, image_shape: tuple[int, int, int]) -> tuple[torch
     if not files:
         raise ConfigError(f"no PNG/JPEG images under {folder}; write your samples there as "
                           f"image files")
-    c, h, w = image_shape
-    mode = MODE_OF_CHANNELS[c]
-    digest, images = hashlib.sha256(), []
-    for file in files:
-        img = load_image(file)
-        if img.mode != mode:
-            raise ConfigError(f"{file} is {MODE_WORDS[img.mode]} but the reference images are "
-                              f"{MODE_WORDS[mode]} {w}x{h}; save the samples as "
-                              f"{MODE_WORDS[mode]} images")
-        if img.size != (w, h):
-            raise ConfigError(f"{file} is {img.size[0]}x{img.size[1]} but the reference images "
-                              f"are {w}x{h}; save the samples at {w}x{h} (they are never "
-                              f"resized: that would change what is measured)")
-        digest.update(file.relative_to(folder).as_posix().encode())
-        digest.update(file.read_bytes())
-        pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        images.append(pixels.view(h, w, c).permute(2, 0, 1))
-    return torch.stack(images).contiguous(), digest.hexdigest()
+    return read_images(folder, files, image_shape)
 
 
 def evaluate_samples(opts: EvalOptions) -> EvalResult:

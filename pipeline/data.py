@@ -200,6 +200,39 @@ def load_image(file: Path):
     return img.convert(mode)
 
 
+MODE_OF_CHANNELS = {1: "L", 3: "RGB"}
+MODE_WORDS = {"L": "grey", "RGB": "colour (RGB)"}
+
+
+def read_images(folder: Path, files: list[Path], image_shape: tuple[int, int, int], *,
+                prefix: str = "", theirs: str = "the reference images",
+                save: str = "the samples") -> tuple[torch.Tensor, str]:
+    """uint8 (N, C, H, W) of `files` (under folder), in order, and a sha256 over their relative
+    paths and bytes. An image of another mode or size than image_shape is a one-line error,
+    "{prefix}{file} is ... but {theirs} are ...; save {save} ...": never resized, since that
+    would change what is measured (eval --samples folders, --ood-sets folders)."""
+    import hashlib
+
+    c, h, w = image_shape
+    mode = MODE_OF_CHANNELS[c]
+    digest, images = hashlib.sha256(), []
+    for file in files:
+        img = load_image(file)  # decompression bombs and unreadable files: one line
+        if img.mode != mode:
+            raise ConfigError(f"{prefix}{file} is {MODE_WORDS[img.mode]} but {theirs} are "
+                              f"{MODE_WORDS[mode]} {w}x{h}; save {save} as {MODE_WORDS[mode]} "
+                              f"images")
+        if img.size != (w, h):
+            raise ConfigError(f"{prefix}{file} is {img.size[0]}x{img.size[1]} but {theirs} are "
+                              f"{w}x{h}; save {save} at {w}x{h} (never resized: that would "
+                              f"change what is measured)")
+        digest.update(file.relative_to(folder).as_posix().encode())
+        digest.update(file.read_bytes())
+        pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        images.append(pixels.view(h, w, c).permute(2, 0, 1))
+    return torch.stack(images).contiguous(), digest.hexdigest()
+
+
 def _image_folder(folders: list[Path], image_size: int) -> ImageData:
     """Images under <class folder>/..., resized (shorter side) and centre-cropped to image_size,
     as uint8 (N, 1, H, W) when every image is grey and (N, 3, H, W) when every one is colour;

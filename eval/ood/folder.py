@@ -10,18 +10,15 @@ folder and a sha256 over its files' relative paths and bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import torch
 
-from pipeline.data import image_files, load_image
+from pipeline.data import image_files, read_images
 from pipeline.errors import ConfigError
 
 MAX_IMAGES = 100_000  # all are decoded and held in memory: a bigger folder is a mistake
-MODE_OF_CHANNELS = {1: "L", 3: "RGB"}
-MODE_WORDS = {"L": "grey", "RGB": "colour (RGB)"}
 RESERVED = ("in",)  # eval/ood/__init__.py's name for the in-distribution group
 
 
@@ -65,21 +62,5 @@ def load_folder(folder: Path, image_shape: tuple[int, int, int]) -> tuple[torch.
     if len(files) > MAX_IMAGES:
         raise ConfigError(f"--ood-sets folder {folder} holds {len(files)} images, more than "
                           f"{MAX_IMAGES}; copy a subset into another folder")
-    c, h, w = image_shape
-    mode = MODE_OF_CHANNELS[c]
-    digest, images = hashlib.sha256(), []
-    for file in files:
-        img = load_image(file)  # decompression bombs and unreadable files: one line
-        if img.mode != mode:
-            raise ConfigError(f"OOD image {file} is {MODE_WORDS[img.mode]} but the model's "
-                              f"images are {MODE_WORDS[mode]} {w}x{h}; save the set as "
-                              f"{MODE_WORDS[mode]} images")
-        if img.size != (w, h):
-            raise ConfigError(f"OOD image {file} is {img.size[0]}x{img.size[1]} but the model's "
-                              f"images are {w}x{h}; save the set at {w}x{h} (it is never "
-                              f"resized: that would change what is measured)")
-        digest.update(file.relative_to(folder).as_posix().encode())
-        digest.update(file.read_bytes())
-        pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        images.append(pixels.view(h, w, c).permute(2, 0, 1))
-    return torch.stack(images).contiguous(), digest.hexdigest()
+    return read_images(folder, files, image_shape, prefix="OOD image ",
+                       theirs="the model's images", save="the set")
