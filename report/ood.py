@@ -189,7 +189,8 @@ def collect_ood(train_runs: list, families: list[str], uri: str,
         for s in sets:
             row.cells.setdefault(s, Cell("—", "", None, "not measured"))
     notes += protocol_notes(train_runs)
-    return OODSection(sets, rows, bayes_rows(train_runs, families), images, notes)
+    labels = {s: SET_LABELS.get(s, f"folder {s}") for s in sets}   # a folder set: its name
+    return OODSection(sets, rows, bayes_rows(train_runs, families), images, notes, labels)
 
 
 def auroc_cells(values: dict[str, float], stamps: dict[str, tuple] | None = None

@@ -5,6 +5,7 @@ stages. Real threads and real time (each test well under 10 s); the tiny bench i
 tests/test_bench.py shows a training run and an evaluation overlapping in MLflow."""
 import _thread
 import re
+import signal
 import time
 
 import pytest
@@ -88,7 +89,7 @@ def test_a_failing_stage_is_one_line_and_the_others_finish(capsys):
     assert "Traceback" in err and "ConfigError" not in err   # a ConfigError is its one line
 
 
-def test_ctrl_c_stops_the_running_stages_and_starts_no_more(capsys):
+def test_ctrl_c_stops_the_running_stages_and_starts_no_more(capsys, request):
     ticks = []
 
     def long_stage():
@@ -100,6 +101,10 @@ def test_ctrl_c_stops_the_running_stages_and_starts_no_more(capsys):
         time.sleep(0.3)
         _thread.interrupt_main()      # as Ctrl-C: KeyboardInterrupt in the main thread
 
+    # a pytest-xdist worker ignores SIGINT, and interrupt_main() then does nothing: give the
+    # main thread Python's own Ctrl-C handler, as a terminal's genbench has
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     pool = StagePool(ray_slots=2, driver_slots=1, heartbeat_s=60)
     pool.add("train a", long_stage, kind="ray")
     pool.add("train b", interrupt, kind="ray")

@@ -158,6 +158,10 @@ def test_eval_scores_mnist_and_a_folder(family_run, domain_classifier, tmp_path,
         record = tracking.get_run(tracking.run_tags(run.run_id)["genbench.eval_record"]).data
         assert main([*base, "--ood-sets", str(tmp_path / "wrong")]) == 2
         err = capsys.readouterr().err.strip()
+        from report.render import write_report       # the report names a folder set's column
+        html = write_report(run.experiment, tmp_path / "report", quiet=True).read_text()
+    ood_table = html.split('id="ood-table"', 1)[1].split("</table>", 1)[0]
+    assert "<th>MNIST</th>" in ood_table and "<th>folder shapes</th>" in ood_table
     for name in ("mnist", "shapes"):
         for score in ("bpd", "msp"):
             assert 0.0 <= record.metrics[f"ood_auroc_{name}_{score}"] <= 1.0, (name, score)

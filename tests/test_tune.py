@@ -73,8 +73,10 @@ def check_sweep(uri: str, keys: list[str], metric: str, samples: int = 4):
 
 @pytest.mark.slow
 def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, mlflow_uri):
+    ctrl_c = signal.getsignal(signal.SIGINT)
     rc = main(["tune", "--model", "vae", "--samples", "4", "--steps", "40", *TINY_VAE])
     assert rc == 0
+    assert signal.getsignal(signal.SIGINT) is ctrl_c   # Tune's Ctrl-C handler does not outlive it
     parent, children, best = check_sweep(mlflow_uri, ["vae.beta", "vae.lr"], "val_bpd")
     assert parent.data.params["tune.scheduler"] == "asha"
     plots = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(parent.info.run_id, "plots")}

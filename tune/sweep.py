@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +278,9 @@ def finish(tuner, spec: SweepSpec) -> int:
     # Tune's newer console output prints a banner even at verbose=0; the classic one is silent
     # there, and SweepMonitor prints our own compact progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune swaps in its own Ctrl-C handler (a flag it polls) and leaves it after fit(): put the
+    # caller's back, or the next Ctrl-C in this process would be swallowed
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         results = tuner.fit()
     except BaseException as exc:
@@ -283,6 +288,9 @@ def finish(tuner, spec: SweepSpec) -> int:
         tracking.end_run(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                          uri)
         raise
+    finally:
+        if threading.current_thread() is threading.main_thread() and ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
     # Tune returns normally on Ctrl-C too; the state it saved says whether every trial ended.
     saved = ExperimentAnalysis(spec.sweep_dir).trials
     ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
