@@ -134,7 +134,6 @@ def bootstrap_intervals(fake: dict[str, torch.Tensor], real: dict[str, torch.Ten
     if resamples < 2:
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples}")
     gen = torch.Generator().manual_seed(seed)
-    probs = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     out = {}
     for name in ("fid", "kid"):
         if name not in metrics:
@@ -150,9 +149,16 @@ def bootstrap_intervals(fake: dict[str, torch.Tensor], real: dict[str, torch.Ten
             i = torch.randint(len(f), (len(f),), generator=gen)
             j = torch.randint(len(r), (len(r),), generator=gen)
             values.append(metric(f[i], r[j]))
-        values = torch.tensor(values, dtype=torch.float64)
-        bias = values.mean().item() - estimate
-        low, high = (torch.quantile(values, probs) - bias).tolist()
         low_key, high_key = schema.ci_keys(schema.fidelity_key(name, extractor.name))
-        out[low_key], out[high_key] = low, high
+        out[low_key], out[high_key] = percentile_interval(torch.tensor(values), estimate, level)
     return out
+
+
+def percentile_interval(values: torch.Tensor, estimate: float,
+                        level: float = BOOTSTRAP_LEVEL) -> tuple[float, float]:
+    """The bootstrap percentile interval of `values` (the metric on resamples), shifted back by
+    the bootstrap's bias estimate mean(values) - estimate (see bootstrap_intervals)."""
+    values = values.to(torch.float64)
+    probs = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = (torch.quantile(values, probs) - (values.mean().item() - estimate)).tolist()
+    return low, high

@@ -5,6 +5,7 @@ default) gets the averaged weights: they are what the model samples and is evalu
 `LoadedModel.ema` says so for the evaluation's stamp."""
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,12 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline import ema, schema, tracking
+from pipeline import ema, schema, storage, tracking
 from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.errors import ConfigError
 from pipeline.loop import build_nets
+from pipeline.trainer import newest_loadable_checkpoint
 
 ARTIFACT = f"checkpoint/{ckpt.FILENAME}"
 
@@ -35,16 +37,37 @@ class LoadedModel:
 
 
 def download_checkpoint(run_id: str) -> dict:
+    """The run's checkpoint artifact; for a finished run whose Ray directory is on an object
+    store (s3://..., the run's genbench.ray_run_dir tag), without that artifact (it went to a
+    store the driver does not see, e.g. a worker node's own mlruns/), its newest checkpoint
+    there that loads."""
     run = tracking.get_run(run_id)  # a clear error for an unknown id
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracking.client().download_artifacts(run_id, ARTIFACT, tmp)
         except Exception as exc:  # MLflow raises its own types for a missing artifact
+            stored = _from_run_storage(run)
+            if stored is not None:
+                return stored
             kind = schema.kind(run.data.tags) or "not genbench"
             raise ConfigError(f"run {run_id} ({kind}, {run.info.status}) has no {ARTIFACT} "
                               f"artifact ({type(exc).__name__}); evaluate a finished "
                               f"`genbench train` run, or pass --checkpoint PATH") from None
         return ckpt.load(path)
+
+
+def _from_run_storage(run) -> dict | None:
+    """The newest loadable checkpoint of a FINISHED run in its object store, or None (local
+    Ray directories are not read here: the artifact is what a local run is evaluated from)."""
+    run_dir = run.data.tags.get(schema.RAY_RUN_DIR)
+    if run.info.status != "FINISHED" or not run_dir or not storage.is_uri(run_dir):
+        return None
+    path, payload, _ = newest_loadable_checkpoint(run_dir)
+    if payload is None or payload.get("mlflow_run_id") != run.info.run_id:
+        return None
+    print(f"genbench: run {run.info.run_id} has no {ARTIFACT} artifact; evaluating its "
+          f"checkpoint {path}", file=sys.stderr, flush=True)
+    return payload
 
 
 def model_from_payload(payload: dict, device="cpu", source: str = "checkpoint") -> LoadedModel:
@@ -76,4 +99,5 @@ def load_model(run_id: str | None = None, checkpoint: str | None = None,
         model.run_id = run_id
         return model
     payload = ckpt.load(checkpoint)
-    return model_from_payload(payload, device, f"checkpoint {Path(checkpoint)}")
+    shown = checkpoint if storage.is_uri(checkpoint) else Path(checkpoint)  # s3://..., or a path
+    return model_from_payload(payload, device, f"checkpoint {shown}")

@@ -72,6 +72,7 @@ class EvalOptions:
     bpd_images: int | None = None        # default: the whole test split
     probe_images: int | None = None      # train images the probe is fitted on; default: all
     bootstrap: int | None = None         # resamples for FID/KID confidence intervals
+    bootstrap_metrics: tuple = ("fid", "kid")   # which of them (KID's costs ~100x FID's)
     # --samples DIR: a folder of anyone's samples instead of a model (eval/external.py)
     samples: str | None = None
     dataset: str = "fashion-mnist"       # ... the dataset whose test split is the reference
@@ -110,6 +111,10 @@ class EvalOptions:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.domain_epochs is not None and self.domain_epochs <= 0:
             raise ConfigError(f"domain_epochs must be positive, got {self.domain_epochs}")
+        unknown = [m for m in self.bootstrap_metrics if m not in ("fid", "kid")]
+        if unknown or not self.bootstrap_metrics:
+            raise ConfigError(f"--bootstrap-metrics takes fid, kid or fid,kid, got "
+                              f"{','.join(unknown) or '(none)'}")
         if self.kid_subset_size is not None and self.kid_subset_size < 2:
             raise ConfigError("--kid-subset-size must be at least 2")
 

@@ -30,7 +30,7 @@ from pipeline.errors import ConfigError
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
-             "domain_epochs", "bootstrap"}
+             "domain_epochs", "bootstrap", "bootstrap_metrics"}
 SWEEP_KEYS = {"model", "samples", "steps", "config"}
 PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 9 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
@@ -171,6 +171,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "that fit, plus one evaluation)")
     p.add_argument("--experiment", help="MLflow experiment (default: a new one, "
                    "bench-<preset>-<date-time>, so runs and reports are never mixed)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, the runs "
+                   "each starts, estimated times on this machine) and start nothing")
+    from genbench.bench_plan import CONFIRM_ABOVE_S, duration
+    p.add_argument("--yes", action="store_true", help=f"run a plan estimated over "
+                   f"{duration(CONFIRM_ABOVE_S)} (without it bench stops before starting anything)")
     # SUPPRESS: left unset here, `genbench --verbose CMD` (the top-level flag) holds
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show Ray's own logs")
@@ -234,7 +239,18 @@ def run(args) -> int:
         from eval.extractors import inception_weights
         inception_weights(args.inception_weights)  # a wrong file fails now, not after training
     if getattr(args, "gpu", False):
-        require_gpu(args.address, args.verbose)
+        require_gpu(args.address, args.verbose)   # no GPU: one line, before the plan
+    # the plan before anything starts: a days-long preset needs --yes (genbench/bench_plan.py)
+    from genbench import bench_plan
+    estimate = bench_plan.make_plan(
+        preset, jobs, configs, lambda family, more: eval_options(
+            None, family, preset, more, getattr(args, "inception_weights", None)),
+        sweep_cfg, scaling_cfgs, getattr(args, "gpu", False))
+    if not getattr(args, "dry_run", False):
+        bench_plan.confirm(estimate, getattr(args, "yes", False))
+    print(estimate.describe(f"genbench bench --preset {args.preset}, {args.dataset}"), flush=True)
+    if getattr(args, "dry_run", False):
+        return 0
     init_ray(args.address, args.verbose)
     first = resolve_resources(next(iter(configs.values())), can_grow=joins_cluster(args.address))
     scaling_cfgs = scaling.fitting(scaling_cfgs)
@@ -392,8 +408,8 @@ def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = N
                  inception_weights: str | None = None):
     """The preset's evaluation of a family's run (with --metrics ood where the preset has an ood
     section); a run without the unseen classes gets only the unseen set, a conditional one its
-    Bayes classifier and its p(x) on the OOD sets. inception_weights (--inception-weights) adds
-    Inception features to the preset's extractors."""
+    Bayes classifier, its p(x) on the OOD sets, CAS and intra-class FID. inception_weights
+    (--inception-weights) adds Inception features to the preset's extractors."""
     from eval.ood.sets import SETS
     from eval.run import DEFAULT_METRICS, EvalOptions
 
@@ -412,7 +428,9 @@ def eval_options(run_id: str, family: str, preset: Preset, more: dict | None = N
     if "exclude_classes" in more.get("data", {}):
         opts = EvalOptions(run_id=run_id, metrics=("ood",), ood_sets=("unseen",), **kw)
     elif more.get("train", {}).get("conditional"):
-        opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood") if sets else ("bayes",),
+        per_class = ("cas", "intra_fid")  # sample quality per class: only a conditional run
+        opts = EvalOptions(run_id=run_id, metrics=("bayes", "ood", *per_class) if sets
+                           else ("bayes", *per_class),
                            ood_sets=sets or SETS, **{**kw, "ood_background_steps": 0})
     else:
         opts = EvalOptions(run_id=run_id, n_fake=preset.n_fake(family), **ev,

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=positive_int, metavar="B", help="add a 95%% bootstrap "
                    "confidence interval for FID and KID from B resamples of the feature sets "
                    "(fid_<extractor>_ci_low/_ci_high)")
+    p.add_argument("--bootstrap-metrics", type=comma_list, default=("fid", "kid"),
+                   metavar="LIST", help="with --bootstrap: fid, kid or fid,kid (default both; "
+                   "KID's resamples cost ~100x FID's on CPU)")
     p.add_argument("--metrics", type=comma_list, default=None,
                    help="comma list of fid,is,kid,prc,dc,bpd,probe,ood,bayes (default: all that "
                    "apply of fid,is,kid,prc,dc,bpd,probe: FID/IS/KID/PR and density/coverage "
@@ -116,6 +119,7 @@ def options_from_args(args):
     return EvalOptions(run_id=args.run_id, checkpoint=args.checkpoint, samples=args.samples,
                        dataset=args.dataset, root=args.root, image_size=args.image_size,
                        name=args.name, bootstrap=args.bootstrap,
+                       bootstrap_metrics=tuple(args.bootstrap_metrics),
                        metrics=args.metrics or default, extractors=args.extractor,
                        ood_sets=args.ood_sets or OOD_SETS, ood_images=args.ood_images,
                        ood_background_steps=args.ood_background_steps,

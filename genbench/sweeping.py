@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config key for every trial, e.g. --set vae.width=16")
     p.add_argument("--seed", type=int, help="random seed of the search and the trials")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    # default None, not 1: --resume can then tell it was given (and refuse it)
+    p.add_argument("--trials-per-gpu", type=positive_int, metavar="N", help="with --gpu and 1 "
+                   "worker per trial: each trial asks for 1/N of a GPU, so N trials train on "
+                   "one GPU at once (default 1)")
     p.add_argument("--storage-path", help="where the sweep lives (default ./ray_results)")
     p.add_argument("--experiment", default="genbench", help="MLflow experiment")
     p.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep (its "
@@ -56,7 +60,8 @@ def run(args) -> int:
 
     if args.resume:
         given = [f"--{n.replace('_', '-')}" for n in ("model", "dataset", "config", "set",
-                                                      "steps", "metric", "mode")
+                                                      "steps", "metric", "mode",
+                                                      "trials_per_gpu")
                  if getattr(args, n, None)]
         if given:
             raise ConfigError(f"--resume continues a sweep with its saved settings; drop "
@@ -67,5 +72,5 @@ def run(args) -> int:
     options = SweepOptions(samples=args.samples, scheduler=args.scheduler, search=args.search,
                            metric=args.metric, mode=args.mode, space=read_space(args.config),
                            experiment=args.experiment, address=args.address,
-                           verbose=args.verbose)
+                           verbose=args.verbose, trials_per_gpu=args.trials_per_gpu or 1)
     return sweep(cfg, options)

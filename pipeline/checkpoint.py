@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.models.layers import unwrap
 
@@ -47,6 +48,10 @@ class CorruptCheckpoint(ConfigError):
 
 
 def load(path: str | Path) -> dict:
+    """The payload of checkpoint.pt (or of the checkpoint directory holding it). A URI
+    (s3://..., pipeline/storage.py) is downloaded to a temp dir and loaded the same way."""
+    if storage.is_uri(path):
+        return _load_remote(str(path))
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
@@ -67,6 +72,22 @@ def load(path: str | Path) -> dict:
                           f"genbench reads version {FORMAT}; use the genbench release that "
                           f"wrote it, or start a new run")
     return payload
+
+
+def _load_remote(uri: str) -> dict:
+    file_uri = uri if storage.name(uri) == FILENAME else storage.join(uri, FILENAME)
+    try:
+        if not storage.is_file(file_uri):
+            raise ConfigError(f"no checkpoint at {file_uri}; pass a checkpoint.pt or its "
+                              f"directory")
+        with storage.downloaded(file_uri) as local:
+            try:
+                return load(local)
+            except ConfigError as exc:  # name the checkpoint, not the temp copy
+                raise type(exc)(str(exc).replace(local, file_uri)) from None
+    except storage.StoreError as exc:
+        raise ConfigError(f"{exc}; check the storage credentials and endpoint (AWS_* or "
+                          f"GOOGLE_APPLICATION_CREDENTIALS in the environment)") from None
 
 
 def restore(payload: dict, nets, optimizers, source: str = "checkpoint") -> int:

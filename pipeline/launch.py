@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import faults, schema, tracking
+from pipeline import faults, schema, storage, tracking
 from pipeline.cluster import (init_ray, joined_cluster, require_shared_storage,
                               resolve_resources, shortfall)
 from pipeline.config import Config
@@ -71,6 +71,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         raise ConfigError(f"run {resume} already reached step {start_payload['step']} "
                           f"of {steps}; nothing to resume")
     tracking.set_outage_budget(cfg.train.tracking_outage_s)
+    require_reachable_storage(storage_path(cfg))
     init_ray(address, verbose)
     joined = joined_cluster(address)
     cfg = resolve_resources(cfg, can_grow=joined)
@@ -80,8 +81,12 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     if resume:
         run_id = resume
         run_dir = tracking.get_run(run_id).data.tags[RUN_DIR_TAG]
-        attempt = len(__import__("glob").glob(f"{run_dir}*")) + 1
-        name = f"{Path(run_dir).name}-resume{attempt}"
+        if storage.is_uri(run_dir):  # an object store (s3://...): listed through pyarrow.fs
+            attempt = len(storage.run_dirs(run_dir)) + 1
+            name = f"{storage.name(run_dir)}-resume{attempt}"
+        else:
+            attempt = len(__import__("glob").glob(f"{run_dir}*")) + 1
+            name = f"{Path(run_dir).name}-resume{attempt}"
         tracking.client().update_run(run_id, status="RUNNING")
         # Ray Train V2 dropped resume_from_checkpoint: the workers load this path themselves.
         resume_from = str(latest)
@@ -93,7 +98,7 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
                                     f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
         name = f"genbench-{cfg.model}-{run_id[:12]}"
-        run_dir = f"{storage_path(cfg)}/{name}"
+        run_dir = storage.join(storage_path(cfg), name)  # a URI keeps its ?query at the end
         tracking.set_tags(run_id, {RUN_DIR_TAG: run_dir})
         resume_from = None
 
@@ -136,7 +141,22 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     seconds = time.time() - t0
     tracking.end_run(run_id, "FINISHED")
     checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and storage.is_uri(storage_path(cfg)):  # Ray's path has no scheme
+        checkpoint = storage.to_uri(storage_path(cfg), checkpoint)
     return TrainResult(run_id, experiment, steps, dict(result.metrics or {}), seconds, checkpoint)
+
+
+def require_reachable_storage(path: str) -> None:
+    """A checkpoint store given as a URI (s3://bucket/prefix) answers before Ray starts: a
+    missing bucket, endpoint or credentials is a one-line error, not a worker's traceback."""
+    if not storage.is_uri(path):
+        return
+    try:
+        storage.check_reachable(path)
+    except storage.StoreError as exc:
+        raise ConfigError(f"--storage-path: {exc}; set the store's credentials (and "
+                          f"AWS_ENDPOINT_URL for an S3-compatible endpoint) in the environment "
+                          f"of the driver and of every Ray node") from None
 
 
 def fit_interruptibly(trainer):

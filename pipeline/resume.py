@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
-from pipeline import schema, tracking
+from pipeline import schema, storage, tracking
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.errors import ConfigError
@@ -15,12 +15,13 @@ from pipeline.trainer import find_latest_checkpoint, newest_loadable_checkpoint
 RUN_DIR_TAG = schema.RAY_RUN_DIR   # the run's Ray directory, where its checkpoints are
 
 
-def prepare_resume(run_id: str) -> tuple[Config, dict, Path]:
+def prepare_resume(run_id: str) -> tuple[Config, dict, Path | str]:
     """Config, checkpoint payload and path of an interrupted run, or a one-line error.
 
     The newest checkpoint that loads is used: a kill while Ray copied the newest one into
     storage can leave it torn, and the one before it is still whole. Each skipped checkpoint
-    is said in one line on stderr."""
+    is said in one line on stderr. The path is a Path on local storage, a URI on an object
+    store (pipeline/storage.py)."""
     run = tracking.get_run(run_id)
     run_dir = run.data.tags.get(RUN_DIR_TAG)
     if not run_dir:
@@ -42,7 +43,7 @@ def prepare_resume(run_id: str) -> tuple[Config, dict, Path]:
     cfg = Config.from_dict(payload["config"])
     if skipped:
         print(f"genbench: skipped checkpoint(s) that do not load: {torn}; resuming from "
-              f"{latest.name}", file=sys.stderr, flush=True)
+              f"{storage.name(latest)}", file=sys.stderr, flush=True)
     return cfg, payload, latest
 
 

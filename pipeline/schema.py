@@ -143,7 +143,7 @@ OOD_TAG_PREFIXES = (eval_tag("ood"), eval_tag("bayes"))  # the OOD section's, no
 
 # --- metric keys ----------------------------------------------------------------------------------
 # Sample quality: <metric>_<extractor>, e.g. fid_domain. --metrics prc logs precision and recall.
-FIDELITY = ("fid", "kid", "is", "precision", "recall")
+FIDELITY = ("fid", "kid", "is", "precision", "recall", "intra_fid")  # intra_fid: per class
 FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
 FLOOR_PREFIX = "floor_"          # the same metric on real train vs real test images
 CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap

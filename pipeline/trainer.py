@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
+from pipeline import storage
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 
 # How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's reports
 # wait in a queue of one that only a poll empties, so a checkpoint reported less than a poll
@@ -53,15 +55,23 @@ def storage_path(cfg: Config) -> str:
     return cfg.train.storage_path or str(Path("ray_results").absolute())
 
 
-def list_checkpoints(run_dir_glob: str) -> list[Path]:
-    """Every checkpoint_<step> holding a checkpoint file under this run's Ray directories (local
-    storage), newest first. Whether each one loads is the caller's question."""
+def list_checkpoints(run_dir_glob: str) -> list[Path] | list[str]:
+    """Every checkpoint_<step> holding a checkpoint file under this run's Ray directories, newest
+    first: Paths on local storage, URIs on a store given as one (s3://..., read through
+    pyarrow.fs: pipeline/storage.py). Whether each one loads is the caller's question."""
+    if storage.is_uri(run_dir_glob):
+        try:
+            return storage.list_checkpoints(run_dir_glob, ckpt.FILENAME)
+        except storage.StoreError as exc:
+            raise ConfigError(f"{exc}; check the storage credentials and endpoint (AWS_* or "
+                              f"GOOGLE_APPLICATION_CREDENTIALS in the environment)") from None
     found = [Path(p) for p in glob.glob(f"{glob.escape(run_dir_glob)}*/checkpoint_*")]
     return sorted((p for p in found if (p / ckpt.FILENAME).is_file()),
                   key=lambda p: p.name, reverse=True)
 
 
-def newest_loadable_checkpoint(run_dir_glob: str) -> tuple[Path | None, dict | None, list[str]]:
+def newest_loadable_checkpoint(run_dir_glob: str
+                               ) -> tuple[Path | str | None, dict | None, list[str]]:
     """The newest checkpoint that loads, its payload, and the names of the newer ones skipped
     because they do not (torn by a kill while Ray copied them, truncated). A checkpoint that
     loads but is refused for another reason (another format, not genbench's) is an error."""
@@ -70,12 +80,12 @@ def newest_loadable_checkpoint(run_dir_glob: str) -> tuple[Path | None, dict | N
         try:
             return path, ckpt.load(path), skipped
         except ckpt.CorruptCheckpoint:
-            skipped.append(path.name)
+            skipped.append(storage.name(path))
     return None, None, skipped
 
 
-def find_latest_checkpoint(run_dir_glob: str) -> Path | None:
-    """The newest checkpoint_<step> under this run's Ray directories (local storage)."""
+def find_latest_checkpoint(run_dir_glob: str) -> Path | str | None:
+    """The newest checkpoint_<step> under this run's Ray directories."""
     found = list_checkpoints(run_dir_glob)
     return found[0] if found else None
 

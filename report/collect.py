@@ -72,6 +72,8 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     from report.sanity import sanity_failures, sanity_panels
     sanity = sanity_panels(rows)
     memorization = memorization_entries(rows, uri, with_images)
+    from report.conditional_section import conditional_entries
+    conditional = conditional_entries(runs)
     if rows and not floor_rows:
         missing.append("no floor (real vs real) metrics yet: `genbench eval` logs them as "
                        "floor_<metric>")
@@ -95,6 +97,7 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
         scaling=scaling, significance=significance,
         sanity=sanity, sanity_failures=sanity_failures(sanity), memorization=memorization,
+        conditional=conditional,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,

@@ -138,6 +138,7 @@ class ReportData:
     sanity: list = field(default_factory=list)     # report.sanity.Panel
     sanity_failures: list = field(default_factory=list)  # one sentence per failed expectation
     memorization: list = field(default_factory=list)  # memorization_section.MemorizationEntry
+    conditional: list = field(default_factory=list)   # conditional_section.ConditionalEntry
 
 
 # --- formatting ----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 
     "test_eval_samples",                                                # 276
     "tests/test_benchmarks.py::test_tune_overhead",                     # 224
     "tests/test_bench.py::test_bench_with_two_seeds_and_two_workers",   # 205
+    "test_object_storage",                                              # 165 (est.)
     "tests/test_benchmarks.py::test_worker_overhead",                   # 183
     "test_eval_cli",                                                    # 130
     "tests/test_diffusion.py::test_cli_trains_a_conditional_model_t",   # 129
@@ -47,6 +48,7 @@ LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 
     "tests/test_benchmarks.py::test_train_throughput",                  # 106
     "tests/test_tune.py::test_two_worker_trials_searched_by_optuna",    # 101
     "family-vae",                                                       # 95
+    "test_cas",                                                         # 90 (est.)
     "tests/test_tune.py::test_vae_sweep_records_parent_children_and",   # 88
     "tests/test_fault_tolerance.py::test_checkpoints_sooner_than_th",   # 81
     "tests/test_transformer.py::test_cli_trains_on_two_workers_and_",   # 72
@@ -69,6 +71,8 @@ LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 
     "tests/test_sweep_spec.py::test_resume_refuses_a_directory_genb",   # 26
     "tests/test_tune.py::test_unsatisfiable_resources_are_one_line_",   # 26
     "test_cluster",                                                     # 290
+    "tests/test_tune_packing.py::test_packing_runs_two_half_gpu_tri",   # 180 (est.)
+    "tests/test_benchmarks.py::test_startup",                           # 120 (est.)
     "tests/test_launch.py::test_tracking_server_down_for_90_s_is_wa",   # 178
     "tests/test_launch.py::test_lost_tracking_server_past_the_budge",   # 159
     "tests/test_fault_tolerance.py::test_stalled_rank_restarts_the_",   # 123

@@ -34,7 +34,7 @@ def tiny_quick_preset(tmp_path):
         "every_family": {"config": {"train": {**train, "steps": 4}}, "n_fake": 100},
         "families": {f: {"config": {f: TINY[f]}} for f in FAMILIES},
         "eval": {"n_real": 100, "extractors": ["domain"], "k": 1, "bpd_images": 100,
-                 "probe_images": 500},
+                 "probe_images": 500, "bootstrap": 20, "bootstrap_metrics": ["fid"]},
         "sweep": {"model": timed, "samples": 1, "steps": 4,
                   "config": {**size, "train": {"batch_size": 16}}},
         "scaling": {"model": timed, "workers": [1],
@@ -130,6 +130,9 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
             assert float(cell[0]) == pytest.approx(statistics.fmean(values)), (family, key)
             assert cell[1].endswith("(2 seeds)") and " ± " in cell[1], (family, key, cell)
             assert f"{statistics.stdev(values):.2g}" in cell[1]
+    # eval.bootstrap: the families' FID compared pair by pair, ties marked
+    significance = html.split('id="significance"', 1)[1].split("</table>", 1)[0]
+    assert significance.count("data-pair=") >= 1 and "ranks " in significance
     # each seed's own value, in the seeds table
     seeds_table = html.split('id="seeds-table"', 1)[1].split("</table>", 1)[0]
     for family, family_runs in by_family.items():

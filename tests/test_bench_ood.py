@@ -16,7 +16,7 @@ def test_quick_scores_synthetic_sets_and_digits_and_trains_a_conditional_vae():
     assert "ood" in main.metrics and "fid" in main.metrics
     assert set(main.ood_sets) == {"digits", "mnist", "noise", "constant", "flipped", "inverted"}
     bayes = eval_options("RUN", "vae", preset, {"train": {"conditional": True}})
-    assert bayes.metrics == ("bayes", "ood") and bayes.ood_background_steps == 0
+    assert bayes.metrics == ("bayes", "ood", "cas", "intra_fid") and bayes.ood_background_steps == 0
 
 
 def test_full_adds_an_unseen_class_run_per_family_and_every_likelihood_family():

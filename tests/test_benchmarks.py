@@ -195,3 +195,22 @@ def test_tracking_outage(capsys):
     assert header[0] == "outage s" and len(rows) == 1
     outage, alive, code, status, restarted, once = rows[0][:6]
     assert (alive, code, status, restarted, once) == ("yes", "0", "FINISHED", "no", "yes")
+
+
+@pytest.mark.slow
+@pytest.mark.fault  # make test-faults: it starts Ray instances of its own, as the cluster tests do
+def test_startup(capsys):
+    """A trivial TorchTrainer and a genbench train, each a fresh process with its own Ray."""
+    from benchmarks import startup
+
+    assert startup.main(["--smoke"]) == 0
+    [(header, rows)] = tables(capsys.readouterr().out)
+    assert header[1:] == ["trivial TorchTrainer", "genbench train (ae)"]
+    values = {row[0]: row[1:] for row in rows}
+    for phase in ("imports", "start Ray (init_ray)", "fit() to the first step",
+                  "launch to first step"):
+        floor, genbench = (float(v) for v in values[phase])
+        assert floor > 0 and genbench > 0, phase
+    assert values["load the dataset"][0] == "—" and float(values["load the dataset"][1]) >= 0
+    # the first step comes after fit() starts and before the process ends
+    assert float(values["launch to first step"][1]) < float(values["launch to exit"][1])

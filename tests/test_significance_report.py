@@ -14,9 +14,11 @@ import tempfile
 import pytest
 import torch
 
+from eval.fidelity import percentile_interval
 from eval.run import EvalOptions, evaluate, flat_config
 from pipeline import schema, tracking
 from pipeline.data import load_split
+from pipeline.errors import ConfigError
 from pipeline.models import FAMILIES
 from testing.evalkit import save_checkpoint, tiny_model
 
@@ -88,6 +90,25 @@ def test_eval_saves_paired_replicates_with_their_protocol_and_stamps_them(evalua
     assert min(fid["values"]) < estimate * 1.5 and max(fid["values"]) > estimate * 0.5
     stamp = results["vae-seed0"].tags[schema.extractor_tag("domain", "replicates")]
     assert f"{RESAMPLES} resamples" in stamp and "seed 0" in stamp
+    # the run's interval comes from these same resamples (one bootstrap, not two)
+    low, high = (results["vae-seed0"].metrics[k] for k in schema.ci_keys("fid_domain"))
+    assert (low, high) == pytest.approx(percentile_interval(torch.tensor(fid["values"]), estimate))
+
+
+def test_bootstrap_metrics_choose_which_are_resampled(domain_classifier, tmp_path, monkeypatch):
+    """--bootstrap-metrics fid: KID is measured but not resampled (its resamples cost ~100x)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setenv("GENBENCH_CACHE", str(domain_classifier))
+    cfg, nets, opts = tiny_model("vae", seed=0)
+    path = save_checkpoint(tmp_path / "vae", cfg, nets, opts)
+    result = evaluate(EvalOptions(checkpoint=str(path), metrics=("fid", "kid"), n_fake=N,
+                                  n_real=N, kid_subset_size=50, bootstrap=10,
+                                  bootstrap_metrics=("fid",), quiet=True))
+    assert set(replicates_of(result)) == {"fid_domain"} and "kid_domain" in result.metrics
+    assert all(k in result.metrics for k in schema.ci_keys("fid_domain"))
+    assert not any(k in result.metrics for k in schema.ci_keys("kid_domain"))
+    with pytest.raises(ConfigError, match="--bootstrap-metrics takes fid, kid"):
+        EvalOptions(checkpoint=str(path), bootstrap=10, bootstrap_metrics=("is",)).validate()
 
 
 def test_two_seeds_of_one_config_tie_and_an_untrained_model_does_not(evaluated):

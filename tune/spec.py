@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ SPEC_FILE = "genbench_sweep.json"  # in the Tune experiment directory
 # `--resume` trusts a directory only when this id names a parent run in the user's tracking
 # store that points back at the directory (tune/sweep.py): Tune restores pickled state from it.
 MARKER_FILE = "genbench_sweep.id"
+# Ray counts a resource in steps of 1/10000 and cuts finer fractions off: a GPU share is rounded
+# down to such a step, so that trials_per_gpu shares never add up to more than one GPU.
+RESOURCE_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class SweepSpec:
     fid_samples: int             # images per small-sample FID, fake and real each
     domain_cache: str | None = None   # where the FID's extractor is cached, for trial processes
     max_concurrent: int = 1
+    # single-worker GPU trials sharing one GPU (--trials-per-gpu); 1 in specs saved before it
+    trials_per_gpu: int = 1
     # set when the sweep opens its parent MLflow run
     parent_run_id: str = ""
     name: str = ""
@@ -88,6 +94,9 @@ class SweepSpec:
             raise ConfigError(f"this sweep's saved settings are incomplete ({exc}); start it "
                               f"again") from None
         spec.user(), spec.trial()  # still valid configs for this genbench
+        if type(spec.trials_per_gpu) is not int or not 1 <= spec.trials_per_gpu <= RESOURCE_STEPS:
+            raise ConfigError(f"this sweep's saved trials_per_gpu {spec.trials_per_gpu!r} is not "
+                              f"a whole number from 1 to {RESOURCE_STEPS}; start it again")
         return spec
 
     def save(self, sweep_dir: Path) -> None:
@@ -96,6 +105,11 @@ class SweepSpec:
     @classmethod
     def load(cls, sweep_dir: Path) -> "SweepSpec":
         return cls.from_json((sweep_dir / SPEC_FILE).read_text())
+
+
+def gpu_share(trials_per_gpu: int) -> float:
+    """1/trials_per_gpu of a GPU, in Ray's steps (1 stays a whole GPU)."""
+    return math.floor(RESOURCE_STEPS / trials_per_gpu) / RESOURCE_STEPS
 
 
 def write_marker(sweep_dir: Path, sweep_id: str) -> None:

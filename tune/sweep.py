@@ -21,7 +21,8 @@ from pipeline.errors import ConfigError
 from pipeline.launch import load_train_split
 from tune import metrics as sweep_metrics
 from tune import spaces
-from tune.spec import MARKER_FILE, SPEC_FILE, SweepSpec, read_marker, write_marker
+from tune.spec import (MARKER_FILE, RESOURCE_STEPS, SPEC_FILE, SweepSpec, gpu_share,
+                       read_marker, write_marker)
 
 TUNE_PATH_TAG = schema.TUNE_PATH   # on the parent run: its sweep directory
 SWEEP_ID_TAG = schema.SWEEP_ID     # on the parent run: the id in the directory's marker
@@ -43,6 +44,7 @@ class SweepOptions:
     experiment: str = "genbench"
     address: str | None = None
     verbose: bool = False
+    trials_per_gpu: int = 1                  # single-worker GPU trials sharing one GPU
 
 
 def trial_config(cfg: Config, steps: int, interval: int) -> Config:
@@ -54,22 +56,60 @@ def trial_config(cfg: Config, steps: int, interval: int) -> Config:
     return dataclasses.replace(cfg, train=t)
 
 
-def concurrency(trial_cfg: Config) -> int:
-    """How many trials fit the cluster at once; a request that can never fit is an error
-    (launch's checks, as for `genbench train`)."""
+def check_trials_per_gpu(cfg: Config, trials_per_gpu: int) -> None:
+    """--trials-per-gpu N > 1 shares a GPU between trials that each train in one process; a
+    multi-worker trial's DDP ranks each hold a whole GPU (Ray Train asks for them)."""
+    if trials_per_gpu == 1:
+        return
+    if not 1 <= trials_per_gpu <= RESOURCE_STEPS:
+        raise ConfigError(f"--trials-per-gpu must be from 1 to {RESOURCE_STEPS}, got "
+                          f"{trials_per_gpu}")
+    if not cfg.train.gpu:
+        raise ConfigError(f"--trials-per-gpu {trials_per_gpu} shares a GPU between trials, but "
+                          f"the trials train on CPUs; add --gpu or drop --trials-per-gpu")
+    if cfg.train.workers != 1:
+        raise ConfigError(f"--trials-per-gpu {trials_per_gpu} shares a GPU between single-worker "
+                          f"trials, but each trial has {cfg.train.workers} workers; use "
+                          f"--workers-per-trial 1 or drop --trials-per-gpu")
+
+
+def trial_shortfall(trial_cfg: Config, total: dict, trials_per_gpu: int) -> str | None:
+    """What the cluster lacks for one trial (launch's check, as for `genbench train`), with a
+    trial that shares a GPU counted by its share: launch counts whole GPUs per worker."""
+    from pipeline.cluster import shortfall
+
+    if not (trial_cfg.train.gpu and trials_per_gpu > 1):
+        return shortfall(trial_cfg, total, workers_flag="--workers-per-trial")
+    gpus = total.get("GPU", 0)
+    if gpu_share(trials_per_gpu) > gpus:
+        return (f"1/{trials_per_gpu} of a GPU asked for but the Ray cluster has {gpus:g} GPUs; "
+                f"add GPU nodes or drop --gpu")
+    return None
+
+
+def gpu_slots(gpus: float, workers: int, trials_per_gpu: int) -> int:
+    """Trials whose GPUs fit in the cluster's declared GPUs at once, counted in Ray's resource
+    steps as Ray does: their shares never add up to more GPUs than the cluster declares."""
+    per_trial = workers * round(gpu_share(trials_per_gpu) * RESOURCE_STEPS)
+    return round(gpus * RESOURCE_STEPS) // per_trial
+
+
+def concurrency(trial_cfg: Config, trials_per_gpu: int = 1) -> int:
+    """How many trials fit the cluster at once; a request that can never fit is an error."""
     import ray
 
-    from pipeline.cluster import require_shared_storage, shortfall
+    from pipeline.cluster import require_shared_storage
 
     t = trial_cfg.train
     total = ray.cluster_resources()
-    short = shortfall(trial_cfg, total, workers_flag="--workers-per-trial")
+    short = trial_shortfall(trial_cfg, total, trials_per_gpu)
     if short:
         raise ConfigError(f"each trial: {short}")
     require_shared_storage(trial_cfg)
-    cpus, gpus = int(total.get("CPU", 0)), int(total.get("GPU", 0))
-    fit = cpus // (t.workers * t.cpus_per_worker)
-    return max(1, min(fit, gpus // t.workers) if t.gpu else fit)
+    fit = int(total.get("CPU", 0)) // (t.workers * t.cpus_per_worker)
+    if t.gpu:
+        fit = min(fit, gpu_slots(total.get("GPU", 0), t.workers, trials_per_gpu))
+    return max(1, fit)
 
 
 def scheduler_and_search(spec: SweepSpec):
@@ -104,7 +144,8 @@ def sweep(cfg: Config, options: SweepOptions) -> int:
 
     spec, train_data, val_data = plan(cfg, options)
     init_ray(options.address, options.verbose)
-    spec = open_sweep(spec.replace(max_concurrent=concurrency(spec.trial())))
+    spec = open_sweep(spec.replace(max_concurrent=concurrency(spec.trial(),
+                                                              spec.trials_per_gpu)))
 
     from ray import tune
 
@@ -129,8 +170,9 @@ def sweep(cfg: Config, options: SweepOptions) -> int:
                                   failure_config=tune.FailureConfig(max_failures=0)))
     space_text = ", ".join(f"{k} {prim}{bounds}" for k, e in spec.space.items()
                            for prim, bounds in e.items())
+    share = f", 1/{spec.trials_per_gpu} GPU" if spec.trials_per_gpu > 1 else ""
     print(f"genbench: sweeping {spec.model} on {spec.dataset}: {spec.samples} trials "
-          f"x {spec.steps} steps ({spec.workers} worker(s) each, {spec.max_concurrent} "
+          f"x {spec.steps} steps ({spec.workers} worker(s){share} each, {spec.max_concurrent} "
           f"at a time), {spec.scheduler.upper()} on {spec.metric} ({spec.mode}) every "
           f"{spec.interval} steps, {spec.search} search over {space_text}\n"
           f"  MLflow parent run {spec.parent_run_id}; sweep dir {spec.sweep_dir}",
@@ -145,6 +187,7 @@ def plan(cfg: Config, options: SweepOptions) -> tuple[SweepSpec, ImageData, Imag
 
     if options.samples <= 0:
         raise ConfigError(f"--samples must be positive, got {options.samples}")
+    check_trials_per_gpu(cfg, options.trials_per_gpu)
     space = spaces.check_space(spaces.default_space(cfg.model) if options.space is None
                                else options.space, cfg)
     train_data, val_data = load_train_split(cfg)
@@ -157,7 +200,8 @@ def plan(cfg: Config, options: SweepOptions) -> tuple[SweepSpec, ImageData, Imag
                      mode=mode, scheduler=options.scheduler, search=options.search,
                      samples=options.samples, steps=steps, interval=interval,
                      experiment=options.experiment, tracking_uri=tracking.tracking_uri(),
-                     fid_samples=FID_SAMPLES, **sweep_metrics.prepare(trial_cfg))
+                     fid_samples=FID_SAMPLES, trials_per_gpu=options.trials_per_gpu,
+                     **sweep_metrics.prepare(trial_cfg))
     return spec, train_data, val_data
 
 
@@ -173,7 +217,7 @@ def open_sweep(spec: SweepSpec) -> SweepSpec:
     params = {**cfg.flat(), "train.total_steps": spec.steps,
               **{f"tune.{k}": getattr(spec, k) for k in ("samples", "scheduler", "search",
                                                          "metric", "mode", "interval",
-                                                         "workers")},
+                                                         "workers", "trials_per_gpu")},
               "tune.space": json.dumps(spec.space)}
     parent = tracking.start_run(spec.experiment, f"tune-{cfg.model}-{cfg.data.dataset}",
                                 params, tags)
@@ -244,7 +288,7 @@ def resume(path: str, address: str | None = None, verbose: bool = False) -> int:
     trial_cfg = spec.trial()
     train_data, val_data = load_train_split(trial_cfg)
     init_ray(address, verbose)
-    concurrency(trial_cfg)
+    concurrency(trial_cfg, spec.trials_per_gpu)
     spec = spec.replace(**sweep_metrics.prepare(trial_cfg))
     tracking.client(uri).update_run(spec.parent_run_id, status="RUNNING")
     rerun = f", {errored} errored trial(s) rerun" if errored else ""

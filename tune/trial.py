@@ -21,7 +21,7 @@ from pipeline.config import Config
 from pipeline.data import ImageData, load_config_split
 from pipeline.loop import Context, fit
 from tune import spaces
-from tune.spec import SweepSpec
+from tune.spec import SweepSpec, gpu_share
 
 TRIAL_ID_TAG = schema.TRIAL_ID
 STATUS_TAG = schema.TRIAL_STATUS   # running | completed | early_stopped | failed | interrupted
@@ -135,18 +135,20 @@ def distributed_trial(sampled: dict, spec: SweepSpec) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from pipeline.storage import is_uri, join, run_dirs
     from pipeline.trainer import make_trainer, newest_loadable_checkpoint
 
     cfg = trial_config(spec, sampled)
     tracking.set_outage_budget(cfg.train.tracking_outage_s)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_child_run(spec, sampled, cfg, trial_id)
-    storage = f"{spec.sweep_dir}/trainers"
+    storage = join(spec.sweep_dir, "trainers")   # a URI keeps its ?query at the end
     # A restarted trial (resumed sweep) continues from its trainer's last checkpoint that loads
     # (a killed sweep may have torn the newest), under a new trainer name so Ray Train does not
     # mix the two attempts.
-    latest, _, _ = newest_loadable_checkpoint(f"{storage}/{trial_id}")
-    attempt = len(list(__import__("glob").glob(f"{storage}/{trial_id}*"))) + 1
+    latest, _, _ = newest_loadable_checkpoint(join(storage, trial_id))
+    attempt = len(run_dirs(join(storage, trial_id)) if is_uri(storage) else
+                  __import__("glob").glob(f"{storage}/{trial_id}*")) + 1
     trainer = make_trainer(
         tune_loop_per_worker,
         {"config": cfg.to_dict(), "run_id": run_id, "spec": spec,
@@ -200,15 +202,18 @@ def tune_loop_per_worker(loop_config: dict) -> None:
 
 
 def make_trainable(spec: SweepSpec, train_data: ImageData, val_data: ImageData | None) -> Any:
-    """The Tune trainable with its resources: a whole trial for single-worker sweeps; for
-    multi-worker ones a driver that only waits while its TorchTrainer asks for the CPUs. That
-    driver claims no CPU at all (Tune refuses an empty request, so it claims a little memory):
-    even 0.01 CPU would leave 1.99 of 2 CPUs, and a 2-worker trainer could never start."""
+    """The Tune trainable with its resources: a whole trial for single-worker sweeps (with a
+    GPU, or a share of one); for multi-worker ones a driver that only waits while its
+    TorchTrainer asks for the CPUs. That driver claims no CPU at all (Tune refuses an empty
+    request, so it claims a little memory): even 0.01 CPU would leave 1.99 of 2 CPUs, and a
+    2-worker trainer could never start."""
     from ray import tune
 
     t = spec.trial().train
     if t.workers == 1:
-        resources = {"cpu": t.cpus_per_worker, **({"gpu": 1} if t.gpu else {})}
+        # --trials-per-gpu N: a 1/N share, so that N trials train on one GPU at once
+        resources = {"cpu": t.cpus_per_worker,
+                     **({"gpu": gpu_share(spec.trials_per_gpu)} if t.gpu else {})}
         fn = tune.with_parameters(direct_trial, spec=spec, train_data=train_data,
                                   val_data=val_data)
         return tune.with_resources(fn, resources)

@@ -138,6 +138,15 @@ BUILT_IN = (  # the order eval computes them in: sample quality first (its check
     Metric("probe", "probe acc.", "higher", ("encode",), ("train_images", "test_images"),
            "eval.metrics.probe:compute",
            (Output(schema.PROBE_ACCURACY, "probe acc.", "higher", ("encode",)),), default=True),
+    # class-conditional runs only (one sampling pass for both; others: "not applicable")
+    Metric("cas", "CAS", "higher", ("sample",),
+           ("per_class", "epochs", "seed", "classifier", "test_images"),
+           "eval.metrics.cas:compute",
+           (Output("cas", "CAS", "higher", ("sample",)),
+            Output("cas_real", "CAS, real train images (ceiling)", "", ("sample",)))),
+    Metric("intra_fid", "intra-class FID", "lower", ("sample",),
+           schema.FIDELITY_PROTOCOL + ("seed", "intra_fid_per_class"),
+           "eval.metrics.cas:compute", (_fidelity("intra_fid", "intra-class FID", "lower"),)),
     # the generative-vs-discriminative study: the report's OOD section reads their keys
     Metric("ood", "OOD detection", "higher", (), ("images_per_set", "classifier", "background"),
            "eval.metrics.study:compute", (Output(schema.OOD_PREFIX, "OOD AUROC", "higher"),),

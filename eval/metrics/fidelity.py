@@ -12,7 +12,7 @@ from eval.extractors import Extractor, get_extractor
 from eval.fidelity import (BOOTSTRAP_LEVEL, DC_NEIGHBORHOOD, FIDELITY_METRICS, IS_SPLITS,
                            KID_SUBSET_SIZE, KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED,
                            bootstrap_intervals, check_kid_samples, extract_features,
-                           fidelity_metrics)
+                           fidelity_metrics, percentile_interval)
 from eval.metrics.context import EvalContext, subset
 from eval.samples import generate
 from pipeline import schema
@@ -147,16 +147,23 @@ def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tenso
         def stamp(name: str, ext=ext) -> str:
             return schema.extractor_tag(ext.name, name)
 
-        if opts.bootstrap:
-            metrics.update(bootstrap_intervals(f_fake, f_real, ext, fidelity, kid_size or 0,
-                                               opts.bootstrap, opts.seed))
-            tags.update({stamp("bootstrap"): f"{BOOTSTRAP_LEVEL:.0%} interval from "
+        boot = [m for m in fidelity if m in opts.bootstrap_metrics]
+        if opts.bootstrap and boot:
+            tags.update({stamp("bootstrap"): f"{BOOTSTRAP_LEVEL:.0%} interval of "
+                         f"{'/'.join(boot)} from "
                          f"{opts.bootstrap} resamples of both feature sets with replacement "
                          f"(seed {opts.seed}): percentiles shifted by the bootstrap bias"})
-            if replicates is not None:
-                found = bootstrap_replicates_of(f_fake, f_real, ext, fidelity, kid_size,
+            if replicates is None:
+                metrics.update(bootstrap_intervals(f_fake, f_real, ext, boot, kid_size or 0,
+                                                   opts.bootstrap, opts.seed))
+            else:   # the intervals from the paired replicates: one set of resamples, not two
+                found = bootstrap_replicates_of(f_fake, f_real, ext, boot, kid_size,
                                                 opts.bootstrap, opts.seed, plan)
                 replicates.extend(found)
+                for entry in found:
+                    low_key, high_key = schema.ci_keys(entry["key"])
+                    metrics[low_key], metrics[high_key] = percentile_interval(
+                        torch.tensor(entry["values"]), metrics[entry["key"]])
                 if found:
                     tags[stamp("replicates")] = (
                         f"eval.json {REPLICATES_RECORD}: {opts.bootstrap} resamples of "
