@@ -23,34 +23,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from genbench import preset_schema
 from genbench.options import DATASET_HELP, comma_list, positive_int
 from pipeline.errors import ConfigError
 
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-EVAL_KEYS = {"n_real", "extractors", "k", "bpd_images", "probe_images", "batch_size",
-             "domain_epochs", "bootstrap", "bootstrap_metrics"}
-SWEEP_KEYS = {"model", "samples", "steps", "config"}
 PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 9 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
                "the same shape (genbench/presets/quick.yaml)")
 # "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
 # without unseen_classes, and a conditional run of the `bayes` families (likelihood = all with one)
-OOD_KEYS = {"sets", "images", "background_steps", "unseen_classes", "bayes", "bayes_images"}
 EVERY_LIKELIHOOD = "likelihood"
 
 
 @dataclass(frozen=True)
 class Preset:
     """A bench preset (genbench/presets/<name>.yaml): what every registered family gets, what
-    one family gets instead, the evaluation protocol and the sweep."""
+    one family gets instead, the evaluation protocol and the sweep. Each section is the dict of
+    keys the preset gave, typed by genbench/preset_schema.py."""
     name: str
-    every_family: dict                 # {"config": {...}, "n_fake": N}
+    every_family: dict                 # FamilyEntry: {"config": {...}, "n_fake": N}
     families: dict                     # family -> the same keys, overriding every_family
-    eval: dict                         # EvalOptions fields shared by every family
-    sweep: dict | None                 # {"model": family, "samples": N, "steps": S, "config"}
-    ood: dict | None = None            # OOD_KEYS; None: no OOD or Bayes evaluation
+    eval: dict                         # EvalSection: EvalOptions fields shared by every family
+    sweep: dict | None                 # SweepSection: {"model", "samples", "steps", "config"}
+    ood: dict | None = None            # OODSection; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
     def config(self, family: str, dataset: str, flags: dict | None = None):
@@ -86,31 +84,34 @@ def load_preset(name_or_path: str) -> Preset:
                               f"YAML file like {PRESET_DIR / 'quick.yaml'}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
     raw = load_yaml(str(path))
-    unknown = set(raw) - {"every_family", "families", "eval", "sweep", "ood", "scaling"}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {path} must be a mapping of sections "
+                          f"({', '.join(preset_schema.SECTIONS)})")
+    unknown = set(raw) - set(preset_schema.SECTIONS)
     if unknown:
         raise ConfigError(f"preset {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
-                          f"every_family, families, eval, sweep, ood, scaling")
+                          f"{', '.join(preset_schema.SECTIONS)}")
     families = raw.get("families") or {}
+    if not isinstance(families, dict):
+        raise ConfigError(f"preset {path}: families must map family names to their settings")
     strangers = set(families) - set(names())
     if strangers:
         raise ConfigError(f"preset {path} names unregistered famil(ies) "
                           f"{', '.join(sorted(strangers))}; registered: {', '.join(names())}")
-    for where, entry in [("every_family", raw.get("every_family") or {}), *families.items()]:
-        extra = set(entry) - {"config", "n_fake"}
-        if extra:
-            raise ConfigError(f"preset {path}: {where} takes config and n_fake, not "
-                              f"{', '.join(sorted(extra))}")
-    ev, sweep = raw.get("eval") or {}, raw.get("sweep")
-    if set(ev) - EVAL_KEYS or (sweep and set(sweep) - SWEEP_KEYS):
-        raise ConfigError(f"preset {path}: eval takes {', '.join(sorted(EVAL_KEYS))}; sweep "
-                          f"takes {', '.join(sorted(SWEEP_KEYS))}")
-    if ev.get("extractors") is not None:
-        ev["extractors"] = tuple(ev["extractors"])
+    # every section through the typed schema (genbench/preset_schema.py): one error style
+    every = preset_schema.typed(preset_schema.FamilyEntry, raw.get("every_family"),
+                                "every_family", path)
+    families = {name: preset_schema.typed(preset_schema.FamilyEntry, entry,
+                                          f"families.{name}", path)
+                for name, entry in families.items()}
+    ev = preset_schema.typed(preset_schema.EvalSection, raw.get("eval"), "eval", path)
+    sweep = raw.get("sweep")
+    if sweep is not None:
+        sweep = preset_schema.typed(preset_schema.SweepSection, sweep, "sweep", path)
     ood = raw.get("ood")
     if ood is not None:
         from eval.ood.sets import SETS
-        if not isinstance(ood, dict) or set(ood) - OOD_KEYS:
-            raise ConfigError(f"preset {path}: ood takes {', '.join(sorted(OOD_KEYS))}")
+        ood = preset_schema.typed(preset_schema.OODSection, ood, "ood", path)
         bad = set(ood.get("sets") or ()) - set(SETS)
         bad |= set(ood.get("bayes") or ()) - set(names()) - {EVERY_LIKELIHOOD}
         if bad:
@@ -121,7 +122,7 @@ def load_preset(name_or_path: str) -> Preset:
     if scaling is not None:
         from genbench.scaling import check_section
         check_section(scaling, path)
-    return Preset(path.stem, raw.get("every_family") or {}, families, ev, sweep, ood, scaling)
+    return Preset(path.stem, every, families, ev, sweep, ood, scaling)
 
 
 def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:

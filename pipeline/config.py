@@ -189,6 +189,13 @@ def _plain(section) -> dict:
             for k, v in dataclasses.asdict(section).items()}
 
 
+def build_section(dc, values: Mapping | None, section: str):
+    """A dataclass section from a mapping, as a config file's sections are read: an unknown key,
+    a value of the wrong type or a section that is not a mapping is a one-line ConfigError
+    (genbench/preset_schema.py reads bench presets with it)."""
+    return _build(dc, values, section)
+
+
 def _build(dc, values: Mapping | None, section: str):
     if values is None:
         values = {}
