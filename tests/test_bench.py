@@ -128,7 +128,7 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
             cell = re.search(rf'data-key="{key}"[^>]*data-value="([^"]+)"[^>]*>([^<]*)<',
                              rows).groups()
             assert float(cell[0]) == pytest.approx(statistics.fmean(values)), (family, key)
-            assert cell[1].endswith("(2 seeds)") and " ± " in cell[1], (family, key, cell)
+            assert "(2 seeds)" in cell[1] and " ± " in cell[1], (family, key, cell)
             assert f"{statistics.stdev(values):.2g}" in cell[1]
     # eval.bootstrap: the families' FID compared pair by pair, ties marked
     significance = html.split('id="significance"', 1)[1].split("</table>", 1)[0]
