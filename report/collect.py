@@ -74,6 +74,12 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     memorization = memorization_entries(rows, uri, with_images)
     from report.conditional_section import conditional_entries
     conditional = conditional_entries(runs)
+    from report.extractor_agreement import agreements
+    agreement = agreements(rows)
+    for a in agreement:
+        if a.flips:   # said at the top too: the ranking depends on the extractor
+            missing.append(f"{a.metric.upper()} ranks {', '.join(f'{x}/{y}' for x, y in a.flips)} "
+                           f"differently with {a.extractors[0]} and {a.extractors[1]} features")
     if rows and not floor_rows:
         missing.append("no floor (real vs real) metrics yet: `genbench eval` logs them as "
                        "floor_<metric>")
@@ -97,7 +103,7 @@ def collect(experiment: str, uri: str | None = None, families: tuple[str, ...] |
     return ReportData(reference_note=reference_note, seed_rows=seed_rows, ood=ood,
         scaling=scaling, significance=significance,
         sanity=sanity, sanity_failures=sanity_failures(sanity), memorization=memorization,
-        conditional=conditional,
+        conditional=conditional, agreement=agreement,
         experiment=experiment, experiment_id=exp_id, tracking_uri=uri,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), datasets=datasets, columns=columns,
         rows=rows, floor_columns=floor_columns, floor_rows=floor_rows,

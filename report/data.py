@@ -139,6 +139,7 @@ class ReportData:
     sanity_failures: list = field(default_factory=list)  # one sentence per failed expectation
     memorization: list = field(default_factory=list)  # memorization_section.MemorizationEntry
     conditional: list = field(default_factory=list)   # conditional_section.ConditionalEntry
+    agreement: list = field(default_factory=list)     # extractor_agreement.Agreement
 
 
 # --- formatting ----------------------------------------------------------------------------------
