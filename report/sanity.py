@@ -130,7 +130,12 @@ def judge(panel: Panel, rows: list) -> list[Check]:
         checks.append(Check(f"{SETS[case]}: {metric} {expectation}", bool(ok(value)),
                             f"{metric} {fmt(value)}"))
 
-    for metric in ("precision", "recall", "density", "coverage"):
+    # Coverage counts the real images with a generated one in their k-NN ball: with fewer
+    # generated than real images it stays below 1 even for real images (300 vs 2,000: ~0.5),
+    # so its "near 1" holds, and is judged, only where the sets are the same size.
+    same_size = not (panel.n_fake.isdigit() and panel.n_real.isdigit()) or \
+        int(panel.n_fake) >= int(panel.n_real)
+    for metric in ("precision", "recall", "density") + (("coverage",) if same_size else ()):
         check("train", metric, f">= {NEAR_ONE} (near 1)", lambda x: x >= NEAR_ONE)
     floors = [row.metrics.get(schema.floor_key(schema.fidelity_key("fid", panel.extractor)))
               for row in rows if row.family in panel.families]

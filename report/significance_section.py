@@ -144,6 +144,12 @@ def bootstrap_path(table: SignificanceTable, col: Column, picked: dict, higher: 
     """One seed: the families' newest runs with paired replicates of one protocol."""
     found = {f: read(run, col.key) for f, run in picked.items()}
     lacking = sorted(f for f, r in found.items() if r is None)
+    if len(lacking) == len(found) and lacking:   # none resampled (e.g. --bootstrap-metrics fid)
+        metric = (schema.parse_fidelity_key(col.key) or ("fid,kid",))[0]
+        table.notes.append(f"no family was resampled for this metric (`genbench eval "
+                           f"--bootstrap N --bootstrap-metrics {metric}`, or 3+ seeds per "
+                           f"family): no pairwise intervals")
+        return
     if lacking:
         table.notes.append(f"no bootstrap replicates for {', '.join(lacking)}: evaluate with "
                            f"`genbench eval --bootstrap N` (the same N and --seed for every "
