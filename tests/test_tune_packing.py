@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from genbench.cli import main
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from test_cluster import free_ports   # the 2-node cluster tests' port picker
 
 BIN = Path(sys.executable).parent   # the venv's ray
 TINY_VAE = ["--set", "vae.width=8", "--set", "vae.latent_dim=4", "--set", "train.batch_size=32"]
@@ -124,14 +124,6 @@ def test_packing_setting_of_a_spec_saved_before_it_defaults_to_a_whole_gpu():
 
 
 # --- end to end, on a Ray that declares a GPU -------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def stop_session(proc: subprocess.Popen, grace: float = 20) -> None:
