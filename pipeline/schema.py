@@ -142,8 +142,10 @@ OOD_STAMPS = {  # stamps the report's OOD section summarises, with what it calls
 OOD_TAG_PREFIXES = (eval_tag("ood"), eval_tag("bayes"))  # the OOD section's, not the main table's
 
 # --- metric keys ----------------------------------------------------------------------------------
-# Sample quality: <metric>_<extractor>, e.g. fid_domain. --metrics prc logs precision and recall.
-FIDELITY = ("fid", "kid", "is", "precision", "recall", "intra_fid")  # intra_fid: per class
+# Sample quality: <metric>_<extractor>, e.g. fid_domain. --metrics prc logs precision and recall,
+# --metrics dc density and coverage (Naeem et al. 2020). The order is the report's column order.
+FIDELITY = ("fid", "kid", "is", "precision", "recall", "density", "coverage",
+            "intra_fid")  # intra_fid: per class
 FIDELITY_RE = re.compile(rf"^(?P<metric>{'|'.join(FIDELITY)})_(?P<ext>[a-z0-9]+)$")
 FLOOR_PREFIX = "floor_"          # the same metric on real train vs real test images
 CI_SUFFIXES = ("_ci_low", "_ci_high")   # eval --bootstrap

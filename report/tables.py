@@ -224,12 +224,22 @@ def seed_table(rows: list[FamilyRow], columns: list[Column]) -> list:
     return out
 
 
+def floor_order(key: str) -> tuple:
+    """The results table's order (extractor, then FIDELITY: FID, KID, IS, precision, recall,
+    density, coverage), so that a floor sits in the same place as the numbers it bounds."""
+    parsed = schema.parse_fidelity_key(key.removeprefix(schema.FLOOR_PREFIX))
+    if parsed is None:
+        return ("~", len(FIDELITY), key)   # a floor no metric claims: last
+    metric, ext = parsed
+    return (ext, FIDELITY.index(metric), key)
+
+
 def floor_table(rows: list[FamilyRow]) -> tuple[list[str], list[tuple[str, dict]]]:
     """Real-vs-real metrics; one row per distinct set of values and protocol, labelled with the
     protocol it was measured under (the floor moves with n as the models' numbers do). Floors
     of one run from different evaluations are different rows, each with its own stamps."""
     keys = sorted({k for r in rows for k in r.metrics if k.startswith(schema.FLOOR_PREFIX)
-                   and schema.STD not in k and r.metrics[k] is not None})
+                   and schema.STD not in k and r.metrics[k] is not None}, key=floor_order)
     if not keys:
         return [], []
     per_run = []   # (row, protocol text, {key: Cell}): one per run and evaluation

@@ -75,8 +75,10 @@ DOMAIN_TAGS = {"eval.domain.n_fake": "2000", "eval.domain.n_real": "2000",
 def domain_metrics(fid: float) -> dict:
     return {"fid_domain": fid, "is_domain": 7.5, "is_domain_std": 0.12, "kid_domain": 0.031,
             "kid_domain_std": 0.002, "precision_domain": 0.61, "recall_domain": 0.43,
+            "density_domain": 0.8734, "coverage_domain": 0.5125,
             "floor_fid_domain": 0.8, "floor_is_domain": 9.1, "floor_kid_domain": 0.0004,
-            "floor_precision_domain": 0.77, "floor_recall_domain": 0.76}
+            "floor_precision_domain": 0.77, "floor_recall_domain": 0.76,
+            "floor_density_domain": 1.02, "floor_coverage_domain": 0.97}
 
 
 def sweep_run(experiment: str) -> str:
@@ -271,7 +273,9 @@ def test_table_numbers_match_mlflow(store, report):
     # the floor, logged by eval as floor_<metric>
     floor = md.split("## Floor", 1)[1].split("##", 1)[0]
     assert "FID (domain)" in floor and "| real train vs real test (domain: " in floor
-    assert "2000 test images) | 0.8 | 9.1 |" in floor
+    # in the results table's order: FID, KID, IS, precision, recall, density, coverage
+    assert "2000 test images) | 0.8 | 0.0004 | 9.1 | 0.77 | 0.76 | 1.02 | 0.97 |" in floor
+    assert "| density (domain) | coverage (domain) |" in floor
 
 
 def by_family(page: Page) -> set[str]:
@@ -308,7 +312,7 @@ def test_fids_from_different_n_never_share_a_column(mlflow_uri, workdir):
     by_family = {fam: c for c, fams in fid_columns.items() for fam in fams}
     assert by_family["vae"] == by_family["gan"] != by_family["pixelcnn"]
     assert set(fid_columns[by_family["pixelcnn"]]) == {"pixelcnn"}
-    for metric in ("kid", "is", "precision", "recall"):   # every protocol-bound metric
+    for metric in ("kid", "is", "precision", "recall", "density", "coverage"):  # each bound one
         groups = [set(f) for c, f in columns.items() if c.startswith(f"{metric}_domain")]
         assert sorted(map(sorted, groups)) == [["gan", "vae"], ["pixelcnn"]], (metric, groups)
     # the group headers name the n; the likelihood column still holds every family
@@ -328,6 +332,46 @@ def test_fids_from_different_n_never_share_a_column(mlflow_uri, workdir):
     # the floor moves with n too: two floor rows, each with its protocol
     floor = html.split('id="floor-table"', 1)[1].split("</table>", 1)[0]
     assert "200 real train images" in floor and "2000 real train images" in floor
+
+
+def test_density_and_coverage_beside_precision_and_recall(mlflow_uri, workdir):
+    """--metrics dc's density_<ext> and coverage_<ext> are results columns of their protocol's
+    group, right after recall, higher-is-better, with the logged numbers (density may exceed 1);
+    a family evaluated without dc gets a dash and a "not measured yet", never a number."""
+    exp = "density-coverage"
+    logged_run(exp, "vae", {5: {"bpd": 5.0, "images_per_s": 50.0}},
+               {**domain_metrics(55.5), "bpd_test": 4.3}, DOMAIN_TAGS)
+    logged_run(exp, "gan", gan_history((10,)),
+               {**domain_metrics(31.25), "density_domain": 1.1875, "coverage_domain": 0.9412},
+               DOMAIN_TAGS)
+    without_dc = {k: v for k, v in {**domain_metrics(80.0), "bpd_test": 3.9}.items()
+                  if "density" not in k
+                  and "coverage" not in k}
+    logged_run(exp, "flow", {5: {"bpd": 5.5, "images_per_s": 40.0}}, without_dc, DOMAIN_TAGS)
+    html = write_report(exp, workdir / "out", quiet=True).read_text()
+    md = (workdir / "out" / "report.md").read_text()
+    page = parse(html)
+    by = {(x["family"], x["key"]): x for x in page.cells}
+    assert float(by["gan", "density_domain"]["value"]) == 1.1875
+    assert by["gan", "density_domain"]["text"].startswith("1.188")
+    assert by["gan", "coverage_domain"]["text"].startswith("0.9412")
+    assert by["vae", "density_domain"]["text"].startswith("0.8734")
+    assert by["vae", "coverage_domain"]["text"].startswith("0.5125")
+    assert by["flow", "density_domain"]["text"] == "—"
+    assert "not measured yet: density (domain), coverage (domain)" in html
+    # one group: ... precision, recall, density, coverage, each headed with its arrow
+    order = [x["key"] for x in page.cells if x["family"] == "gan"]
+    recall = order.index("recall_domain")
+    assert order[recall + 1:recall + 3] == ["density_domain", "coverage_domain"]
+    for key, label in (("density_domain", "density ↑"), ("coverage_domain", "coverage ↑")):
+        assert re.search(rf'<th data-column="{key}" title="higher is better">{label}</th>', html)
+        assert f"| {label} (domain features: 2000 generated vs 2000 test images) |" in md
+    # the Markdown rows carry the same numbers; the legends say which way is better
+    gan_row = next(line for line in md.splitlines() if line.startswith("| gan |"))
+    assert f"| {by['gan', 'density_domain']['text']} | {by['gan', 'coverage_domain']['text']} |" \
+        in gan_row
+    for text in (html, md):
+        assert "precision, recall, density, coverage: higher is better" in text
 
 
 @pytest.mark.slow
