@@ -13,7 +13,7 @@ back from MLflow:
    validation bits/dim each found.
 
     .venv/bin/python -m benchmarks.tune_overhead [--cpus 2] [--steps 300] [--samples 8]
-    .venv/bin/python -m benchmarks.tune_overhead --smoke    # does it run? (tiny VAE, 2 trials)
+    .venv/bin/python -m benchmarks.tune_overhead --smoke    # does it run? (tiny, 1 trial each)
 """
 from __future__ import annotations
 
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     add_smoke(p)
     args = p.parse_args(argv)
     vae, direct_samples, multi_samples = VAE, 4, 2
-    if args.smoke:  # the tiny VAE, 2 trials per sweep, a few steps (ASHA's grace period: 1)
+    if args.smoke:  # the tiny VAE, one trial per sweep, 2 steps: a sweep's trial reports,
+        # validates and checkpoints at every step of so short a run
         vae = ["--model", "vae", *[a for kv in tiny_sets("vae") for a in ("--set", kv)],
                "--set", "train.batch_size=16"]
-        direct_samples, multi_samples = 2, 1
-        args.steps, args.samples, args.overhead_steps = 8, 2, 4
+        direct_samples, multi_samples = 1, 1
+        args.steps, args.samples, args.overhead_steps = 2, 1, 2
 
     import ray
     work = tempfile.mkdtemp(prefix="genbench-tune-bench-")

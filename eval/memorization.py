@@ -180,21 +180,40 @@ class Memorization:
         return out
 
 
+@dataclass(frozen=True)
+class Floor:
+    """What a space's scores need of the training and test sets alone: the same for every
+    model evaluated against them, so a caller may keep it (eval/metrics/memorization.py does,
+    per process: a bench evaluates several families against one training split)."""
+    test_distance: torch.Tensor      # (N_test,) float64: each test image to its nearest training
+    centres: torch.Tensor            # (cells, D) the k-means cells of the training set
+    test_cell: torch.Tensor          # (N_test,) int64: each test image's cell
+
+
+def floor_of(train, test, *, cells: int = CELLS, seed: int = SEED,
+             query_chunk: int = QUERY_CHUNK, reference_chunk: int = REFERENCE_CHUNK) -> Floor:
+    train, test = _check(train, "training rows"), _check(test, "test rows")
+    chunks = {"query_chunk": query_chunk, "reference_chunk": reference_chunk}
+    test_d, _ = nearest_neighbours(test, train, **chunks)
+    centres = kmeans_centres(train, min(cells, len(train)), seed)
+    _, test_cell = nearest_neighbours(test, centres, **chunks)
+    return Floor(test_d, centres, test_cell)
+
+
 def copy_scores(space: str, samples, train, test, *, cells: int = CELLS,
                 min_per_cell: int = MIN_SAMPLES_PER_CELL, seed: int = SEED,
-                query_chunk: int = QUERY_CHUNK,
-                reference_chunk: int = REFERENCE_CHUNK) -> SpaceResult:
+                query_chunk: int = QUERY_CHUNK, reference_chunk: int = REFERENCE_CHUNK,
+                floor: Floor | None = None) -> SpaceResult:
     """Distances and C_T in one space: samples, train, test are rows of that space (uint8
-    images or float features)."""
+    images or float features). floor: floor_of(train, test) computed before, if kept."""
     samples, train, test = (_check(x, name) for x, name in
                             ((samples, f"generated {space}"), (train, f"training {space}"),
                              (test, f"test {space}")))
     chunks = {"query_chunk": query_chunk, "reference_chunk": reference_chunk}
     sample_d, sample_nn = nearest_neighbours(samples, train, **chunks)
-    test_d, _ = nearest_neighbours(test, train, **chunks)
-    centres = kmeans_centres(train, min(cells, len(train)), seed)
+    floor = floor or floor_of(train, test, cells=cells, seed=seed, **chunks)
+    test_d, centres, test_cell = floor.test_distance, floor.centres, floor.test_cell
     _, sample_cell = nearest_neighbours(samples, centres, **chunks)
-    _, test_cell = nearest_neighbours(test, centres, **chunks)
     weighted, weights, used = 0.0, 0.0, 0
     for c in range(len(centres)):
         s, t = sample_d[sample_cell == c], test_d[test_cell == c]
@@ -215,11 +234,14 @@ def memorization(*, samples: torch.Tensor, train: torch.Tensor, test: torch.Tens
                  sample_features: torch.Tensor | None = None,
                  train_features: torch.Tensor | None = None,
                  test_features: torch.Tensor | None = None, pairs: int = 16,
-                 cells: int = CELLS, seed: int = SEED, **chunks) -> Memorization:
+                 cells: int = CELLS, seed: int = SEED, floors: dict | None = None,
+                 **chunks) -> Memorization:
     """Memorization of a generator: samples, train, test are uint8 (N, C, H, W) images of one
     shape; the three *_features (N, F) of one extractor, all or none. The closest pairs are
     ranked in features when given (what a viewer calls the same image), else in pixels.
-    Keyword-only, so that the training and test sets cannot be swapped by position."""
+    Keyword-only, so that the training and test sets cannot be swapped by position.
+    floors: {"pixels": Floor, "features": Floor} kept from an earlier call with the same
+    training and test sets; the ones missing are computed and added to it."""
     given = [f is not None for f in (sample_features, train_features, test_features)]
     if any(given) and not all(given):
         raise ConfigError("pass sample_features, train_features and test_features together, "
@@ -229,11 +251,17 @@ def memorization(*, samples: torch.Tensor, train: torch.Tensor, test: torch.Tens
         if torch.as_tensor(x).dtype != torch.uint8 or torch.as_tensor(x).ndim != 4:
             raise ConfigError(f"{name} must be uint8 (N, C, H, W); got "
                               f"{torch.as_tensor(x).dtype} {tuple(torch.as_tensor(x).shape)}")
-    pixels = copy_scores("pixels", samples, train, test, cells=cells, seed=seed, **chunks)
+    floors = {} if floors is None else floors
+    for space, rows in (("pixels", (train, test)),
+                        ("features", (train_features, test_features) if all(given) else None)):
+        if rows is not None and space not in floors:
+            floors[space] = floor_of(*rows, cells=cells, seed=seed, **chunks)
+    pixels = copy_scores("pixels", samples, train, test, cells=cells, seed=seed,
+                         floor=floors["pixels"], **chunks)
     features = None
     if all(given):
         features = copy_scores("features", sample_features, train_features, test_features,
-                               cells=cells, seed=seed, **chunks)
+                               cells=cells, seed=seed, floor=floors["features"], **chunks)
     ranked = features or pixels
     order = ranked.sample_distance.argsort()[:pairs]
     closest = torch.stack([order, ranked.sample_neighbour[order]], 1)

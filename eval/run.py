@@ -130,6 +130,7 @@ class EvalResult:
     artifact_dir: str | None = None
     seconds: float = 0.0
     record_id: str = ""     # the evaluation's own MLflow run (a child of run_id)
+    group_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,6 +220,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     if opts.workers > 1 and "bpd" in opts.metrics and nll_runner is None:
         raise ConfigError("--workers > 1 needs the Ray runner of the genbench CLI; "
                           "use `genbench eval` or --workers 1")
+    group_seconds: dict[str, float] = {}
     for compute, group in planned(opts.metrics):
         missing = [c for m in group for c in m.needs if not can(family, c)]
         if missing:
@@ -227,7 +229,9 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
             ctx.notes.append(f"{'/'.join(m.label for m in group)} {reason}")
             ctx.stamp(group_name(compute, group), value=reason)
             continue
+        started = time.time()
         compute(ctx, [m.name for m in group])
+        group_seconds[group_name(compute, group)] = round(time.time() - started, 1)
 
     run_id, created = target_run(model, opts, ctx.notes)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"  # never overwrites
@@ -250,7 +254,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
             logger.figure_png(png, f"{artifact_dir}/{name}")
         record = {"run_id": run_id, "record_id": record_id, "source": model.source,
                   "step": model.step, "metrics": metrics, "protocol": tags,
-                  "notes": ctx.notes, **ctx.record}
+                  "notes": ctx.notes, "seconds": group_seconds, **ctx.record}
         # figure_png logs any bytes as a file artifact
         logger.figure_png(json.dumps(record, indent=2).encode(), f"{artifact_dir}/eval.json")
     finally:
@@ -259,7 +263,7 @@ def evaluate(opts: EvalOptions, nll_runner: NLLRunner | None = None) -> EvalResu
     if created:
         tracking.end_run(run_id)
     return EvalResult(run_id, cfg.model, model.step, metrics, tags, ctx.notes, artifact_dir,
-                      time.time() - t0, record_id)
+                      time.time() - t0, record_id, group_seconds)
 
 
 def planned(selected) -> list[tuple[Callable, list]]:
@@ -333,5 +337,8 @@ def print_report(result: EvalResult, stream=None) -> None:
     stream = stream or sys.stdout  # looked up now: tests and callers may redirect it
     print(f"\neval of {result.model} (step {result.step}) in {result.seconds:.0f}s; "
           f"MLflow run {result.run_id}, artifacts {result.artifact_dir}", file=stream)
+    if result.group_seconds:  # the slow parts, longest first
+        spent = sorted(result.group_seconds.items(), key=lambda kv: -kv[1])
+        print("time: " + ", ".join(f"{name} {s:.0f}s" for name, s in spent), file=stream)
     print(format_table(result), file=stream)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -194,6 +195,7 @@ def flags_config(args) -> dict:
 
 def run(args) -> int:
     from genbench import scaling
+    from genbench.threads import compute_threads, free_cpus
     from genbench.training import print_summary
     from pipeline.cluster import init_ray, joins_cluster, require_gpu, resolve_resources
     from pipeline.config import Config, merge
@@ -286,18 +288,38 @@ def run(args) -> int:
 
         stages.add(f"train {name}", train_one, kind="ray")
 
-    first_eval = None
+    # The domain classifier (FID features, the OOD baseline) is trained once on a fresh machine,
+    # on the evaluations' path: started at once, beside the first training runs, instead of
+    # inside the first evaluation, which would wait for its training run first.
+    first_eval, prepared = None, set()
+    if "domain" in preset.eval.get("extractors", ("domain",)) or preset.ood:
+        def prepare_domain(d=first.data):
+            from eval.extractors import domain_extractor
+            from eval.run import EvalOptions, resolve_device
+            domain_extractor(d.dataset, d.root, d.image_size,
+                             resolve_device(EvalOptions(run_id="").device), quiet=quiet,
+                             epochs=preset.eval.get("domain_epochs"))
+
+        stages.add("domain classifier", prepare_domain, kind="driver")
+        prepared.add("domain classifier")
+    # An evaluation computes on the cores that the training runs beside it leave (threads.py);
+    # on a joined cluster the runs are elsewhere, and one stage at a time takes the machine.
+    run_cpus = (plan.cpus_per_worker or first.train.cpus_per_worker) * first.train.workers
+    share_cores = plan.parallel > 1 and not joins_cluster(args.address) and not first.train.gpu
+
     for name, family, more in jobs:
         def eval_one(name=name, family=family, more=more):
             if name not in runs:
                 _missing(f"no trained {name}")
-            return _evaluate(runs[name], family, preset, more,
-                             getattr(args, "inception_weights", None))
+            threads = free_cpus(stages.running("ray") * run_cpus) if share_cores else None
+            with compute_threads(threads) if threads else nullcontext():
+                return _evaluate(runs[name], family, preset, more,
+                                 getattr(args, "inception_weights", None))
 
         # the first evaluation builds the shared caches (the domain classifier, the OOD sets):
         # the others wait for it rather than build them twice at once
         stages.add(f"eval {name}", eval_one, kind="driver",
-                   after={f"train {name}"} | ({first_eval} if first_eval else set()))
+                   after={f"train {name}"} | prepared | ({first_eval} if first_eval else set()))
         first_eval = first_eval or f"eval {name}"
 
     if sweep_cfg is not None:

@@ -25,7 +25,7 @@ CPU_MAX_BATCH = 32           # per-image cost on CPU is flat above this; big net
 RAY_START_S = 20.0
 EVAL_FIXED_S = 10.0
 REPORT_S = 5.0
-DOMAIN_EPOCH_S = {"cpu": 15.0, "cuda": 2.0}      # the domain classifier, trained by the 1st eval
+DOMAIN_EPOCH_S = {"cpu": 15.0, "cuda": 2.0}      # the domain classifier (its own stage)
 EXTRACTOR_IMAGE_S = {"domain": {"cpu": 3e-4, "cuda": 1e-5},      # features of one image
                      "inception": {"cpu": 3e-2, "cuda": 3e-4}}
 BACKGROUND_STEP_S = {"cpu": 0.05, "cuda": 0.005}  # the OOD likelihood-ratio background model
@@ -93,10 +93,14 @@ def make_plan(preset, jobs, configs: dict, eval_options, sweep_cfg=None, scaling
     device = _device(gpu)
     stages = [Stage(f"train {name}", _train_starts(configs[name]),
                     train_seconds(configs[name], device)) for name, _, _ in jobs]
-    for i, (name, family, more) in enumerate(jobs):
+    if jobs and (preset.ood or "domain" in preset.eval.get("extractors", ("domain",))):
+        epochs = preset.eval.get("domain_epochs") or 5
+        stages.append(Stage("domain classifier", "trained once per machine, then cached",
+                            DOMAIN_EPOCH_S[device] * epochs))
+    for name, family, more in jobs:
         opts = eval_options(family, more)
         stages.append(Stage(f"eval {name}", "logs into its train run",
-                            eval_seconds(configs[name], opts, device, first=i == 0)))
+                            eval_seconds(configs[name], opts, device)))
     if sweep_cfg is not None:
         n, steps = preset.sweep["samples"], sweep_cfg.train.steps
         stages.append(Stage(f"sweep {sweep_cfg.model} ({n} trials)",
@@ -141,7 +145,7 @@ def _step_seconds(cfg, device: str) -> float:
     return cfg.train.batch_size * image_seconds(cfg, device) / share
 
 
-def eval_seconds(cfg, opts, device: str, first: bool = False) -> float:
+def eval_seconds(cfg, opts, device: str) -> float:
     """Network passes of an evaluation (EvalOptions opts) at a third of a training step's cost
     per image (a forward pass of ~3: forward, backward), extractor features, fixed costs."""
     from pipeline.models import FAMILIES, can
@@ -152,8 +156,6 @@ def eval_seconds(cfg, opts, device: str, first: bool = False) -> float:
     nll = (getattr(cfg.family, "nll_timesteps", None)
            or (opts.k if family.LIKELIHOOD == "bound" else 1))
     seconds = EVAL_FIXED_S
-    if first:
-        seconds += DOMAIN_EPOCH_S[device] * (opts.domain_epochs or 5)
     if can(family, "sample") and metrics & {"fid", "is", "kid", "prc", "dc"}:
         n_fake, n_real = opts.n_fake or TEST_IMAGES, opts.n_real or TEST_IMAGES
         seconds += n_fake * forward * sample_passes(cfg)

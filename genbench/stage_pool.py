@@ -231,6 +231,11 @@ class StagePool:
         for stage in running:
             stage.thread.join(max(0.0, deadline - time.time()))
 
+    def running(self, kind: str) -> int:
+        """How many stages of this kind are running now."""
+        return sum(1 for s in list(self.stages.values())
+                   if s.kind == kind and s.started and not s.ended)
+
     def timeline(self) -> list[tuple[str, float, float]]:
         """(name, start, end) of every stage that ran, in seconds from the pool's start."""
         return [(s.name, s.started - self.t0, s.ended - self.t0)

@@ -35,8 +35,7 @@ CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
 LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 other jobs on
     # the 2 cores (2026-12-07: the order holds, the seconds are ~2x a quiet run); then make
     # test-faults' (quiet, 2026-12-06/07). Only the order matters.
-    "test_eval_samples",                                                # 276
-    "tests/test_benchmarks.py::test_tune_overhead",                     # 224
+    "tests/test_benchmarks.py::test_tune_overhead",                     # 224 (4-trial smoke)
     "tests/test_bench.py::test_bench_with_two_seeds_and_two_workers",   # 205
     "test_object_storage",                                              # 165 (est.)
     "tests/test_benchmarks.py::test_worker_overhead",                   # 183
@@ -49,6 +48,7 @@ LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 
     "tests/test_tune.py::test_two_worker_trials_searched_by_optuna",    # 101
     "family-vae",                                                       # 95
     "test_cas",                                                         # 90 (est.)
+    "test_eval_samples",  # 276 before one BLAS thread a process (conftest.py); 50 on a busy -n 0
     "tests/test_tune.py::test_vae_sweep_records_parent_children_and",   # 88
     "tests/test_fault_tolerance.py::test_checkpoints_sooner_than_th",   # 81
     "tests/test_transformer.py::test_cli_trains_on_two_workers_and_",   # 72

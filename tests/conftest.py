@@ -14,6 +14,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet 
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_worker_niceness", "0")  # as genbench starts a local Ray (cluster.py)
+# numpy's OpenBLAS (numpy, scipy, torch-fidelity's KID and FID, scikit-learn) starts a thread per
+# core in every process; with 2 xdist workers and their Ray workers on 2 cores those threads spin
+# against each other: one KID (100 small matmuls) took ~4 s instead of ~0.15 s, one FID's sqrtm
+# ~0.8 s instead of ~0.02 s. One BLAS thread per process here, in the Ray workers and the
+# subprocesses this suite starts (they inherit the environment); threadpoolctl covers a numpy
+# that a plugin imported before this file.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+try:
+    from threadpoolctl import threadpool_limits as _blas_limits   # comes with scikit-learn
+    _blas_limits(limits=int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
+except ImportError:
+    pass
 
 
 # Running on 2 xdist workers: which tests go together, and the longest first.

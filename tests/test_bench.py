@@ -35,7 +35,7 @@ def tiny_quick_preset(tmp_path):
         "families": {f: {"config": {f: TINY[f]}} for f in FAMILIES},
         "eval": {"n_real": 100, "extractors": ["domain"], "k": 1, "bpd_images": 100,
                  "probe_images": 500, "bootstrap": 20, "bootstrap_metrics": ["fid"]},
-        "sweep": {"model": timed, "samples": 1, "steps": 4,
+        "sweep": {"model": timed, "samples": 1, "steps": 2,  # a trial reports every step
                   "config": {**size, "train": {"batch_size": 16}}},
         "scaling": {"model": timed, "workers": [1],
                     "config": {**size, "train": {**train, "steps": 8, "eval_every": 4}}},
@@ -114,7 +114,9 @@ def test_bench_with_two_seeds_and_two_workers(tiny_quick_preset, ray_local, work
     err = capsys.readouterr().err
     assert "1 training run(s) at once" in err and "stage timeline" in err
     assert len([line for line in err.splitlines() if ": done in " in line]) == \
-        len(trained) * 2 + 1 + 2 + 1     # train and eval each, the sweep, 2 scaling, the report
+        len(trained) * 2 + 1 + 1 + 2 + 1  # train and eval each, the domain classifier (before
+    # the evaluations, beside the first training runs), the sweep, 2 scaling, the report
+    assert re.search(r"^\[\d+/\d+\] domain classifier  \(0\.0 min elapsed\)", err, re.M)
 
     # the results table: mean ± std over the seeds
     html = (workdir / "reports" / "seeds" / "report.html").read_text()

@@ -70,6 +70,8 @@ def test_the_quick_preset_runs_without_yes():
     plan = bench_plan.make_plan(preset, [(f, f, {}) for f in families] + extra, configs,
                                 lambda family, more: eval_options(None, family, preset, more),
                                 sweep, scaling.configs(preset.scaling, "fashion-mnist", {}))
-    assert len(plan.stages) == 2 * len(configs) + 1 + 2 + 1
+    # train and eval each, the domain classifier, the sweep, 2 scaling runs, the report
+    assert len(plan.stages) == 2 * len(configs) + 1 + 1 + 2 + 1
+    assert [s.name for s in plan.stages].index("domain classifier") == len(configs)
     assert 5 * 60 < plan.seconds < bench_plan.CONFIRM_ABOVE_S
     bench_plan.confirm(plan, yes=False)  # no error

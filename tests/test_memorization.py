@@ -121,3 +121,19 @@ def test_bad_input_is_one_line(fmnist):
                      sample_features=pooled(train[:5]))
     with pytest.raises(ConfigError, match="differ in size"):
         nearest_neighbours(pooled(train[:5]), train[:10])
+
+
+def test_kept_floors_give_the_same_scores(fmnist):
+    """The test images' side, kept from one family's evaluation, scores the next family exactly
+    as computing it afresh would (a bench keeps it per process)."""
+    train, test = fmnist
+    first, second = test[N:2 * N], test[2 * N:3 * N]      # two "models"' samples
+    floors: dict = {}
+    kw = dict(train=train, test=test[:N], train_features=pooled(train),
+              test_features=pooled(test[:N]))
+    memorization(samples=first, sample_features=pooled(first), floors=floors, **kw)
+    assert set(floors) == {"pixels", "features"}
+    kept = memorization(samples=second, sample_features=pooled(second), floors=floors, **kw)
+    fresh = memorization(samples=second, sample_features=pooled(second), **kw)
+    assert kept.scores() == fresh.scores()
+    assert torch.equal(kept.closest_pairs, fresh.closest_pairs)

@@ -90,7 +90,8 @@ def test_vae_sweep_records_parent_children_and_best_config(ray_local, workdir, m
 def test_two_worker_trials_searched_by_optuna(ray_local, workdir, mlflow_uri):
     """--workers-per-trial 2: each trial is a 2-worker TorchTrainer (DDP) reporting through
     Tune; --search optuna: Optuna's TPE proposes the values."""
-    rc = main(["tune", "--model", "ae", "--samples", "2", "--steps", "20", "--scheduler", "fifo",
+    # 4 steps: 4 reports (a trial reports, validates and checkpoints every steps/10, at least 1)
+    rc = main(["tune", "--model", "ae", "--samples", "2", "--steps", "4", "--scheduler", "fifo",
                "--workers-per-trial", "2", "--search", "optuna", *TINY_AE])
     assert rc == 0
     parent, children, _ = check_sweep(mlflow_uri, ["ae.lr"], "val_mse", samples=2)

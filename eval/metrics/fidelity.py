@@ -126,6 +126,12 @@ def real_sets(opts, d, test: ImageData, train: ImageData, plan: FidelityPlan):
     return (reference, ref_key), (floor_set, floor_key)
 
 
+# The floor (real train vs real test images) by protocol: the same numbers for every model
+# evaluated against one reference set, so a process that evaluates several (a bench) computes
+# them once. Its KID alone is 300 kernel products of 1,000 x 1,000 features.
+_FLOORS: dict[tuple, dict] = {}
+
+
 def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tensor,
                    extractors: list[Extractor], fidelity: list[str], plan: FidelityPlan,
                    labels: str, metrics, tags, notes,
@@ -141,7 +147,11 @@ def score_fidelity(opts, d, test: ImageData, train: ImageData, fake: torch.Tenso
         f_real = reference_features(ext, reference, ref_key, opts.batch_size, opts.quiet)
         f_floor = reference_features(ext, floor_set, floor_key, opts.batch_size, opts.quiet)
         metrics.update(fidelity_metrics(f_fake, f_real, ext, fidelity, kid_size or 0))
-        floor = fidelity_metrics(f_floor, f_real, ext, fidelity, kid_size or 0, prefix="floor_")
+        floor_id = (floor_key, ref_key, ext.name, ext.sha256, tuple(fidelity), kid_size or 0)
+        floor = _FLOORS.get(floor_id)
+        if floor is None:
+            floor = _FLOORS[floor_id] = fidelity_metrics(f_floor, f_real, ext, fidelity,
+                                                         kid_size or 0, prefix="floor_")
         metrics.update({k: v for k, v in floor.items() if not k.endswith(schema.STD)})
 
         def stamp(name: str, ext=ext) -> str:

@@ -38,6 +38,10 @@ DEFAULT_N = 1000      # samples generated when no fidelity pass left any
 PAIRS = 16
 FIGURE = "memorization_pairs.png"   # eval/run.py tags it as eval.memorization.figure
 KEYS = ("c_t_pixels", "c_t_features", "copy_fraction")
+# The test images' side of the scores (their nearest training distances, the k-means cells), by
+# training and test set and extractor: computed by the first family a process evaluates, reused
+# by the others (half of the work of every later one).
+_FLOORS: dict[tuple, dict] = {}
 
 
 def compute(ctx: EvalContext, names: list[str]) -> None:
@@ -76,7 +80,9 @@ def compute(ctx: EvalContext, names: list[str]) -> None:
                        sample_features=extract_features(ext, samples, opts.batch_size,
                                                         "features of samples", opts.quiet)[layer],
                        train_features=cached(train, train_key),
-                       test_features=cached(reference, ref_key)[:len(test)], pairs=PAIRS)
+                       test_features=cached(reference, ref_key)[:len(test)], pairs=PAIRS,
+                       floors=_FLOORS.setdefault((train_key, ref_key, len(test), ext.name,
+                                                  ext.sha256, layer, str(ctx.device)), {}))
     scores = got.scores()
     values = dict(zip(KEYS, (scores["c_t_pixels"], scores["c_t_features"],
                              scores["copy_fraction_features"])))

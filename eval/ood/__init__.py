@@ -16,7 +16,7 @@ import torch
 
 from eval.likelihood import data_description, pixel_bits
 from eval.ood import metrics as ood_metrics
-from eval.ood.background import MUTATION_RATE, recipe, train_background
+from eval.ood.background import MUTATION_RATE, background_batch, recipe, train_background
 from eval.ood.baseline import Classifier
 from eval.ood.bayes import log_prior
 from eval.ood.plots import score_histograms_png
@@ -138,12 +138,12 @@ def evaluate_ood(model, train: ImageData, classifier: Classifier | None, *,
     out.histograms = score_histograms_png(f"{cfg.model}: OOD scores", scores)
     out.tags.update(protocol_tags(cfg, ood_sets, list(scores), len(in_dist), images, k,
                                   background_steps if "ratio" in scores else 0, seed,
-                                  classifier, time.time() - t0))
+                                  classifier, time.time() - t0, len(train)))
     return out
 
 
 def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed,
-                  classifier, seconds) -> dict[str, str]:
+                  classifier, seconds, n_train) -> dict[str, str]:
     def tag(*parts) -> str:
         return schema.eval_tag("ood", *parts)
 
@@ -166,7 +166,8 @@ def protocol_tags(cfg, ood_sets, scores, n_in, images, k, background_steps, seed
         tags[tag("score", "bpd", "data")] = data_description(
             pixel_bits(FAMILIES[cfg.model], cfg.family))
     if background_steps:
-        tags[tag("background")] = recipe(background_steps, MUTATION_RATE)
+        tags[tag("background")] = recipe(background_steps, MUTATION_RATE,
+                                         background_batch(cfg, n_train))
     if cfg.data.exclude_classes:
         tags[tag("exclude_classes")] = ",".join(map(str, cfg.data.exclude_classes))
     if classifier is not None:

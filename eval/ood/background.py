@@ -35,10 +35,16 @@ def recipe(steps: int, rate: float = MUTATION_RATE, batch_size: int = BATCH_SIZE
             f"perturbed copy, seeded)")
 
 
+def background_batch(cfg: Config, n_train: int) -> int:
+    """The run's own batch size, at most BATCH_SIZE (and the training images): a short run of a
+    costly family (a Transformer of 784 tokens) costs what that many of its training steps do."""
+    return min(BATCH_SIZE, cfg.train.batch_size, n_train)
+
+
 def train_background(cfg: Config, train: ImageData, steps: int, device="cpu", seed: int = 0,
-                     rate: float = MUTATION_RATE, batch_size: int = BATCH_SIZE) -> dict:
-    """The background model's nets, in eval mode."""
-    batch_size = min(batch_size, len(train))
+                     rate: float = MUTATION_RATE, batch_size: int | None = None) -> dict:
+    """The background model's nets, in eval mode (batch_size: background_batch's unless given)."""
+    batch_size = min(batch_size or background_batch(cfg, len(train)), len(train))
     t = dataclasses.replace(cfg.train, steps=steps, epochs=None, batch_size=batch_size,
                             workers=1, conditional=False, seed=seed)
     data = ImageData(perturb(train.images, rate, seed), train.labels, train.num_classes)
