@@ -288,6 +288,17 @@ def run(args) -> int:
 
         stages.add(f"train {name}", train_one, kind="ray")
 
+    run_cpus = (plan.cpus_per_worker or first.train.cpus_per_worker) * first.train.workers
+    share_cores = plan.parallel > 1 and not joins_cluster(args.address) and not first.train.gpu
+
+    def on_free_cores():
+        """An evaluation (or the domain classifier) computes with the cores that the training
+        runs beside it leave (genbench/threads.py); on a joined cluster the runs are elsewhere,
+        and on a GPU or one stage at a time it has the machine."""
+        if not share_cores:
+            return nullcontext()
+        return compute_threads(free_cpus(stages.running("ray") * run_cpus))
+
     # The domain classifier (FID features, the OOD baseline) is trained once on a fresh machine,
     # on the evaluations' path: started at once, beside the first training runs, instead of
     # inside the first evaluation, which would wait for its training run first.
@@ -296,23 +307,18 @@ def run(args) -> int:
         def prepare_domain(d=first.data):
             from eval.extractors import domain_extractor
             from eval.run import EvalOptions, resolve_device
-            domain_extractor(d.dataset, d.root, d.image_size,
-                             resolve_device(EvalOptions(run_id="").device), quiet=quiet,
-                             epochs=preset.eval.get("domain_epochs"))
+            with on_free_cores():
+                domain_extractor(d.dataset, d.root, d.image_size,
+                                 resolve_device(EvalOptions(run_id="").device), quiet=quiet,
+                                 epochs=preset.eval.get("domain_epochs"))
 
         stages.add("domain classifier", prepare_domain, kind="driver")
         prepared.add("domain classifier")
-    # An evaluation computes on the cores that the training runs beside it leave (threads.py);
-    # on a joined cluster the runs are elsewhere, and one stage at a time takes the machine.
-    run_cpus = (plan.cpus_per_worker or first.train.cpus_per_worker) * first.train.workers
-    share_cores = plan.parallel > 1 and not joins_cluster(args.address) and not first.train.gpu
-
     for name, family, more in jobs:
         def eval_one(name=name, family=family, more=more):
             if name not in runs:
                 _missing(f"no trained {name}")
-            threads = free_cpus(stages.running("ray") * run_cpus) if share_cores else None
-            with compute_threads(threads) if threads else nullcontext():
+            with on_free_cores():
                 return _evaluate(runs[name], family, preset, more,
                                  getattr(args, "inception_weights", None))
 
