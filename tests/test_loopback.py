@@ -68,12 +68,16 @@ def test_local_ray_of_a_train_run_listens_on_loopback_and_wants_its_token(tmp_pa
                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(run.pid)
     seen: dict[tuple[str, int], str] = {}
+    names: set[str] = set()
     refused = joined = None
     try:
         deadline = time.time() + 240
         while run.poll() is None and time.time() < deadline:
-            seen |= listening(root)
-            names = set(seen.values())
+            found = listening(root)
+            seen |= found
+            # every name a socket's process had: an exiting worker reads as its 15-character
+            # comm ("ray::RayTrainWo"), which would overwrite its full name in `seen`
+            names |= set(found.values())
             if refused is None and "gcs_server" in names and any(
                     "RayTrainWorker" in n for n in names):
                 # The run is training: its GCS, raylet, agents and a Train worker are up.
@@ -95,7 +99,6 @@ def test_local_ray_of_a_train_run_listens_on_loopback_and_wants_its_token(tmp_pa
         log.close()
     output = (tmp_path / "train.log").read_text()
     assert code == 0, output[-3000:]
-    names = set(seen.values())
     assert {"gcs_server", "raylet"} <= names, seen  # the sockets of the run's Ray were read
     assert any("RayTrainWorker" in n for n in names), seen
     public = {addr: name for addr, name in seen.items() if not loopback(addr[0])}
