@@ -52,6 +52,10 @@ class Preset:
     ood: dict | None = None            # OODSection; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
 
+    def needs_domain_classifier(self) -> bool:
+        """Its evaluations read the domain classifier: FID features, or the OOD baseline."""
+        return "domain" in self.eval.get("extractors", ("domain",)) or bool(self.ood)
+
     def config(self, family: str, dataset: str, flags: dict | None = None):
         """The config this preset trains `family` with on `dataset`; flags (the command line's
         --workers, --gpu, --storage-path as a config dict) go over it."""
@@ -303,14 +307,13 @@ def run(args) -> int:
     # on the evaluations' path: started at once, beside the first training runs, instead of
     # inside the first evaluation, which would wait for its training run first.
     first_eval, prepared = None, set()
-    if "domain" in preset.eval.get("extractors", ("domain",)) or preset.ood:
+    if preset.needs_domain_classifier():
         def prepare_domain(d=first.data):
             from eval.extractors import domain_extractor
-            from eval.run import EvalOptions, resolve_device
-            with on_free_cores():
-                domain_extractor(d.dataset, d.root, d.image_size,
-                                 resolve_device(EvalOptions(run_id="").device), quiet=quiet,
-                                 epochs=preset.eval.get("domain_epochs"))
+            from eval.run import resolve_device
+            with on_free_cores():   # on the device the evaluations use (EvalOptions.device)
+                domain_extractor(d.dataset, d.root, d.image_size, resolve_device("auto"),
+                                 quiet=quiet, epochs=preset.eval.get("domain_epochs"))
 
         stages.add("domain classifier", prepare_domain, kind="driver")
         prepared.add("domain classifier")

@@ -93,10 +93,9 @@ def make_plan(preset, jobs, configs: dict, eval_options, sweep_cfg=None, scaling
     device = _device(gpu)
     stages = [Stage(f"train {name}", _train_starts(configs[name]),
                     train_seconds(configs[name], device)) for name, _, _ in jobs]
-    if jobs and (preset.ood or "domain" in preset.eval.get("extractors", ("domain",))):
-        epochs = preset.eval.get("domain_epochs") or 5
-        stages.append(Stage("domain classifier", "trained once per machine, then cached",
-                            DOMAIN_EPOCH_S[device] * epochs))
+    if jobs and preset.needs_domain_classifier():
+        stages.append(domain_stage(configs[jobs[0][0]].data, preset.eval.get("domain_epochs"),
+                                   device))
     for name, family, more in jobs:
         opts = eval_options(family, more)
         stages.append(Stage(f"eval {name}", "logs into its train run",
@@ -110,6 +109,16 @@ def make_plan(preset, jobs, configs: dict, eval_options, sweep_cfg=None, scaling
                      train_seconds(cfg, device)) for cfg in scaling_cfgs]
     stages.append(Stage("report", "1 MLflow report run", REPORT_S))
     return Plan(stages, "GPU" if device == "cuda" else f"CPU, 1 thread, x{_cores()} cores")
+
+
+def domain_stage(d, epochs: float | None, device: str) -> Stage:
+    """The domain classifier's stage: trained once per machine, nothing to do once cached."""
+    from eval.domain_classifier import cached_domain, domain_variant
+
+    if cached_domain(d.dataset, d.image_size, domain_variant(epochs)) is not None:
+        return Stage("domain classifier", "cached on this machine: loaded", 0.0)
+    return Stage("domain classifier", "trained once on this machine, then cached",
+                 DOMAIN_EPOCH_S[device] * (epochs or 5))
 
 
 def _device(gpu: bool) -> str:

@@ -75,3 +75,23 @@ def test_the_quick_preset_runs_without_yes():
     assert [s.name for s in plan.stages].index("domain classifier") == len(configs)
     assert 5 * 60 < plan.seconds < bench_plan.CONFIRM_ABOVE_S
     bench_plan.confirm(plan, yes=False)  # no error
+
+
+
+def test_the_domain_classifier_stage_costs_nothing_once_cached(tmp_path, monkeypatch):
+    """A fresh machine trains it (its epochs' worth of time in the plan); a machine with it in
+    the cache (here an untrained one, saved as a trained one is) only loads it."""
+    from eval.domain_classifier import (DomainClassifier, domain_paths, domain_variant,
+                                        save_domain_classifier)
+    from pipeline.config import Config
+
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
+    d = Config.from_dict({"model": "vae"}).data
+    fresh = bench_plan.domain_stage(d, 2, "cpu")
+    assert fresh.seconds == bench_plan.DOMAIN_EPOCH_S["cpu"] * 2 and "trained" in fresh.starts
+    paths = domain_paths(d.dataset, d.image_size, domain_variant(2))
+    paths[0].parent.mkdir(parents=True)
+    save_domain_classifier(DomainClassifier(10, in_channels=1), {"epochs": 2}, *paths)
+    cached = bench_plan.domain_stage(d, 2, "cpu")
+    assert cached.seconds == 0 and "cached" in cached.starts
+    assert bench_plan.domain_stage(d, None, "cpu").seconds > 0   # another slot: not cached
