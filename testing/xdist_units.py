@@ -32,44 +32,48 @@ UNITS_KEY = "genbench_units_file"     # workerinput key: where the workers write
 CHEAP_MODULE_FIXTURES = {"one_torch_thread"}
 # Units (a unit's name, or the start of a test's node id), longest first, with the seconds each
 # took on 2 xdist workers of a 2-core machine. Units not named here run after these, in file order.
-LONGEST_FIRST: list[str] = [  # seconds per unit; make test's from a run with 5 other jobs on
-    # the 2 cores (2026-12-07: the order holds, the seconds are ~2x a quiet run); then make
-    # test-faults' (quiet, 2026-12-06/07). Only the order matters.
-    "tests/test_benchmarks.py::test_tune_overhead",                     # 224 (4-trial smoke)
-    "tests/test_bench.py::test_bench_with_two_seeds_and_two_workers",   # 205
-    "test_object_storage",                                              # 165 (est.)
-    "tests/test_benchmarks.py::test_worker_overhead",                   # 183
-    "test_eval_cli",                                                    # 130
-    "tests/test_diffusion.py::test_cli_trains_a_conditional_model_t",   # 129
-    "tests/test_loopback.py::test_local_ray_of_a_train_run_listens_",   # 125
-    "test_ood_cli",                                                     # 122
-    "tests/test_flow.py::test_cli_trains_a_conditional_flow_that_ev",   # 107
-    "tests/test_benchmarks.py::test_train_throughput",                  # 106
-    "tests/test_tune.py::test_two_worker_trials_searched_by_optuna",    # 101
-    "family-vae",                                                       # 95
-    "test_cas",                                                         # 90 (est.)
-    "test_eval_samples",  # 276 before one BLAS thread a process (conftest.py); 50 on a busy -n 0
-    "tests/test_tune.py::test_vae_sweep_records_parent_children_and",   # 88
-    "tests/test_fault_tolerance.py::test_checkpoints_sooner_than_th",   # 81
-    "tests/test_transformer.py::test_cli_trains_on_two_workers_and_",   # 72
-    "test_likelihood",                                                  # 72
-    "tests/test_tune.py::test_gan_sweep_over_learning_rates_on_doma",   # 72
-    "test_toy_family",                                                  # 67
-    "family-pixelcnn",                                                  # 59
-    "tests/test_cache_concurrency.py::test_processes_that_miss_at_o",   # 57
-    "tests/test_benchmarks.py::test_ood_check",                         # 56
-    "family-gan",                                                       # 53
-    "test_loop",                                                        # 52
-    "tests/test_untrusted_config.py::test_tune_resume_never_imports",   # 52
-    "test_loop_ddp",                                                    # 52
-    "tests/test_untrusted_config.py::test_train_resume_never_import",   # 50
-    "tests/test_cache_concurrency.py::test_two_evals_at_once_on_a_f",   # 49
-    "family-ae",                                                        # 43
-    "tests/test_progress.py::test_poster_throttles_but_keeps_valida",   # 37
-    "test_report",                                                      # 35
-    "tests/test_untrusted_config.py::test_eval_of_a_checkpoint_neve",   # 30
-    "tests/test_sweep_spec.py::test_resume_refuses_a_directory_genb",   # 26
-    "tests/test_tune.py::test_unsatisfiable_resources_are_one_line_",   # 26
+LONGEST_FIRST: list[str] = [  # seconds per unit: make test's on 2 quiet cores (2026-12-07,
+    # `-p testing.unit_durations`, units of 10 s and more), then make test-faults' (quiet,
+    # 2026-12-06/07). Only the order matters.
+    "tests/test_bench.py::test_bench_with_two_seeds_and_two_workers",   # 342
+    "test_ood_cli",                                                     # 177
+    "test_object_storage",                                              # 170
+    "tests/test_benchmarks.py::test_tune_overhead",                     # 163
+    "test_toy_family",                                                  # 145
+    "tests/test_tune.py::test_two_worker_trials_searched_by_optuna",    # 125
+    "family-pixelcnn",                                                  # 121
+    "test_cas",                                                         # 106
+    "tests/test_loopback.py::test_local_ray_of_a_train_run_listens_on", # 98
+    "tests/test_transformer.py::test_cli_trains_on_two_workers_and_ev", # 97
+    "family-gan",                                                       # 89
+    "family-vae",                                                       # 86
+    "tests/test_benchmarks.py::test_worker_overhead",                   # 84
+    "tests/test_diffusion.py::test_cli_trains_a_conditional_model_the", # 83
+    "tests/test_benchmarks.py::test_train_throughput",                  # 64
+    "family-ae",                                                        # 63
+    "test_report",                                                      # 58
+    "tests/test_flow.py::test_cli_trains_a_conditional_flow_that_eval", # 58
+    "tests/test_tune.py::test_gan_sweep_over_learning_rates_on_domain", # 57
+    "test_loop",                                                        # 55
+    "tests/test_tune.py::test_vae_sweep_records_parent_children_and_b", # 53
+    "tests/test_fault_tolerance.py::test_checkpoints_sooner_than_the_", # 47
+    "test_likelihood",                                                  # 46
+    "test_loop_ddp",                                                    # 45
+    "test_eval_cli",                                                    # 42
+    "tests/test_cache_concurrency.py::test_two_evals_at_once_on_a_fre", # 42
+    "tests/test_kuberay.py::test_the_mlflow_pod_serves_only_with_the_", # 29
+    "tests/test_progress.py::test_poster_throttles_but_keeps_validati", # 26
+    "test_eval_samples",                                                # 24
+    "tests/test_untrusted_config.py::test_tune_resume_never_imports_t", # 23
+    "tests/test_benchmarks.py::test_ood_check",                         # 22
+    "tests/test_cache_concurrency.py::test_processes_that_miss_at_onc", # 22
+    "tests/test_loop.py::test_rank0_decides_for_every_rank",            # 20
+    "tests/test_untrusted_config.py::test_eval_of_a_checkpoint_never_", # 18
+    "test_significance_report",                                         # 17
+    "tests/test_untrusted_config.py::test_train_resume_never_imports_", # 14
+    "tests/test_likelihood.py::test_eval_never_imports_ray",            # 12
+    "tests/test_bench_workers.py::test_gpu_without_a_gpu_is_one_line_", # 11
+    "tests/test_ood.py::test_the_ood_and_bayes_modules_never_import_r", # 10
     "test_cluster",                                                     # 290
     "tests/test_tune_packing.py::test_packing_runs_two_half_gpu_tri",   # 180 (est.)
     "tests/test_benchmarks.py::test_startup",                           # 120 (est.)
