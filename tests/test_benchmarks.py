@@ -214,3 +214,27 @@ def test_startup(capsys):
     assert values["load the dataset"][0] == "—" and float(values["load the dataset"][1]) >= 0
     # the first step comes after fit() starts and before the process ends
     assert float(values["launch to first step"][1]) < float(values["launch to exit"][1])
+
+
+@pytest.mark.slow
+def test_bench_record_reads_a_training_runs_times_from_mlflow(ae_run, capsys):
+    """The session's AE run (30 steps, a point every 10): its start-up, steps and tail."""
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks import bench_record
+    from pipeline.errors import ConfigError
+
+    assert bench_record.main(["--tracking-uri", ae_run.uri,
+                              "--experiment", ae_run.experiment]) == 0
+    [(header, rows)] = tables(capsys.readouterr().out)
+    assert header[0] == "run" and len(rows) == 1
+    name, kind, steps, start_up, first_step, span, tail, total = rows[0]
+    run = MlflowClient(ae_run.uri).get_run(ae_run.run_id)
+    assert (name, kind, steps, first_step) == (run.info.run_name, "train", "30", "10")
+    assert float(start_up) > 0 and float(span) > 0 and float(tail) >= 0
+    # the three parts are the run's whole span, as MLflow recorded it
+    whole = (run.info.end_time - run.info.start_time) / 1000
+    assert float(total) == pytest.approx(whole, abs=0.1)
+    assert float(start_up) + float(span) + float(tail) == pytest.approx(whole, abs=0.3)
+    with pytest.raises(ConfigError, match="no experiment 'nope'"):
+        bench_record.main(["--tracking-uri", ae_run.uri, "--experiment", "nope"])
