@@ -1,8 +1,8 @@
 """Where each training run of a finished bench (or any experiment) spent its wall time, read from
 its MLflow record: from the run's start to its first logged point (start-up: Ray Train's
 controller and workers, their imports, the data, the model, the first `log_every` steps), the
-span of its logged points, and from its last point to the run's end (the final validation,
-checkpoint and sample grid, and Ray Train's shutdown). MLflow's own timestamps, taken outside
+span of its logged points (the last one carries the final validation), and from its last point
+to the run's end (the last checkpoint's upload, the sample grid, Ray Train's shutdown). MLflow's own timestamps, taken outside
 the training loop: nothing here restarts a clock.
 
     python -m benchmarks.bench_record --experiment bench-quick-20261207-174131
@@ -17,9 +17,7 @@ import argparse
 import statistics
 import sys
 
-from benchmarks.common import add_smoke, print_table
-
-KINDS = ("train", "scaling", "tune-trial")   # runs that train (pipeline/schema.py's kinds)
+from benchmarks.common import print_table
 
 
 def first_and_last_point(client, run) -> tuple[int, int, int] | None:
@@ -39,12 +37,13 @@ def first_and_last_point(client, run) -> tuple[int, int, int] | None:
 def rows_of(client, experiment_id: str, limit: int | None = None) -> list[list[object]]:
     from pipeline import schema
 
+    trains = (schema.TRAIN, schema.SCALING, schema.TUNE_TRIAL)   # the kinds of run that train
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"],
                               max_results=1000)
     rows = []
     for run in runs:
         kind = run.data.tags.get(schema.KIND)
-        if kind not in KINDS or run.info.end_time is None:
+        if kind not in trains or run.info.end_time is None:
             continue
         points = first_and_last_point(client, run)
         if points is None:
@@ -63,9 +62,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", help="MLflow experiment (default: the newest in the store)")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI)")
-    add_smoke(p)
+    p.add_argument("--smoke", action="store_true", help="the first 3 training runs only")
     args = p.parse_args(argv)
-    from pipeline import tracking
+    from pipeline import schema, tracking
     from pipeline.errors import ConfigError
 
     client = tracking.client(args.tracking_uri)
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
     print_table(["run", "kind", "steps", "start to first point s", "first point's step",
                  "first to last point s", "last point to end s", "total s"], rows, right=True)
     if rows:
-        ups = [float(r[3]) for r in rows if r[1] != "tune-trial"]
+        ups = [float(r[3]) for r in rows if r[1] != schema.TUNE_TRIAL]
         if ups:
             print(f"\nstart to first point, Ray Train runs: median {statistics.median(ups):.1f} s "
                   f"(min {min(ups):.1f}, max {max(ups):.1f}, {len(ups)} runs)")
