@@ -113,12 +113,12 @@ def make_plan(preset, jobs, configs: dict, eval_options, sweep_cfg=None, scaling
 
 def domain_stage(d, epochs: float | None, device: str) -> Stage:
     """The domain classifier's stage: trained once per machine, nothing to do once cached."""
-    from eval.domain_classifier import cached_domain, domain_variant
+    from eval.domain_classifier import DOMAIN_EPOCHS, cached_domain, domain_variant
 
     if cached_domain(d.dataset, d.image_size, domain_variant(epochs)) is not None:
         return Stage("domain classifier", "cached on this machine: loaded", 0.0)
     return Stage("domain classifier", "trained once on this machine, then cached",
-                 DOMAIN_EPOCH_S[device] * (epochs or 5))
+                 DOMAIN_EPOCH_S[device] * (epochs or DOMAIN_EPOCHS))
 
 
 def _device(gpu: bool) -> str:
