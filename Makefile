@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-UV = $(BIN)/uv pip install -q --python $(BIN)/python $(shell $(PY) tools/pip_sources.py)
+UV = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $(shell $(PY) tools/pip_sources.py)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: run test test-faults venv data browser bench clean
@@ -12,12 +12,15 @@ $(BIN)/genbench: pyproject.toml testing/toy_family/pyproject.toml tools/pip_sour
 	# uv, from the sources pip is configured with (tools/pip_sources.py): on 2 cores it installs
 	# all this in ~35 s where pip took ~3.5 min (2026-12-07)
 	$(BIN)/pip install -q uv
-	# torch/torchvision first, pinned, from the first source that has them: on this machine,
-	# local disk
-	$(UV) --index-strategy unsafe-first-match torch==2.14.1 torchvision==0.29.1
-	# the rest as pip would pick it (the newest release across the sources); the toy model family
-	# of tests/test_toy_family.py, installed as users install a family
-	$(UV) --index-strategy unsafe-best-match -e '.[test,tune]' -e testing/toy_family
+	# torch first, pinned, from the first source that has it: on this machine, local disk
+	$(UV) --index-strategy unsafe-first-match torch==2.14.1
+	# the rest as pip picks it (the newest release across the sources); the toy model family of
+	# tests/test_toy_family.py, installed as users install a family
+	$(UV) --index-strategy unsafe-best-match torchvision==0.29.1 -e '.[test,tune]' \
+		-e testing/toy_family
+	# PYTHONDONTWRITEBYTECODE machines: genbench's own modules compiled once, not in every
+	# Ray worker process at every start
+	$(BIN)/python -m compileall -q pipeline eval tune report genbench
 	touch $(BIN)/genbench
 
 venv: $(BIN)/genbench
