@@ -51,6 +51,7 @@ class Preset:
     sweep: dict | None                 # SweepSection: {"model", "samples", "steps", "config"}
     ood: dict | None = None            # OODSection; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
+    order: tuple = ()                  # run names in the order their training starts (first)
 
     def needs_domain_classifier(self) -> bool:
         """Its evaluations read the domain classifier: FID features, or the OOD baseline."""
@@ -127,7 +128,24 @@ def load_preset(name_or_path: str) -> Preset:
     if scaling is not None:
         from genbench.scaling import check_section
         check_section(scaling, path)
-    return Preset(path.stem, every, families, ev, sweep, ood, scaling)
+    return Preset(path.stem, every, families, ev, sweep, ood, scaling,
+                  preset_schema.run_order(raw.get("order"), path))
+
+
+def in_order(jobs: list[tuple[str, str, dict]], order: tuple[str, ...]
+             ) -> list[tuple[str, str, dict]]:
+    """The (name, family, more) jobs sorted by the preset's order: by the run's name, else by its
+    family's (each seed of a family where the family is named); runs it does not name keep their
+    order, after those it names. The evaluations follow the runs one at a time, each as its run
+    ends (the bench's longest chain on a small machine): runs whose evaluations take longest go
+    first, so that the chain starts early and the last evaluations are short."""
+    rank = {name: i for i, name in enumerate(order)}
+
+    def key(job):
+        name, family, _ = job
+        return rank.get(name, rank.get(family, len(order)))
+
+    return sorted(jobs, key=key)   # stable: the unnamed keep their order
 
 
 def ood_runs(preset: Preset, families: list[str]) -> list[tuple[str, str, dict]]:
@@ -242,6 +260,7 @@ def run(args) -> int:
                                                        {"train": {"seed": seed}}))
                 seeded.append((name, family, {}))
         jobs = seeded + extra
+    jobs = in_order(jobs, preset.order)
     if getattr(args, "inception_weights", None):
         from eval.extractors import inception_weights
         inception_weights(args.inception_weights)  # a wrong file fails now, not after training

@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.config import build_section
 from pipeline.errors import ConfigError
 
-SECTIONS = ("every_family", "families", "eval", "sweep", "ood", "scaling")
+SECTIONS = ("every_family", "families", "order", "eval", "sweep", "ood", "scaling")
 REQUIRED = object()   # a field the preset must give
 
 
@@ -56,6 +56,18 @@ class OODSection:
     unseen_classes: tuple[int, ...] = ()
     bayes: tuple[str, ...] | None = None
     bayes_images: int | None = None
+
+
+def run_order(raw, path: Path | str) -> tuple[str, ...]:
+    """order: the names of the training runs ("vae", "vae conditional") in the order they start.
+    Names the bench does not train (a family left out by --families) are passed over."""
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"preset {path}: order must be a list of run names, e.g. [flow, vae, "
+                          f"\"vae conditional\"], got {raw!r}")
+    return tuple(items)
 
 
 LISTS = {"extractors", "bootstrap_metrics", "sets", "bayes"}   # YAML lists kept as tuples
