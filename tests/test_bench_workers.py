@@ -267,3 +267,28 @@ def test_a_cheaper_domain_classifier_has_its_own_cache_slot(tmp_path, monkeypatc
     assert ext.weights == domain_paths("fashion-mnist", 32, "e1")[0]
     with pytest.raises(ConfigError, match="no domain classifier cached"):
         domain_extractor("fashion-mnist", None, 32, train_if_missing=False)
+
+
+def test_the_presets_order_sorts_the_runs_and_names_only_runs_the_bench_trains(tmp_path):
+    """order: named runs first, in its order (a family's name covers each of its seeds); the
+    unnamed keep theirs. The quick preset's order names every run it trains and nothing else, so
+    a misspelt name cannot quietly fall back to the registry's order."""
+    from genbench.bench import in_order, ood_runs
+
+    jobs = [(n, n.split()[0], {}) for n in ("ae", "vae seed 0", "vae seed 1", "gan",
+                                            "vae conditional")]
+    got = [name for name, _, _ in in_order(jobs, ("vae conditional", "gan", "vae", "flow"))]
+    assert got == ["vae conditional", "gan", "vae seed 0", "vae seed 1", "ae"]
+    assert in_order(jobs, ()) == jobs
+
+    from pipeline.models import is_built_in
+
+    quick = load_preset("quick")
+    built_in = [f for f in names() if is_built_in(f)]   # what `genbench bench` trains
+    trained = set(built_in) | {name for name, _, _ in ood_runs(quick, built_in)}
+    assert quick.order and set(quick.order) == trained
+
+    bad = tmp_path / "bad-order.yaml"
+    bad.write_text(yaml.safe_dump({"every_family": {}, "order": [{"vae": 1}]}))
+    with pytest.raises(ConfigError, match="order must be a list of run names"):
+        load_preset(str(bad))
