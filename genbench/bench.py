@@ -51,7 +51,7 @@ class Preset:
     sweep: dict | None                 # SweepSection: {"model", "samples", "steps", "config"}
     ood: dict | None = None            # OODSection; None: no OOD or Bayes evaluation
     scaling: dict | None = None        # {"model": family, "workers": [1, 2], "config", "target"}
-    order: tuple = ()                  # run names in the order their training starts (first)
+    order: tuple = ()                  # run names, in the order their training starts
 
     def needs_domain_classifier(self) -> bool:
         """Its evaluations read the domain classifier: FID features, or the OOD baseline."""
