@@ -128,8 +128,15 @@ def load_preset(name_or_path: str) -> Preset:
     if scaling is not None:
         from genbench.scaling import check_section
         check_section(scaling, path)
-    return Preset(path.stem, every, families, ev, sweep, ood, scaling,
-                  preset_schema.run_order(raw.get("order"), path))
+    order = preset_schema.run_order(raw.get("order"), path)
+    # each name is a family's, or one of its runs' ("vae conditional", "vae seed 0"): a typo
+    # would otherwise leave that run at the end of the queue without a word
+    strays = [n for n in order if n.split()[0] not in names()]
+    if strays:
+        raise ConfigError(f"preset {path}: order names {', '.join(map(repr, strays))}, not a "
+                          f"registered family or one of its runs; registered: "
+                          f"{', '.join(names())}")
+    return Preset(path.stem, every, families, ev, sweep, ood, scaling, order)
 
 
 def in_order(jobs: list[tuple[str, str, dict]], order: tuple[str, ...]

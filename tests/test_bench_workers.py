@@ -292,3 +292,6 @@ def test_the_presets_order_sorts_the_runs_and_names_only_runs_the_bench_trains(t
     bad.write_text(yaml.safe_dump({"every_family": {}, "order": [{"vae": 1}]}))
     with pytest.raises(ConfigError, match="order must be a list of run names"):
         load_preset(str(bad))
+    bad.write_text(yaml.safe_dump({"every_family": {}, "order": ["vae", "flwo"]}))
+    with pytest.raises(ConfigError, match="order names 'flwo', not a registered family"):
+        load_preset(str(bad))
