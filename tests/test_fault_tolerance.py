@@ -111,7 +111,9 @@ def test_stalled_rank_restarts_the_group(ray_local, workdir, mlflow_uri, capsys,
     assert run.data.tags[RESUMED_TAG] == "100"
     check_finished(client, run.info.run_id, 300, workdir)
     check_exactly_once(client, run.info.run_id, 300, 10)
-    assert time.time() - t0 < 240  # not Ray's 30 minutes
+    # Ray's default would hold the group for 30 minutes; the whole run takes 2-5 minutes, more
+    # when CI runs three fault tests on 2 cores (275 s there once), so 900 s tells them apart.
+    assert time.time() - t0 < 900
 
 
 def kill_driver(proc: subprocess.Popen, ray_local) -> None:
