@@ -1,6 +1,7 @@
 """Where each training run of a finished bench (or any experiment) spent its wall time, read from
 its MLflow record: from the run's start to its first logged point (start-up: Ray Train's
-controller and workers, their imports, the data, the model, the first `log_every` steps), the
+controller and workers or a warm slot (pipeline/warm.py), the data, the model, the first
+`log_every` steps; and, less those steps at the run's own pace, to the end of step 1), the
 span of its logged points (the last one carries the final validation), and from its last point
 to the run's end (the last checkpoint's upload, the sample grid, Ray Train's shutdown). MLflow's own timestamps, taken outside
 the training loop: nothing here restarts a clock.
@@ -20,18 +21,23 @@ import sys
 from benchmarks.common import print_table
 
 
-def first_and_last_point(client, run) -> tuple[int, int, int] | None:
-    """(first timestamp, its step, last timestamp) over every metric the run logged while it
-    trained, in ms: `genbench eval` logs into the training run later, after its end time."""
-    first = last = step = None
+def logged_points(client, run) -> list[tuple[int, int]]:
+    """(step, first timestamp in ms) of each step at which the run logged while it trained,
+    by step: `genbench eval` logs into the training run later, after its end time."""
+    first_at: dict[int, int] = {}
     for key in run.data.metrics:
         for m in client.get_metric_history(run.info.run_id, key):
-            if m.timestamp > run.info.end_time:
-                continue
-            if first is None or m.timestamp < first:
-                first, step = m.timestamp, m.step
-            last = m.timestamp if last is None else max(last, m.timestamp)
-    return None if first is None else (first, step, last)
+            if m.timestamp <= run.info.end_time:
+                first_at[m.step] = min(m.timestamp, first_at.get(m.step, m.timestamp))
+    return sorted(first_at.items())
+
+
+def seconds_per_step(points: list[tuple[int, int]]) -> float | None:
+    """The median pace between consecutive logged points, the last interval left out (it holds
+    the final validation); None with fewer than three points."""
+    paces = [(t1 - t0) / 1000 / (s1 - s0)
+             for (s0, t0), (s1, t1) in zip(points[:-2], points[1:-1]) if s1 > s0]
+    return statistics.median(paces) if paces else None
 
 
 def rows_of(client, experiment_id: str, limit: int | None = None) -> list[list[object]]:
@@ -45,13 +51,18 @@ def rows_of(client, experiment_id: str, limit: int | None = None) -> list[list[o
         kind = run.data.tags.get(schema.KIND)
         if kind not in trains or run.info.end_time is None:
             continue
-        points = first_and_last_point(client, run)
-        if points is None:
+        points = logged_points(client, run)
+        if not points:
             continue
-        first, step, last = points
+        (step, first), last = points[0], points[-1][1]
         start, end = run.info.start_time, run.info.end_time
-        rows.append([run.info.run_name, kind, run.data.params.get("train.total_steps", "?"),
-                     f"{(first - start) / 1000:.1f}", step, f"{(last - first) / 1000:.1f}",
+        pace = seconds_per_step(points)
+        # start-up: the run's start to the end of its first step, the first point's earlier
+        # steps taken off at the run's own pace
+        up = f"{(first - start) / 1000 - (step - 1) * pace:.1f}" if pace is not None else "-"
+        rows.append([run.info.run_name, kind, run.data.tags.get(schema.EXECUTOR, "Ray Train"),
+                     run.data.params.get("train.total_steps", "?"),
+                     f"{(first - start) / 1000:.1f}", step, up, f"{(last - first) / 1000:.1f}",
                      f"{(end - last) / 1000:.1f}", f"{(end - start) / 1000:.1f}"])
         if limit and len(rows) >= limit:
             break
@@ -81,13 +92,17 @@ def main(argv=None) -> int:
         exp = found[0]
     rows = rows_of(client, exp.experiment_id, limit=3 if args.smoke else None)
     print(f"experiment {exp.name!r}: each training run's wall time, from MLflow's timestamps")
-    print_table(["run", "kind", "steps", "start to first point s", "first point's step",
-                 "first to last point s", "last point to end s", "total s"], rows, right=True)
-    if rows:
-        ups = [float(r[3]) for r in rows if r[1] != schema.TUNE_TRIAL]
+    print_table(["run", "kind", "executor", "steps", "start to first point s",
+                 "first point's step", "start-up to step 1 s", "first to last point s",
+                 "last point to end s", "total s"], rows, right=True)
+    for executor in sorted({r[2] for r in rows}):
+        ups = [float(r[6]) for r in rows
+               if r[1] != schema.TUNE_TRIAL and r[2] == executor and r[6] != "-"]
         if ups:
-            print(f"\nstart to first point, Ray Train runs: median {statistics.median(ups):.1f} s "
+            print(f"start-up to step 1, {executor} runs: median {statistics.median(ups):.1f} s "
                   f"(min {min(ups):.1f}, max {max(ups):.1f}, {len(ups)} runs)")
+    print("(start-up to step 1: the start to the first point, less the steps before it at the "
+          "run's median pace between points)")
     return 0
 
 

@@ -230,6 +230,7 @@ def run(args) -> int:
     from pipeline.config import Config, merge
     from pipeline.launch import train
     from pipeline.models import is_built_in, names
+    from pipeline.warm import SlotPool, runs_warm
 
     # Everything that can be wrong is found before the first stage: one line, exit 2.
     preset = load_preset(args.preset)
@@ -307,11 +308,14 @@ def run(args) -> int:
     stages = StagePool(plan.ray_slots, plan.driver_slots, max_running=plan.parallel,
                        hold_output=plan.parallel > 1)
     quiet = plan.parallel > 1  # no live progress lines: each stage's output comes at its end
+    # single-worker CPU runs train in warm processes, one per concurrent run (pipeline/warm.py)
+    slots = (SlotPool(plan.ray_slots, plan.cpus_per_worker or first.train.cpus_per_worker)
+             if runs_warm(first, None) else None)
     runs: dict[str, str] = {}
     for name, _, _ in jobs:
         def train_one(cfg=configs[name], name=name):
             result = train(cfg, experiment=experiment, address=args.address,
-                           verbose=args.verbose, quiet=quiet)
+                           verbose=args.verbose, quiet=quiet, warm=slots)
             print_summary(result)
             runs[name] = result.run_id
             return result.run_id
@@ -381,7 +385,11 @@ def run(args) -> int:
         return html
 
     stages.add("report", report, kind="alone")
-    html = stages.run()["report"]
+    try:
+        html = stages.run()["report"]
+    finally:
+        if slots is not None:
+            slots.close()
     minutes = (time.time() - stages.t0) / 60
     print(f"\nbench ({args.preset}) finished in {minutes:.1f} min; MLflow experiment "
           f"{experiment!r}")

@@ -24,6 +24,7 @@ from pipeline.resume import RUN_DIR_TAG, prepare_resume, resume_hint, validate_c
 from pipeline.signals import Terminated
 from pipeline.signals import exit_code as signal_exit_code
 from pipeline.trainer import make_trainer, storage_path
+from pipeline.warm import WarmTrainer, runs_warm
 
 @dataclass
 class TrainResult:
@@ -50,7 +51,9 @@ def load_train_split(cfg: Config, with_val: bool = True):
 
 def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
           resume: str | None = None, verbose: bool = False, quiet: bool = False,
-          extra_tags: dict | None = None) -> TrainResult:
+          extra_tags: dict | None = None, warm=None) -> TrainResult:
+    """warm: a pipeline.warm.SlotPool (genbench bench): a run that can train in a warm slot does;
+    the others, and a warm run after a failure, use Ray Train."""
     import ray
 
     from pipeline.loop import total_steps
@@ -78,6 +81,9 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     require_shared_storage(cfg, grows=joined and shortfall(cfg, ray.cluster_resources())
                            is not None)
 
+    warm = warm if warm is not None and runs_warm(cfg, fault) else None
+    if warm is not None:
+        warm.wait_until_started()
     if resume:
         run_id = resume
         run_dir = tracking.get_run(run_id).data.tags[RUN_DIR_TAG]
@@ -88,12 +94,16 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
             attempt = len(__import__("glob").glob(f"{run_dir}*")) + 1
             name = f"{Path(run_dir).name}-resume{attempt}"
         tracking.client().update_run(run_id, status="RUNNING")
+        if warm is not None:
+            tracking.set_tags(run_id, {schema.EXECUTOR: schema.WARM_SLOT})
         # Ray Train V2 dropped resume_from_checkpoint: the workers load this path themselves.
         resume_from = str(latest)
     else:
         tags = tracking.versions_and_hardware(cfg.train.gpu)
         tags.update({schema.MODEL: cfg.model, schema.DATASET: cfg.data.dataset,
                      schema.KIND: schema.TRAIN, **(extra_tags or {})})
+        if warm is not None:
+            tags[schema.EXECUTOR] = schema.WARM_SLOT
         run_id = tracking.start_run(experiment,
                                     f"{cfg.model}-{cfg.data.dataset}-seed{cfg.train.seed}",
                                     {**cfg.flat(), "train.total_steps": steps}, tags)
@@ -103,12 +113,23 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
         resume_from = None
 
     progress = None if quiet else ProgressPrinter(steps, FAMILIES[cfg.model].PROGRESS_KEYS)
-    trainer = make_trainer(
-        train_loop_per_worker,
-        {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-         "resume_from": resume_from, "progress_board": progress.board if progress else None,
-         "fault": fault},
-        cfg, name, storage_path(cfg), cfg.train.keep_checkpoints)
+    loop_config = {"config": cfg.to_dict(), "run_id": run_id,
+                   "tracking_uri": tracking.tracking_uri(), "resume_from": resume_from,
+                   "progress_board": progress.board if progress else None, "fault": fault}
+
+    def ray_trainer(start=resume_from, name=name):
+        return make_trainer(train_loop_per_worker, {**loop_config, "resume_from": start},
+                            cfg, name, storage_path(cfg), cfg.train.keep_checkpoints)
+
+    def after_warm_failure(start):
+        tracking.set_tags(run_id, {schema.EXECUTOR: f"{schema.WARM_SLOT}, then Ray Train"})
+        return ray_trainer(start, f"{name}-restart")
+
+    if warm is not None:
+        trainer = WarmTrainer(warm, loop_config, storage.join(storage_path(cfg), name), run_dir,
+                              cfg.train.keep_checkpoints, after_warm_failure)
+    else:
+        trainer = ray_trainer()
     if not quiet:
         print(f"genbench: training {cfg.model} on {cfg.data.dataset} with "
               f"{cfg.train.workers} worker(s), {steps} steps; MLflow run {run_id} (if it "
@@ -119,6 +140,8 @@ def train(cfg: Config, experiment: str = "genbench", address: str | None = None,
     try:
         result = fit_interruptibly(trainer)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (pipeline/signals.py)
+        if isinstance(trainer, WarmTrainer):
+            trainer.stop()
         _close_quietly(run_id, "KILLED", budget_s=0)  # a stop does not wait out an outage
         how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
         raise RunStopped(f"{how}; {resume_hint(run_id, run_dir)}",

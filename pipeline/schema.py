@@ -50,6 +50,8 @@ VERSION_TAGS = (VERSION, GIT_COMMIT, TORCH_VERSION, RAY_VERSION, MLFLOW_VERSION,
 RAY_RUN_DIR = "genbench.ray_run_dir"              # the run's Ray directory: its checkpoints
 FAULT_FIRED = "genbench.fault_fired"              # an injected fault (GENBENCH_FAULT) fired
 RESUMED_FROM_STEP = "genbench.resumed_from_step"  # the step the latest worker group began at
+EXECUTOR = "genbench.executor"    # "warm slot" (pipeline/warm.py); absent: Ray Train throughout
+WARM_SLOT = "warm slot"
 
 
 def node_tag(rank: int) -> str:

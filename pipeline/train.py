@@ -34,8 +34,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = Config.from_dict(loop_config["config"])
     tracking.set_outage_budget(cfg.train.tracking_outage_s)
     context = ray.train.get_context()
-    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this worker was granted.
-    torch.set_num_threads(max(1, cfg.train.cpus_per_worker or 1))
     ctx = Context(rank=context.get_world_rank(), world=context.get_world_size(),
                   device=ray.train.torch.get_device(), run_id=loop_config["run_id"],
                   tracking_uri=loop_config["tracking_uri"])
@@ -46,6 +44,40 @@ def train_loop_per_worker(loop_config: dict) -> None:
             start = ckpt.load(directory)
     elif loop_config.get("resume_from"):  # --resume: the interrupted run's last checkpoint
         start = ckpt.load(loop_config["resume_from"])
+
+    def report_for(logger: RunLogger | None):
+        def report(metrics: dict, checkpoint_dir: str | None) -> None:
+            if checkpoint_dir is None:
+                ray.train.report(metrics)
+                return
+            # Ray copies the checkpoint into storage on its upload thread (ASYNC) and deletes
+            # this process's copy afterwards, so the loop goes on at once; on that thread the
+            # MLflow writer is flushed first: Ray registers a checkpoint only after every point
+            # up to its step is stored, so a restart from it is exactly-once.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+                                 take_over(checkpoint_dir)),
+                             checkpoint_dir_name=checkpoint_name(metrics["step"]),
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                             delete_local_checkpoint_after_upload=True,
+                             checkpoint_upload_fn=flushed_upload(logger))
+        return report
+
+    run_rank(cfg, ctx, loop_config, start, report_for,
+             fault=armed_fault(loop_config.get("fault"), ctx))
+
+
+def checkpoint_name(step) -> str:
+    return f"checkpoint_{int(step):09d}"
+
+
+def run_rank(cfg: Config, ctx: Context, loop_config: dict, start: dict | None, report_for,
+             fault: faults.Fault | None = None, freeze: bool = True) -> dict:
+    """One rank of a run, wherever its process came from (a Ray Train worker, or a warm slot:
+    pipeline/warm.py): MLflow logger and progress on rank 0, then the Ray-free loop.
+    report_for(logger) gives fit() its report function; returns fit()'s last metrics.
+    freeze: hide what start-up made from the garbage collector (a warm slot did it once)."""
+    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this worker was granted.
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker or 1))
     logger = None
     if ctx.rank == 0:
         # Any group may repeat steps an earlier one logged: one restarted from a checkpoint
@@ -54,35 +86,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger = RunLogger(ctx.run_id, ctx.tracking_uri, restarted=True)
         if start is not None:
             tracking.set_tags(ctx.run_id, {RESUMED_TAG: start["step"]}, ctx.tracking_uri)
-
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        if checkpoint_dir is None:
-            ray.train.report(metrics)
-            return
-        # Ray copies the checkpoint into storage on its upload thread (ASYNC) and deletes this
-        # process's copy afterwards, so the loop goes on at once; on that thread the MLflow
-        # writer is flushed first: Ray registers a checkpoint only after every point up to its
-        # step is stored, so a restart from it is exactly-once.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
-                             take_over(checkpoint_dir)),
-                         checkpoint_dir_name=f"checkpoint_{int(metrics['step']):09d}",
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-                         delete_local_checkpoint_after_upload=True,
-                         checkpoint_upload_fn=flushed_upload(logger))
-
     tag_placement(ctx)
     board = loop_config.get("progress_board")
     post = Poster(board) if board is not None and ctx.rank == 0 else None
-    # The ~600k objects of Ray, torch and MLflow that start-up made live as long as the worker:
-    # out of the collector's sight, a full collection during training (it holds the GIL, so the
-    # training thread waits) took 34 ms instead of 210 ms in a measured AE run.
-    gc.collect()
-    gc.freeze()
+    if freeze:
+        freeze_start_up()
     try:
-        fit(cfg, ctx, report, start=start, logger=logger,
-            progress=post,
-            fault=armed_fault(loop_config.get("fault"), ctx),
-            min_checkpoint_interval_s=cfg.train.checkpoint_min_interval_s)
+        metrics = fit(cfg, ctx, report_for(logger), start=start, logger=logger, progress=post,
+                      fault=fault, min_checkpoint_interval_s=cfg.train.checkpoint_min_interval_s)
     except BaseException:
         if logger is not None:
             with contextlib.suppress(Exception):  # the loop's error is the one to see
@@ -92,6 +103,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         post.close()
     if logger is not None:
         logger.close()
+    return metrics
+
+
+def freeze_start_up() -> None:
+    """The ~600k objects of Ray, torch and MLflow that start-up made live as long as the process:
+    out of the collector's sight, a full collection during training (it holds the GIL, so the
+    training thread waits) took 34 ms instead of 210 ms in a measured AE run."""
+    gc.collect()
+    gc.freeze()
 
 
 def take_over(directory: str) -> str:

@@ -228,10 +228,13 @@ def test_bench_record_reads_a_training_runs_times_from_mlflow(ae_run, capsys):
                               "--experiment", ae_run.experiment]) == 0
     [(header, rows)] = tables(capsys.readouterr().out)
     assert header[0] == "run" and len(rows) == 1
-    name, kind, steps, start_up, first_step, span, tail, total = rows[0]
+    name, kind, executor, steps, start_up, first_step, step_one, span, tail, total = rows[0]
     run = MlflowClient(ae_run.uri).get_run(ae_run.run_id)
-    assert (name, kind, steps, first_step) == (run.info.run_name, "train", "30", "10")
+    assert (name, kind, executor, steps, first_step) == (run.info.run_name, "train",
+                                                         "Ray Train", "30", "10")
     assert float(start_up) > 0 and float(span) > 0 and float(tail) >= 0
+    # step 1 ends before the first point (step 10): its 9 steps before, at the run's pace
+    assert 0 < float(step_one) < float(start_up)
     # the three parts are the run's whole span, as MLflow recorded it
     whole = (run.info.end_time - run.info.start_time) / 1000
     assert float(total) == pytest.approx(whole, abs=0.1)
