@@ -309,8 +309,8 @@ def run(args) -> int:
                        hold_output=plan.parallel > 1)
     quiet = plan.parallel > 1  # no live progress lines: each stage's output comes at its end
     # single-worker CPU runs train in warm processes, one per concurrent run (pipeline/warm.py)
-    slots = (SlotPool(plan.ray_slots, plan.cpus_per_worker or first.train.cpus_per_worker)
-             if runs_warm(first, None) else None)
+    slots = (SlotPool(plan.ray_slots, plan.cpus_per_worker or first.train.cpus_per_worker,
+                      first) if runs_warm(first, None) else None)
     runs: dict[str, str] = {}
     for name, _, _ in jobs:
         def train_one(cfg=configs[name], name=name):
