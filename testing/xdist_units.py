@@ -73,6 +73,7 @@ LONGEST_FIRST: list[str] = [  # seconds per unit: make test's on 2 quiet cores (
     "tests/test_untrusted_config.py::test_train_resume_never_imports_", # 14
     "tests/test_likelihood.py::test_eval_never_imports_ray",            # 12
     "tests/test_bench_workers.py::test_gpu_without_a_gpu_is_one_line_", # 11
+    "tests/test_warm.py::test_a_warm_run_leaves_the_record_of_a_ray_t",  # 67 (-n 0)
     "tests/test_ood.py::test_the_ood_and_bayes_modules_never_import_r", # 10
     "test_cluster",                                                     # 290
     "tests/test_tune_packing.py::test_packing_runs_two_half_gpu_tri",   # 180 (est.)
@@ -85,6 +86,8 @@ LONGEST_FIRST: list[str] = [  # seconds per unit: make test's on 2 quiet cores (
     "tests/test_launch.py::test_ctrl_c",                                # 76
     "tests/test_fault_tolerance.py::test_driver_killed_at_a_random_",   # 100
     "test_signals",                                                     # 60
+    "tests/test_warm.py::test_a_slot_killed_mid_run_hands_it_to_ray_",  # ~150 (-n 0)
+    "tests/test_warm.py::test_sigterm_stops_a_bench_whose_run_trains",  # 57 (-n 0)
     "tests/test_fault_tolerance.py::test_worker_killed_before_the_f",   # 50
     "tests/test_fault_tolerance.py::test_killed_worker",                # 46
 ]

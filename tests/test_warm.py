@@ -104,3 +104,59 @@ def test_a_slot_killed_mid_run_hands_it_to_ray_train(ray_local, workdir, mlflow_
         list(range(LOG_EVERY, steps + 1, LOG_EVERY))
     assert result.metrics["step"] == steps
     assert client.get_run(again.run_id).data.tags[schema.EXECUTOR] == schema.WARM_SLOT
+
+
+@pytest.mark.fault
+def test_sigterm_stops_a_bench_whose_run_trains_warm(workdir, mlflow_uri, tmp_path_factory):
+    """`genbench bench` on its own local Ray, SIGTERMed while its one run trains in a warm slot:
+    exit 143, the run KILLED with its points, no process left, and its newest checkpoint where
+    `genbench train --resume` looks for it."""
+    import subprocess
+    import sys
+
+    import psutil
+    import yaml
+
+    from testing.evalkit import domain_cache
+    from test_signals import assert_all_gone
+
+    preset = workdir / "long.yaml"
+    preset.write_text(yaml.safe_dump({
+        "every_family": {"config": {"ae": tiny_size("ae"), "train": {
+            "steps": 100_000, "batch_size": 16, "log_every": 10, "checkpoint_every": 20,
+            "checkpoint_min_interval_s": 0}}},
+        "eval": {"n_real": 100, "extractors": ["domain"], "k": 1}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"MLFLOW_TRACKING_URI": mlflow_uri,
+                "GENBENCH_CACHE": str(domain_cache(tmp_path_factory.getbasetemp()))})
+    proc = subprocess.Popen([sys.executable, "-m", "genbench", "bench", "--preset", str(preset),
+                             "--families", "ae", "--experiment", "B"], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client, deadline = MlflowClient(mlflow_uri), time.time() + 300
+    while True:   # until the run's first checkpoint (step 20) is published
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "the run never reached its first checkpoint"
+        exp = client.get_experiment_by_name("B")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and list(Path(workdir, "ray_results").glob("*/checkpoint_*")):
+            break
+        time.sleep(0.3)
+    (run,) = runs
+    assert run.data.tags[schema.EXECUTOR] == schema.WARM_SLOT
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "mse")]
+    assert steps and steps == list(range(10, steps[-1] + 1, 10))
+    assert_all_gone(family)
+
+    # what --resume would continue from: the warm slot's newest checkpoint, in Ray's layout
+    from pipeline.trainer import newest_loadable_checkpoint
+    path, payload, skipped = newest_loadable_checkpoint(run.data.tags[schema.RAY_RUN_DIR])
+    assert path is not None and not skipped
+    assert payload["step"] % 20 == 0 and payload["step"] <= steps[-1] + 20
+    assert payload["mlflow_run_id"] == run.info.run_id
