@@ -124,6 +124,7 @@ class SlotPool:
         self._free: list = []
         self._started: list = []   # each slot's pid() call: done when its imports are
         self._lock = threading.Condition()
+        self._starting = threading.Lock()
         for _ in range(size):
             self._free.append(self._new())
 
@@ -142,7 +143,13 @@ class SlotPool:
         Ray Train does."""
         import ray
 
-        ray.get(list(self._started))
+        with self._starting:
+            pending, self._started = self._started, []
+            for ref in pending:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # a slot that could not start: its first run goes to Ray Train
 
     def acquire(self):
         with self._lock:
