@@ -230,6 +230,7 @@ def run(args) -> int:
     from pipeline.config import Config, merge
     from pipeline.launch import train
     from pipeline.models import is_built_in, names
+    from pipeline import tracking
     from pipeline.warm import SlotPool, runs_warm
 
     # Everything that can be wrong is found before the first stage: one line, exit 2.
@@ -310,7 +311,7 @@ def run(args) -> int:
     quiet = plan.parallel > 1  # no live progress lines: each stage's output comes at its end
     # single-worker CPU runs train in warm processes, one per concurrent run (pipeline/warm.py)
     slots = (SlotPool(plan.ray_slots, plan.cpus_per_worker or first.train.cpus_per_worker,
-                      first) if runs_warm(first, None) else None)
+                      first, tracking.tracking_uri()) if runs_warm(first, None) else None)
     runs: dict[str, str] = {}
     for name, _, _ in jobs:
         def train_one(cfg=configs[name], name=name):

@@ -48,8 +48,9 @@ def runs_warm(cfg, fault: str | None) -> bool:
 class TrainingSlot:
     """The actor: one process that trains runs one after another."""
 
-    def __init__(self, config: dict | None = None):
-        """config: a run's config dict whose dataset the runs will read: read it now."""
+    def __init__(self, config: dict | None = None, tracking_uri: str | None = None):
+        """config: a run's config dict whose dataset the runs will read: read it now;
+        tracking_uri: the MLflow store the runs log to: open it now (~1 s the first time)."""
         from pipeline.train import freeze_start_up  # torch, Ray, MLflow and the loop, once
 
         if config is not None:  # the files' bytes stay in this process (pipeline/data.py)
@@ -57,6 +58,13 @@ class TrainingSlot:
             from pipeline.data import load_config_split
 
             load_config_split(Config.from_dict(config).data, "train")
+        if tracking_uri is not None:
+            from pipeline import tracking
+
+            try:
+                tracking.client(tracking_uri).search_experiments(max_results=1)
+            except Exception:  # only a head start: the run meets (and reports) any problem
+                pass
         freeze_start_up()  # once: each run's own objects stay collectable
 
     def pid(self) -> int:
@@ -118,9 +126,11 @@ class SlotPool:
     """`size` warm slots (each trains one run at a time, with `cpus` CPUs held while it does).
     The actors start at once, in the background: their imports overlap the bench's first work."""
 
-    def __init__(self, size: int, cpus: int, config=None):
-        """config: a Config whose dataset the runs train on (read by each slot as it starts)."""
+    def __init__(self, size: int, cpus: int, config=None, tracking_uri: str | None = None):
+        """config: a Config whose dataset the runs train on, tracking_uri their MLflow store
+        (each slot reads the one and opens the other as it starts)."""
         self.cpus, self.config = cpus, config.to_dict() if config is not None else None
+        self.tracking_uri = tracking_uri
         self._free: list = []
         self._started: list = []   # each slot's pid() call: done when its imports are
         self._lock = threading.Condition()
@@ -133,7 +143,8 @@ class SlotPool:
 
         # num_cpus=0: the slot holds its CPUs only while it trains (a placement group), so an
         # idle slot never keeps a sweep or a multi-worker run from starting
-        slot = ray.remote(TrainingSlot).options(num_cpus=0, max_restarts=0).remote(self.config)
+        slot = ray.remote(TrainingSlot).options(num_cpus=0, max_restarts=0).remote(
+            self.config, self.tracking_uri)
         self._started.append(slot.pid.remote())
         return slot
 

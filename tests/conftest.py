@@ -54,6 +54,11 @@ def ray_local():
     if not ray.is_initialized():
         # address="local": always a fresh instance, even where RAY_ADDRESS names a cluster
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # as genbench does for a Ray it starts (pipeline/reaper.py): once this pytest process
+        # has ended, what its Ray left ends too (a ~1 GB ray::TrainController of a 2-worker
+        # bench test was once left running with parent 1 for an hour)
+        from pipeline import reaper
+        reaper.start()
     yield ray
     ray.shutdown()
 

@@ -36,7 +36,8 @@ def checkpoints(run_dir) -> list[str]:
 
 
 def test_a_warm_run_leaves_the_record_of_a_ray_train_run(ray_local, workdir, mlflow_uri):
-    pool = SlotPool(1, cpus=1, config=tiny_ae())   # its slot reads the dataset as it starts
+    # its slot reads the dataset and opens the MLflow store as it starts
+    pool = SlotPool(1, cpus=1, config=tiny_ae(), tracking_uri=mlflow_uri)
     try:
         warm = [train(tiny_ae(), experiment="warm", quiet=True, warm=pool) for _ in range(2)]
     finally:
