@@ -31,7 +31,7 @@ from pipeline.errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-PRESET_HELP = ("quick (default): about 10 minutes on 2 CPU cores; gpu: about 9 minutes on one "
+PRESET_HELP = ("quick (default): about 8 minutes on 2 CPU cores; gpu: about 9 minutes on one "
                "H100/H200 (with --gpu); full: paper-scale, for a GPU cluster; or a YAML file of "
                "the same shape (genbench/presets/quick.yaml)")
 # "Can it reject the unseen?": eval --metrics ood on every family's run, one more run per family
