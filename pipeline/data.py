@@ -9,6 +9,7 @@ import gzip
 import math
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,20 +47,24 @@ class ImageData:
 # A file's decompressed bytes, by (path, size, mtime): a process reads each file once. A bench's
 # driver and its warm training slots load the same split for every run; gunzipping the 47 MB
 # of Fashion-MNIST's training images took ~1.2 s each time. Tensors are built anew from them.
+# A lock: a bench's evaluations load data on threads of one process, and two of them would
+# otherwise gunzip the same file at once or evict the same entry twice.
 _BYTES: dict[tuple, bytes] = {}
 _BYTES_KEPT = 4
+_BYTES_LOCK = threading.Lock()
 
 
 def _file_bytes(path: Path) -> bytes:
     st = path.stat()
     key = (str(path.absolute()), st.st_size, st.st_mtime_ns)
-    if key not in _BYTES:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-        while len(_BYTES) >= _BYTES_KEPT:
-            _BYTES.pop(next(iter(_BYTES)))
-        _BYTES[key] = raw
-    return _BYTES[key]
+    with _BYTES_LOCK:
+        if key not in _BYTES:
+            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+                raw = f.read()
+            while len(_BYTES) >= _BYTES_KEPT:
+                _BYTES.pop(next(iter(_BYTES)))
+            _BYTES[key] = raw
+        return _BYTES[key]
 
 
 def _read_idx(path: Path) -> torch.Tensor:
